@@ -1,0 +1,10 @@
+//! Compiles `proto/elysium/v1/*.proto` with `protox` (a protobuf compiler written in
+//! Rust), so a fresh machine builds without `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/elysium/v1/elysium.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let descriptors = protox::compile([proto], ["proto"])?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}
