@@ -1,1 +1,17 @@
+//! The coordinator: certificate authority, join tokens, node registry, cluster spec
+//! and live node sessions, on an embedded store.
+//!
+//! [`server::run`] serves the three gRPC services of `elysium.v1` on one TLS
+//! listener; [`datadir`] creates and loads the on-disk identity. The CLI lives in
+//! the `elysium-node` binary; this crate owns no argument parsing.
 
+pub mod datadir;
+pub mod pki;
+pub mod server;
+pub mod store;
+pub mod tokens;
+
+mod convert;
+mod services;
+
+pub use server::{Coordinator, run};

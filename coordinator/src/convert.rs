@@ -1,0 +1,85 @@
+//! Conversions between the wire types of `elysium.v1` and the coordinator's domain types.
+
+use elysium_proto::v1 as pb;
+
+use crate::store::{EventRecord, Inventory, NodeRecord};
+use crate::tokens::{Role, TokenRecord};
+
+pub fn role_to_pb(role: Role) -> pb::NodeRole {
+    match role {
+        Role::Server => pb::NodeRole::Server,
+        Role::Agent => pb::NodeRole::Agent,
+    }
+}
+
+/// Unspecified means the default role, agent.
+pub fn role_from_pb(role: i32) -> Role {
+    match pb::NodeRole::try_from(role) {
+        Ok(pb::NodeRole::Server) => Role::Server,
+        _ => Role::Agent,
+    }
+}
+
+pub fn inventory_from_pb(i: pb::NodeInventory) -> Inventory {
+    Inventory {
+        hostname: i.hostname,
+        machine_id: i.machine_id,
+        os: i.os,
+        kernel: i.kernel,
+        arch: i.arch,
+        cpu_model: i.cpu_model,
+        cpu_cores: i.cpu_cores,
+        cpu_threads: i.cpu_threads,
+        memory_bytes: i.memory_bytes,
+    }
+}
+
+pub fn inventory_to_pb(i: &Inventory) -> pb::NodeInventory {
+    pb::NodeInventory {
+        hostname: i.hostname.clone(),
+        machine_id: i.machine_id.clone(),
+        os: i.os.clone(),
+        kernel: i.kernel.clone(),
+        arch: i.arch.clone(),
+        cpu_model: i.cpu_model.clone(),
+        cpu_cores: i.cpu_cores,
+        cpu_threads: i.cpu_threads,
+        memory_bytes: i.memory_bytes,
+    }
+}
+
+pub fn token_to_pb(t: &TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: t.id.clone(),
+        role: role_to_pb(t.role).into(),
+        labels: t.labels.clone().into_iter().collect(),
+        created_unix: t.created_unix,
+        expires_unix: t.expires_unix,
+        uses_allowed: t.uses_allowed,
+        uses_consumed: t.uses_consumed,
+        revoked: t.revoked,
+    }
+}
+
+pub fn node_to_pb(n: &NodeRecord, online: bool) -> pb::NodeRecord {
+    pb::NodeRecord {
+        id: n.id.clone(),
+        name: n.name.clone(),
+        role: role_to_pb(n.role).into(),
+        labels: n.labels.clone().into_iter().collect(),
+        online,
+        last_seen_unix: n.last_seen_unix,
+        enrolled_unix: n.enrolled_unix,
+        agent_version: n.agent_version.clone(),
+        inventory: Some(inventory_to_pb(&n.inventory)),
+        applied_generation: n.applied_generation,
+        reconcile_state: n.reconcile_state.clone(),
+        reconcile_error: n.reconcile_error.clone(),
+        certificate_sha256: n.certificate_sha256.clone(),
+        token_id: n.token_id.clone(),
+    }
+}
+
+pub fn event_to_pb(e: EventRecord) -> pb::Event {
+    pb::Event { seq: e.seq, unix: e.unix, kind: e.kind, subject: e.subject, message: e.message }
+}

@@ -1,0 +1,205 @@
+//! The running coordinator: shared state and the TLS gRPC server.
+//!
+//! One listener serves all three services. TLS asks for a client certificate but
+//! does not require one, because a joining node has none yet: `Enrollment` accepts
+//! anonymous callers (the token is its credential), `NodeSession` and `Admin`
+//! reject any caller without a certificate of the right kind.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use elysium_proto::{MAX_MESSAGE_BYTES, v1 as pb};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::convert;
+use crate::datadir::DataDir;
+use crate::pki::Ca;
+use crate::services::{AdminService, EnrollmentService, SessionService};
+use crate::store::{NodeRecord, Store, StoreError, StoredSpec};
+
+/// Seconds since the Unix epoch. Injectable so tests can move time.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    })
+}
+
+/// What the coordinator knows about a node that has a session open now.
+#[derive(Debug)]
+pub(crate) struct LiveSession {
+    /// Distinguishes this session from a newer one of the same node.
+    pub session_id: u64,
+    /// Notified to end the session (node removed, replaced by a newer session).
+    pub end: Arc<Notify>,
+    pub last_seen_unix: i64,
+}
+
+/// Shared state of a running coordinator.
+pub struct Coordinator {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) ca: Ca,
+    pub(crate) clock: Clock,
+    /// The current cluster spec; every session watches it.
+    pub(crate) spec: watch::Sender<StoredSpec>,
+    pub(crate) live: Mutex<HashMap<String, LiveSession>>,
+    pub(crate) next_session: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator").field("ca", &self.ca).finish_non_exhaustive()
+    }
+}
+
+impl Coordinator {
+    pub fn new(store: Arc<dyn Store>, ca: Ca, clock: Clock) -> Result<Arc<Self>, StoreError> {
+        let spec = store.get_spec()?;
+        Ok(Arc::new(Self {
+            store,
+            ca,
+            clock,
+            spec: watch::Sender::new(spec),
+            live: Mutex::new(HashMap::new()),
+            next_session: std::sync::atomic::AtomicU64::new(1),
+        }))
+    }
+
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    pub fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    pub(crate) fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveSession>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of nodes with a session open.
+    pub fn online_count(&self) -> usize {
+        self.live().len()
+    }
+
+    /// A node record as shown to admins: stored data plus live presence.
+    pub(crate) fn node_view(&self, node: &NodeRecord) -> pb::NodeRecord {
+        let live = self.live();
+        let mut rec = convert::node_to_pb(node, live.contains_key(&node.id));
+        if let Some(s) = live.get(&node.id) {
+            rec.last_seen_unix = rec.last_seen_unix.max(s.last_seen_unix);
+        }
+        rec
+    }
+
+    /// The spec a given node should hold.
+    pub(crate) fn node_spec(&self, node: &NodeRecord, spec: &StoredSpec) -> pb::NodeSpec {
+        pb::NodeSpec {
+            generation: spec.generation,
+            cluster_spec_toml: spec.toml.clone(),
+            role: convert::role_to_pb(node.role).into(),
+            labels: node.labels.clone().into_iter().collect(),
+        }
+    }
+
+    /// Appends to the event log; a failure to log is reported but never fails the
+    /// operation that caused it.
+    pub(crate) fn event(&self, kind: &str, subject: &str, message: &str) {
+        tracing::info!(kind, subject, message, "event");
+        if let Err(e) = self.store.append_event(self.now(), kind, subject, message) {
+            tracing::warn!(error = %e, kind, "could not record event");
+        }
+    }
+}
+
+/// TLS material of the server.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// Server certificate followed by the CA certificate: joining nodes find the
+    /// CA they pinned in the chain.
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    pub fn from_data_dir(dir: &DataDir) -> Self {
+        Self {
+            chain_pem: format!("{}{}", dir.server_cert_pem, dir.ca.cert_pem()),
+            key_pem: dir.server_key_pem.clone(),
+            ca_pem: dir.ca.cert_pem().to_owned(),
+        }
+    }
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("could not configure TLS for the coordinator")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("the gRPC server failed")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// Serves the coordinator on `listener` until `shutdown` completes, then stops
+/// accepting, closes sessions and returns.
+pub async fn run(
+    coordinator: Arc<Coordinator>,
+    listener: TcpListener,
+    tls: ServerTls,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let tls_config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&tls.chain_pem, &tls.key_pem))
+        .client_ca_root(Certificate::from_pem(&tls.ca_pem))
+        .client_auth_optional(true);
+
+    let enrollment = pb::enrollment_server::EnrollmentServer::new(EnrollmentService::new(coordinator.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let session = pb::node_session_server::NodeSessionServer::new(SessionService::new(coordinator.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let admin = pb::admin_server::AdminServer::new(AdminService::new(coordinator.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    // Ending all sessions at shutdown lets the server's graceful drain finish
+    // instead of waiting for agents' streams that never end on their own.
+    let stop_sessions = {
+        let coordinator = coordinator.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing node sessions");
+            for s in coordinator.live().values() {
+                s.end.notify_one();
+            }
+        }
+    };
+
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    Server::builder()
+        .tls_config(tls_config)
+        .map_err(ServeError::Tls)?
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(Some(64))
+        .add_service(enrollment)
+        .add_service(session)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(incoming, stop_sessions)
+        .await
+        .map_err(ServeError::Serve)
+}

@@ -1,0 +1,190 @@
+//! `Admin`: tokens, nodes, the cluster spec and events. Only the admin certificate
+//! may call it.
+
+use std::sync::Arc;
+
+use elysium_proto::v1 as pb;
+use elysium_spec::ClusterSpec;
+use tonic::{Request, Response, Status};
+
+use super::{blocking, internal, require_admin};
+use crate::convert;
+use crate::server::Coordinator;
+use crate::store::SpecWriteError;
+use crate::tokens::{DEFAULT_TTL_SECONDS, DEFAULT_USES, JoinToken, TokenRecord};
+
+/// Longest token lifetime we issue: a join token is meant to be short-lived.
+const MAX_TTL_SECONDS: u64 = 30 * 24 * 3600;
+const MAX_EVENTS_PER_PAGE: u32 = 1000;
+
+pub(crate) struct AdminService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl AdminService {
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self { coordinator }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let admin = require_admin(&request)?;
+        let c = &self.coordinator;
+        let req = request.into_inner();
+        let ttl = if req.ttl_seconds == 0 { DEFAULT_TTL_SECONDS } else { req.ttl_seconds };
+        if ttl > MAX_TTL_SECONDS {
+            return Err(Status::invalid_argument(format!("ttl must be at most {} days", MAX_TTL_SECONDS / 86400)));
+        }
+        for (k, v) in &req.labels {
+            if k.is_empty() || k.len() > 253 || v.len() > 63 {
+                return Err(Status::invalid_argument(format!("label {k:?}={v:?} is not a valid Kubernetes label")));
+            }
+        }
+        let token = JoinToken::generate(&c.ca.fingerprint());
+        let now = c.now();
+        let record = TokenRecord {
+            id: token.id.clone(),
+            secret_sha256: token.secret_hash(),
+            role: convert::role_from_pb(req.role),
+            labels: req.labels.into_iter().collect(),
+            created_unix: now,
+            expires_unix: now + ttl as i64,
+            uses_allowed: if req.uses == 0 { DEFAULT_USES } else { req.uses },
+            uses_consumed: 0,
+            revoked: false,
+        };
+        let store = c.store.clone();
+        let rec = record.clone();
+        blocking(move || store.create_token(&rec)).await?.map_err(internal)?;
+        c.event(
+            "token.created",
+            &record.id,
+            &format!("by {admin}: role {}, {} use(s), expires in {ttl} s", record.role.as_str(), record.uses_allowed),
+        );
+        Ok(Response::new(pb::CreateTokenResponse { token: token.expose(), info: Some(convert::token_to_pb(&record)) }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        require_admin(&request)?;
+        let store = self.coordinator.store.clone();
+        let mut tokens = blocking(move || store.list_tokens()).await?.map_err(internal)?;
+        tokens.sort_by_key(|t| t.created_unix);
+        Ok(Response::new(pb::ListTokensResponse { tokens: tokens.iter().map(convert::token_to_pb).collect() }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let admin = require_admin(&request)?;
+        let id = request.into_inner().id;
+        // Accept a whole token too: operators paste what they have.
+        let id = JoinToken::parse(&id).map(|t| t.id).unwrap_or(id);
+        let store = self.coordinator.store.clone();
+        let key = id.clone();
+        let rec = blocking(move || store.revoke_token(&key))
+            .await?
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no token with id {id:?}; see `elysium-node token list`")))?;
+        self.coordinator.event("token.revoked", &id, &format!("by {admin}"));
+        Ok(Response::new(pb::RevokeTokenResponse { info: Some(convert::token_to_pb(&rec)) }))
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        require_admin(&request)?;
+        let store = self.coordinator.store.clone();
+        let nodes = blocking(move || store.list_nodes()).await?.map_err(internal)?;
+        let nodes = nodes.iter().map(|n| self.coordinator.node_view(n)).collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn get_node(&self, request: Request<pb::GetNodeRequest>) -> Result<Response<pb::NodeRecord>, Status> {
+        require_admin(&request)?;
+        let name = request.into_inner().name;
+        let store = self.coordinator.store.clone();
+        let key = name.clone();
+        let node = blocking(move || store.node_by_name(&key))
+            .await?
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no node named {name:?}; see `elysium-node nodes`")))?;
+        Ok(Response::new(self.coordinator.node_view(&node)))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let admin = require_admin(&request)?;
+        let name = request.into_inner().name;
+        let store = self.coordinator.store.clone();
+        let key = name.clone();
+        let node = blocking(move || store.remove_node(&key))
+            .await?
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no node named {name:?}; see `elysium-node nodes`")))?;
+        let view = self.coordinator.node_view(&node);
+        // Its certificate stays cryptographically valid, but every session and
+        // request looks the node up: end the open session now.
+        if let Some(live) = self.coordinator.live().remove(&node.id) {
+            live.end.notify_one();
+        }
+        self.coordinator.event("node.removed", &name, &format!("by {admin}"));
+        Ok(Response::new(pb::RemoveNodeResponse { node: Some(view) }))
+    }
+
+    async fn get_cluster_spec(
+        &self,
+        request: Request<pb::GetClusterSpecRequest>,
+    ) -> Result<Response<pb::ClusterSpec>, Status> {
+        require_admin(&request)?;
+        let spec = self.coordinator.spec.borrow().clone();
+        Ok(Response::new(pb::ClusterSpec { generation: spec.generation, toml: spec.toml }))
+    }
+
+    async fn set_cluster_spec(
+        &self,
+        request: Request<pb::SetClusterSpecRequest>,
+    ) -> Result<Response<pb::ClusterSpec>, Status> {
+        let admin = require_admin(&request)?;
+        let req = request.into_inner();
+        // Validate, but store the operator's document as written (comments included).
+        ClusterSpec::parse(&req.toml).map_err(|e| {
+            let detail = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            Status::invalid_argument(format!("{e}{detail}"))
+        })?;
+        let c = &self.coordinator;
+        let store = c.store.clone();
+        let expected = (req.expected_generation != 0).then_some(req.expected_generation);
+        let text = req.toml;
+        let stored = blocking(move || store.set_spec(&text, expected)).await?.map_err(|e| match e {
+            SpecWriteError::Conflict { .. } => Status::aborted(e.to_string()),
+            SpecWriteError::Store(e) => internal(e),
+        })?;
+        c.spec.send_replace(stored.clone());
+        c.event("spec.set", "cluster", &format!("generation {} by {admin}", stored.generation));
+        Ok(Response::new(pb::ClusterSpec { generation: stored.generation, toml: stored.toml }))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        require_admin(&request)?;
+        let req = request.into_inner();
+        let limit = if req.limit == 0 { 100 } else { req.limit.min(MAX_EVENTS_PER_PAGE) } as usize;
+        let store = self.coordinator.store.clone();
+        let events = blocking(move || store.list_events(req.after_seq, limit)).await?.map_err(internal)?;
+        Ok(Response::new(pb::ListEventsResponse { events: events.into_iter().map(convert::event_to_pb).collect() }))
+    }
+}

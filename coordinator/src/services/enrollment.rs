@@ -1,0 +1,141 @@
+//! `Enrollment.Enroll`: a node with a valid token trades its CSR for a certificate.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use elysium_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::{blocking, internal};
+use crate::convert;
+use crate::pki;
+use crate::server::Coordinator;
+use crate::store::{EnrollRefusal, NodeRecord};
+use crate::tokens::{JoinToken, TokenRejection};
+
+/// Largest CSR we accept. A P-256 or RSA-4096 CSR is well under this.
+const MAX_CSR_BYTES: usize = 8 * 1024;
+
+pub(crate) struct EnrollmentService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl EnrollmentService {
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self { coordinator }
+    }
+}
+
+/// Kubernetes node names are DNS subdomains (RFC 1123): lowercase alphanumerics,
+/// `-` and `.`, at most 253 characters.
+pub(crate) fn validate_node_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "node name {name:?} is not a valid Kubernetes node name (lowercase letters, digits, '-' and '.'); choose one with --name"
+        ))
+    }
+}
+
+fn rejection_status(r: TokenRejection) -> Status {
+    match r {
+        TokenRejection::Unknown => Status::unauthenticated(r.to_string()),
+        _ => Status::permission_denied(r.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::enrollment_server::Enrollment for EnrollmentService {
+    #[tracing::instrument(skip_all, fields(node))]
+    async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+        let c = &self.coordinator;
+        let req = request.into_inner();
+        let token = JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if token.ca_fingerprint != c.ca.fingerprint() {
+            return Err(Status::failed_precondition(
+                "the join token was issued by another coordinator (its CA fingerprint is not this coordinator's)",
+            ));
+        }
+        let inventory = req.inventory.unwrap_or_default();
+        let name = if req.requested_name.is_empty() { inventory.hostname.clone() } else { req.requested_name };
+        validate_node_name(&name).map_err(Status::invalid_argument)?;
+        tracing::Span::current().record("node", name.as_str());
+        if req.csr_der.is_empty() || req.csr_der.len() > MAX_CSR_BYTES {
+            return Err(Status::invalid_argument(format!("the CSR must be 1..={MAX_CSR_BYTES} bytes of DER")));
+        }
+
+        let node_id = format!("n-{}", hex::encode(rand::random::<[u8; 8]>()));
+        let (cert_pem, cert_der) =
+            c.ca.sign_node_csr(&req.csr_der, &node_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let now = c.now();
+        let node = NodeRecord {
+            id: node_id,
+            name: name.clone(),
+            role: Default::default(),
+            labels: BTreeMap::new(),
+            inventory: convert::inventory_from_pb(inventory),
+            enrolled_unix: now,
+            last_seen_unix: now,
+            agent_version: String::new(),
+            applied_generation: 0,
+            reconcile_state: String::new(),
+            reconcile_error: String::new(),
+            certificate_sha256: pki::fingerprint(&cert_der),
+            token_id: token.id.clone(),
+        };
+
+        // The token decides the role and labels; the store applies them in the same
+        // transaction that consumes the token.
+        let store = c.store.clone();
+        let result = blocking(move || {
+            let check = |rec: &crate::tokens::TokenRecord| rec.check(&token, now);
+            store.enroll(&token.id, &check, &node)
+        })
+        .await?;
+        let (token_rec, node) = match result {
+            Ok(stored) => stored,
+            Err(EnrollRefusal::Token(r)) => {
+                tracing::info!(reason = %r, "enrollment refused");
+                return Err(rejection_status(r));
+            }
+            Err(EnrollRefusal::NameTaken(n)) => {
+                return Err(Status::already_exists(EnrollRefusal::NameTaken(n).to_string()));
+            }
+            Err(EnrollRefusal::Store(e)) => return Err(internal(e)),
+        };
+        c.event("node.enrolled", &name, &format!("role {} with token {}", node.role.as_str(), token_rec.id));
+        let spec = c.node_spec(&node, &c.spec.borrow());
+        Ok(Response::new(pb::EnrollResponse {
+            node_id: node.id.clone(),
+            node_name: name,
+            certificate_pem: cert_pem,
+            ca_certificate_pem: c.ca.cert_pem().to_owned(),
+            spec: Some(spec),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_node_name;
+
+    #[test]
+    fn node_names() {
+        for good in ["node1", "rack-2.lab", "a"] {
+            assert!(validate_node_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Node1", "-x", "a..b", "under_score", &"x".repeat(64)] {
+            assert!(validate_node_name(bad).is_err(), "{bad}");
+        }
+    }
+}

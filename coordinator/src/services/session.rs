@@ -1,0 +1,213 @@
+//! `NodeSession.Session`: the long-lived stream between an agent and the coordinator.
+//!
+//! The node is whoever its client certificate names; nothing in the stream can
+//! change that. The coordinator pushes the node's spec at once and again whenever
+//! the cluster spec changes, acknowledges heartbeats, and records what the agent
+//! reports. A newer session of the same node replaces the older one.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use elysium_proto::v1 as pb;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{blocking, internal, require_node};
+use crate::convert;
+use crate::server::{Coordinator, LiveSession};
+use crate::store::NodeRecord;
+
+/// Outbound messages buffered per session before the sender waits.
+const OUTBOUND_BUFFER: usize = 16;
+
+pub(crate) struct SessionService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl SessionService {
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self { coordinator }
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::node_session_server::NodeSession for SessionService {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let node_id = require_node(&request)?;
+        let c = self.coordinator.clone();
+        let store = c.store.clone();
+        let id = node_id.clone();
+        let node = blocking(move || store.get_node(&id)).await?.map_err(internal)?.ok_or_else(|| {
+            Status::permission_denied("this node was removed from the coordinator; join it again with a new token")
+        })?;
+
+        let session_id = c.next_session.fetch_add(1, Ordering::Relaxed);
+        let end = Arc::new(Notify::new());
+        let previous = c.live().insert(
+            node.id.clone(),
+            LiveSession { session_id, end: end.clone(), last_seen_unix: c.now() },
+        );
+        if let Some(previous) = previous {
+            // The node reconnected before we noticed the old stream die.
+            previous.end.notify_one();
+        }
+        tracing::info!(node = %node.name, session_id, "node session opened");
+
+        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let inbound = request.into_inner();
+        tokio::spawn(drive(c, node, session_id, end, inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn spec_message(spec: pb::NodeSpec) -> Result<pb::CoordinatorMessage, Status> {
+    Ok(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Spec(spec)) })
+}
+
+/// Runs one session until the agent goes away, the node is removed, a newer
+/// session replaces it or the coordinator shuts down.
+async fn drive(
+    c: Arc<Coordinator>,
+    mut node: NodeRecord,
+    session_id: u64,
+    end: Arc<Notify>,
+    mut inbound: Streaming<pb::AgentMessage>,
+    tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+) {
+    let mut spec_rx = c.spec.subscribe();
+    let first = c.node_spec(&node, &spec_rx.borrow_and_update());
+    if tx.send(spec_message(first)).await.is_err() {
+        return finish(&c, &mut node, session_id).await;
+    }
+    let mut announced_online = false;
+    loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(msg)) => {
+                    if let Some(reply) = handle(&c, &mut node, msg, &mut announced_online).await
+                        && tx.send(Ok(reply)).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(node = %node.name, %status, "session stream error");
+                    break;
+                }
+            },
+            changed = spec_rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let spec = c.node_spec(&node, &spec_rx.borrow_and_update());
+                if tx.send(spec_message(spec)).await.is_err() {
+                    break;
+                }
+            }
+            () = end.notified() => break,
+        }
+    }
+    finish(&c, &mut node, session_id).await;
+}
+
+/// Applies one agent message; returns what to answer, if anything.
+async fn handle(
+    c: &Arc<Coordinator>,
+    node: &mut NodeRecord,
+    msg: pb::AgentMessage,
+    announced_online: &mut bool,
+) -> Option<pb::CoordinatorMessage> {
+    use pb::agent_message::Msg;
+    let now = c.now();
+    if let Some(live) = c.live().get_mut(&node.id) {
+        live.last_seen_unix = now;
+    }
+    match msg.msg? {
+        Msg::Hello(hello) => {
+            node.agent_version = hello.agent_version;
+            if let Some(inv) = hello.inventory {
+                node.inventory = convert::inventory_from_pb(inv);
+            }
+            node.applied_generation = hello.applied_generation;
+            node.last_seen_unix = now;
+            persist(c, node).await;
+            if !*announced_online {
+                *announced_online = true;
+                c.event("node.online", &node.name, &format!("agent {}", node.agent_version));
+            }
+            None
+        }
+        Msg::Heartbeat(hb) => {
+            // Heartbeats are frequent: write to the store only when what the node
+            // reports changes, and keep last-seen in memory meanwhile.
+            let changed = hb.applied_generation != node.applied_generation
+                || hb.reconcile_state != node.reconcile_state
+                || hb.reconcile_error != node.reconcile_error;
+            if changed {
+                node.applied_generation = hb.applied_generation;
+                node.reconcile_state = hb.reconcile_state;
+                node.reconcile_error = hb.reconcile_error;
+                node.last_seen_unix = now;
+                persist(c, node).await;
+            }
+            Some(pb::CoordinatorMessage {
+                msg: Some(pb::coordinator_message::Msg::HeartbeatAck(pb::HeartbeatAck { seq: hb.seq })),
+            })
+        }
+        Msg::Progress(p) => {
+            tracing::info!(node = %node.name, operation = %p.operation_id, step = %p.step, percent = p.percent, "{}", p.message);
+            None
+        }
+        Msg::Result(r) => {
+            let kind = if r.success { "operation.succeeded" } else { "operation.failed" };
+            c.event(kind, &node.name, &format!("{} (generation {}): {}", r.operation_id, r.generation, r.message));
+            None
+        }
+    }
+}
+
+async fn persist(c: &Arc<Coordinator>, node: &NodeRecord) {
+    let store = c.store.clone();
+    let n = node.clone();
+    match blocking(move || store.update_node(&n)).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
+            // Removed while connected: end the session.
+            if let Some(live) = c.live().get(&node.id) {
+                live.end.notify_one();
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(node = %node.name, error = %e, "could not persist node state"),
+        Err(status) => tracing::warn!(node = %node.name, %status, "could not persist node state"),
+    }
+}
+
+async fn finish(c: &Arc<Coordinator>, node: &mut NodeRecord, session_id: u64) {
+    let was_current = {
+        let mut live = c.live();
+        match live.get(&node.id) {
+            Some(s) if s.session_id == session_id => {
+                node.last_seen_unix = node.last_seen_unix.max(s.last_seen_unix);
+                live.remove(&node.id);
+                true
+            }
+            _ => false,
+        }
+    };
+    tracing::info!(node = %node.name, session_id, "node session closed");
+    if was_current {
+        persist(c, node).await;
+        c.event("node.offline", &node.name, "session closed");
+    }
+}

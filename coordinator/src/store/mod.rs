@@ -1,0 +1,144 @@
+//! The coordinator's state: tokens, nodes, the cluster spec and the event log.
+//!
+//! [`Store`] is the only way to reach it; nothing outside this module knows which
+//! engine is behind it. The embedded default is [`RedbStore`] (see the README for
+//! why redb). Every write is one ACID transaction, so a `kill -9` at any moment
+//! leaves the last committed state.
+
+mod redb_store;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use redb_store::RedbStore;
+
+use crate::tokens::{Role, TokenRecord, TokenRejection};
+
+/// What a node reported about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub hostname: String,
+    pub machine_id: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub cpu_model: String,
+    pub cpu_cores: u32,
+    pub cpu_threads: u32,
+    pub memory_bytes: u64,
+}
+
+/// A node enrolled with the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub labels: BTreeMap<String, String>,
+    pub inventory: Inventory,
+    pub enrolled_unix: i64,
+    /// Last time the node said anything, 0 if never after enrollment.
+    pub last_seen_unix: i64,
+    pub agent_version: String,
+    pub applied_generation: u64,
+    pub reconcile_state: String,
+    pub reconcile_error: String,
+    /// Hex SHA-256 of the node certificate.
+    pub certificate_sha256: String,
+    pub token_id: String,
+}
+
+/// The cluster spec as stored: canonical TOML and its generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSpec {
+    pub generation: u64,
+    pub toml: String,
+}
+
+/// One line of the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub unix: i64,
+    pub kind: String,
+    pub subject: String,
+    pub message: String,
+}
+
+/// The storage engine failed (I/O, corruption, a bug).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the state store failed")]
+    Engine(#[source] Box<redb::Error>),
+    #[error("a stored record under {key:?} is corrupt")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("could not open the state store at {path}")]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<redb::DatabaseError>,
+    },
+}
+
+/// Why an enrollment was refused by the store.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollRefusal {
+    #[error(transparent)]
+    Token(#[from] TokenRejection),
+    #[error(
+        "a node named {0:?} is already enrolled; pick another name with --name, or remove the old one with `elysium-node nodes remove {0}`"
+    )]
+    NameTaken(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Refused because the expected generation is stale.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecWriteError {
+    #[error("the cluster spec changed meanwhile: expected generation {expected}, current is {current}; get it again and retry")]
+    Conflict { expected: u64, current: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The coordinator's persistent state.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Marks a token revoked; `None` when there is no such token.
+    fn revoke_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// In one transaction: look the token up, let `check` decide, consume one use,
+    /// and insert `node` (whose name must be free) with the token's role and labels.
+    /// Either all of it happens or none. Returns the token and the node as stored.
+    fn enroll(
+        &self,
+        token_id: &str,
+        check: &dyn Fn(&TokenRecord) -> Result<(), TokenRejection>,
+        node: &NodeRecord,
+    ) -> Result<(TokenRecord, NodeRecord), EnrollRefusal>;
+
+    fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError>;
+    fn node_by_name(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
+    fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// Updates an existing node; returns false (and writes nothing) when it was removed.
+    fn update_node(&self, node: &NodeRecord) -> Result<bool, StoreError>;
+    fn remove_node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
+
+    fn get_spec(&self) -> Result<StoredSpec, StoreError>;
+    /// Stores a new spec with generation current+1. With `expected`, refuses unless
+    /// the current generation equals it.
+    fn set_spec(&self, toml: &str, expected: Option<u64>) -> Result<StoredSpec, SpecWriteError>;
+
+    fn append_event(&self, unix: i64, kind: &str, subject: &str, message: &str) -> Result<u64, StoreError>;
+    fn list_events(&self, after_seq: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests;

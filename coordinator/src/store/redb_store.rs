@@ -1,0 +1,273 @@
+//! [`Store`] on redb: a single-file, pure-Rust, ACID key-value store with
+//! copy-on-write B-trees. Values are JSON: small, readable when debugging, and
+//! tolerant of fields added later (`#[serde(default)]`).
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::*;
+
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// name → id, the uniqueness index for node names.
+const NODE_NAMES: TableDefinition<&str, &str> = TableDefinition::new("node_names");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+const SPEC_KEY: &str = "cluster_spec";
+/// The event log is a ring: older entries are dropped past this many.
+const MAX_EVENTS: u64 = 10_000;
+
+/// The embedded store.
+pub struct RedbStore {
+    db: Database,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore").finish_non_exhaustive()
+    }
+}
+
+fn engine<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Engine(Box::new(e.into()))
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Our records are plain structs of strings, numbers and maps with string keys.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path)
+            .map_err(|source| StoreError::Open { path: path.to_path_buf(), source: Box::new(source) })?;
+        // Create every table once so read transactions never meet a missing one.
+        let txn = db.begin_write().map_err(engine)?;
+        {
+            txn.open_table(TOKENS).map_err(engine)?;
+            txn.open_table(NODES).map_err(engine)?;
+            txn.open_table(NODE_NAMES).map_err(engine)?;
+            txn.open_table(META).map_err(engine)?;
+            txn.open_table(EVENTS).map_err(engine)?;
+        }
+        txn.commit().map_err(engine)?;
+        Ok(Self { db })
+    }
+
+    fn read_all<T: DeserializeOwned>(&self, def: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(def).map_err(engine)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(engine)? {
+            let (k, v) = entry.map_err(engine)?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn read_one<T: DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(def).map_err(engine)?;
+        match table.get(key).map_err(engine)? {
+            Some(v) => decode(key, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Store for RedbStore {
+    fn create_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        {
+            let mut t = txn.open_table(TOKENS).map_err(engine)?;
+            t.insert(token.id.as_str(), encode(token).as_slice()).map_err(engine)?;
+        }
+        txn.commit().map_err(engine)
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read_all(TOKENS)
+    }
+
+    fn revoke_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        let updated = {
+            let mut t = txn.open_table(TOKENS).map_err(engine)?;
+            let current: Option<TokenRecord> = match t.get(id).map_err(engine)? {
+                Some(v) => Some(decode(id, v.value())?),
+                None => None,
+            };
+            match current {
+                Some(mut rec) => {
+                    rec.revoked = true;
+                    t.insert(id, encode(&rec).as_slice()).map_err(engine)?;
+                    Some(rec)
+                }
+                None => None,
+            }
+        };
+        txn.commit().map_err(engine)?;
+        Ok(updated)
+    }
+
+    fn enroll(
+        &self,
+        token_id: &str,
+        check: &dyn Fn(&TokenRecord) -> Result<(), TokenRejection>,
+        node: &NodeRecord,
+    ) -> Result<(TokenRecord, NodeRecord), EnrollRefusal> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        let mut node = node.clone();
+        let token = {
+            let mut tokens = txn.open_table(TOKENS).map_err(engine)?;
+            let mut token: TokenRecord = match tokens.get(token_id).map_err(engine)? {
+                Some(v) => decode(token_id, v.value())?,
+                None => return Err(TokenRejection::Unknown.into()),
+            };
+            check(&token)?;
+            let mut names = txn.open_table(NODE_NAMES).map_err(engine)?;
+            if names.get(node.name.as_str()).map_err(engine)?.is_some() {
+                return Err(EnrollRefusal::NameTaken(node.name.clone()));
+            }
+            token.uses_consumed += 1;
+            node.role = token.role;
+            node.labels = token.labels.clone();
+            tokens.insert(token_id, encode(&token).as_slice()).map_err(engine)?;
+            names.insert(node.name.as_str(), node.id.as_str()).map_err(engine)?;
+            let mut nodes = txn.open_table(NODES).map_err(engine)?;
+            nodes.insert(node.id.as_str(), encode(&node).as_slice()).map_err(engine)?;
+            token
+        };
+        // Dropping `txn` without commit (any early return above) aborts it.
+        txn.commit().map_err(engine)?;
+        Ok((token, node))
+    }
+
+    fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
+        self.read_one(NODES, id)
+    }
+
+    fn node_by_name(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let id = {
+            let txn = self.db.begin_read().map_err(engine)?;
+            let names = txn.open_table(NODE_NAMES).map_err(engine)?;
+            match names.get(name).map_err(engine)? {
+                Some(id) => id.value().to_owned(),
+                None => return Ok(None),
+            }
+        };
+        self.get_node(&id)
+    }
+
+    fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut nodes: Vec<NodeRecord> = self.read_all(NODES)?;
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nodes)
+    }
+
+    fn update_node(&self, node: &NodeRecord) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        let exists = {
+            let mut nodes = txn.open_table(NODES).map_err(engine)?;
+            let exists = nodes.get(node.id.as_str()).map_err(engine)?.is_some();
+            if exists {
+                nodes.insert(node.id.as_str(), encode(node).as_slice()).map_err(engine)?;
+            }
+            exists
+        };
+        txn.commit().map_err(engine)?;
+        Ok(exists)
+    }
+
+    fn remove_node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        let removed = {
+            let mut names = txn.open_table(NODE_NAMES).map_err(engine)?;
+            let id = match names.remove(name).map_err(engine)? {
+                Some(id) => id.value().to_owned(),
+                None => return Ok(None),
+            };
+            let mut nodes = txn.open_table(NODES).map_err(engine)?;
+            let removed = nodes.remove(id.as_str()).map_err(engine)?;
+            match removed {
+                Some(v) => Some(decode::<NodeRecord>(&id, v.value())?),
+                None => None,
+            }
+        };
+        txn.commit().map_err(engine)?;
+        Ok(removed)
+    }
+
+    fn get_spec(&self) -> Result<StoredSpec, StoreError> {
+        Ok(self.read_one(META, SPEC_KEY)?.unwrap_or(StoredSpec { generation: 0, toml: String::new() }))
+    }
+
+    fn set_spec(&self, toml: &str, expected: Option<u64>) -> Result<StoredSpec, SpecWriteError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        let spec = {
+            let mut meta = txn.open_table(META).map_err(engine)?;
+            let current: StoredSpec = match meta.get(SPEC_KEY).map_err(engine)? {
+                Some(v) => decode(SPEC_KEY, v.value())?,
+                None => StoredSpec { generation: 0, toml: String::new() },
+            };
+            if let Some(expected) = expected
+                && expected != current.generation
+            {
+                return Err(SpecWriteError::Conflict { expected, current: current.generation });
+            }
+            let spec = StoredSpec { generation: current.generation + 1, toml: toml.to_owned() };
+            meta.insert(SPEC_KEY, encode(&spec).as_slice()).map_err(engine)?;
+            spec
+        };
+        txn.commit().map_err(engine)?;
+        Ok(spec)
+    }
+
+    fn append_event(&self, unix: i64, kind: &str, subject: &str, message: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        let seq = {
+            let mut events = txn.open_table(EVENTS).map_err(engine)?;
+            let last = events.last().map_err(engine)?.map(|(k, _)| k.value()).unwrap_or(0);
+            let seq = last + 1;
+            let rec = EventRecord {
+                seq,
+                unix,
+                kind: kind.to_owned(),
+                subject: subject.to_owned(),
+                message: message.to_owned(),
+            };
+            events.insert(seq, encode(&rec).as_slice()).map_err(engine)?;
+            if events.len().map_err(engine)? > MAX_EVENTS {
+                let cutoff = seq - MAX_EVENTS;
+                events.retain_in(..=cutoff, |_, _| false).map_err(engine)?;
+            }
+            seq
+        };
+        txn.commit().map_err(engine)?;
+        Ok(seq)
+    }
+
+    fn list_events(&self, after_seq: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let events = txn.open_table(EVENTS).map_err(engine)?;
+        let mut out = Vec::new();
+        for entry in events.range(after_seq.saturating_add(1)..).map_err(engine)?.take(limit) {
+            let (k, v) = entry.map_err(engine)?;
+            out.push(decode(&k.value().to_string(), v.value())?);
+        }
+        Ok(out)
+    }
+}

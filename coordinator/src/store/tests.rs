@@ -1,0 +1,100 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::tokens::{JoinToken, Role, TokenRecord};
+
+fn token_record(token: &JoinToken, uses: u32) -> TokenRecord {
+    TokenRecord {
+        id: token.id.clone(),
+        secret_sha256: token.secret_hash(),
+        role: Role::Agent,
+        labels: BTreeMap::new(),
+        created_unix: 0,
+        expires_unix: i64::MAX,
+        uses_allowed: uses,
+        uses_consumed: 0,
+        revoked: false,
+    }
+}
+
+fn node(id: &str, name: &str) -> NodeRecord {
+    NodeRecord {
+        id: id.into(),
+        name: name.into(),
+        role: Role::Agent,
+        labels: BTreeMap::new(),
+        inventory: Inventory::default(),
+        enrolled_unix: 1,
+        last_seen_unix: 0,
+        agent_version: String::new(),
+        applied_generation: 0,
+        reconcile_state: String::new(),
+        reconcile_error: String::new(),
+        certificate_sha256: String::new(),
+        token_id: String::new(),
+    }
+}
+
+#[test]
+fn enrollment_is_atomic_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let token = JoinToken::generate(&"ab".repeat(32));
+    {
+        let store = RedbStore::open(&path).unwrap();
+        store.create_token(&token_record(&token, 2)).unwrap();
+        let check = |r: &TokenRecord| r.check(&token, 1);
+        store.enroll(&token.id, &check, &node("n1", "alpha")).unwrap();
+        // Same name again: refused, and the token use is NOT consumed.
+        let err = store.enroll(&token.id, &check, &node("n2", "alpha")).unwrap_err();
+        assert!(matches!(err, EnrollRefusal::NameTaken(ref n) if n == "alpha"), "{err}");
+        assert_eq!(store.list_tokens().unwrap()[0].uses_consumed, 1);
+        store.enroll(&token.id, &check, &node("n3", "beta")).unwrap();
+        let err = store.enroll(&token.id, &check, &node("n4", "gamma")).unwrap_err();
+        assert!(matches!(err, EnrollRefusal::Token(TokenRejection::UsedUp { uses: 2 })), "{err}");
+        store.set_spec("[cluster]\nname = \"x\"\n", None).unwrap();
+    }
+    let store = RedbStore::open(&path).unwrap();
+    let names: Vec<_> = store.list_nodes().unwrap().into_iter().map(|n| n.name).collect();
+    assert_eq!(names, ["alpha", "beta"]);
+    assert_eq!(store.node_by_name("beta").unwrap().unwrap().id, "n3");
+    assert_eq!(store.get_spec().unwrap().generation, 1);
+}
+
+#[test]
+fn removed_nodes_free_their_name_and_cannot_be_updated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+    let token = JoinToken::generate(&"ab".repeat(32));
+    store.create_token(&token_record(&token, 5)).unwrap();
+    let check = |r: &TokenRecord| r.check(&token, 1);
+    store.enroll(&token.id, &check, &node("n1", "alpha")).unwrap();
+    assert_eq!(store.remove_node("alpha").unwrap().unwrap().id, "n1");
+    assert!(!store.update_node(&node("n1", "alpha")).unwrap(), "a removed node must not come back");
+    assert!(store.get_node("n1").unwrap().is_none());
+    store.enroll(&token.id, &check, &node("n9", "alpha")).unwrap();
+}
+
+#[test]
+fn spec_generations_and_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+    assert_eq!(store.get_spec().unwrap().generation, 0);
+    assert_eq!(store.set_spec("a", Some(0)).unwrap().generation, 1);
+    let err = store.set_spec("b", Some(0)).unwrap_err();
+    assert!(matches!(err, SpecWriteError::Conflict { expected: 0, current: 1 }), "{err}");
+    assert_eq!(store.set_spec("b", None).unwrap().generation, 2);
+    assert_eq!(store.get_spec().unwrap().toml, "b");
+}
+
+#[test]
+fn events_are_ordered_and_paged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+    for i in 0..5 {
+        store.append_event(i, "k", "s", &format!("m{i}")).unwrap();
+    }
+    let page = store.list_events(2, 2).unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(page[0].message, "m2");
+}
