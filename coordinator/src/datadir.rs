@@ -181,6 +181,7 @@ pub fn load(dir: &Path) -> Result<DataDir, DataDirError> {
 /// Reads an admin credentials file.
 pub fn load_admin_config(path: &Path) -> Result<AdminConfig, DataDirError> {
     let fs = RootFs::new("/");
+    let path = &std::path::absolute(path).map_err(|source| FsError { op: "resolve", path: path.into(), source })?;
     let text = fs.read_to_string(path)?;
     toml::from_str(&text).map_err(|source| DataDirError::BadConfig { path: path.to_path_buf(), source })
 }

@@ -20,6 +20,7 @@ use crate::datadir::DataDir;
 use crate::pki::Ca;
 use crate::services::{AdminService, EnrollmentService, SessionService};
 use crate::store::{NodeRecord, Store, StoreError, StoredSpec};
+use crate::tokens::{JoinToken, Role, TokenRecord};
 
 /// Seconds since the Unix epoch. Injectable so tests can move time.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -105,6 +106,32 @@ impl Coordinator {
             role: convert::role_to_pb(node.role).into(),
             labels: node.labels.clone().into_iter().collect(),
         }
+    }
+
+    /// Creates and stores a join token. Returns the token (the secret, to show once)
+    /// and what is stored.
+    pub fn issue_token(
+        &self,
+        ttl_seconds: u64,
+        uses: u32,
+        role: Role,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<(JoinToken, TokenRecord), StoreError> {
+        let token = JoinToken::generate(&self.ca.fingerprint());
+        let now = self.now();
+        let record = TokenRecord {
+            id: token.id.clone(),
+            secret_sha256: token.secret_hash(),
+            role,
+            labels,
+            created_unix: now,
+            expires_unix: now.saturating_add(i64::try_from(ttl_seconds).unwrap_or(i64::MAX)),
+            uses_allowed: uses,
+            uses_consumed: 0,
+            revoked: false,
+        };
+        self.store.create_token(&record)?;
+        Ok((token, record))
     }
 
     /// Appends to the event log; a failure to log is reported but never fails the

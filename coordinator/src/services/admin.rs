@@ -11,7 +11,7 @@ use super::{blocking, internal, require_admin};
 use crate::convert;
 use crate::server::Coordinator;
 use crate::store::SpecWriteError;
-use crate::tokens::{DEFAULT_TTL_SECONDS, DEFAULT_USES, JoinToken, TokenRecord};
+use crate::tokens::{DEFAULT_TTL_SECONDS, DEFAULT_USES, JoinToken};
 
 /// Longest token lifetime we issue: a join token is meant to be short-lived.
 const MAX_TTL_SECONDS: u64 = 30 * 24 * 3600;
@@ -45,22 +45,12 @@ impl pb::admin_server::Admin for AdminService {
                 return Err(Status::invalid_argument(format!("label {k:?}={v:?} is not a valid Kubernetes label")));
             }
         }
-        let token = JoinToken::generate(&c.ca.fingerprint());
-        let now = c.now();
-        let record = TokenRecord {
-            id: token.id.clone(),
-            secret_sha256: token.secret_hash(),
-            role: convert::role_from_pb(req.role),
-            labels: req.labels.into_iter().collect(),
-            created_unix: now,
-            expires_unix: now + ttl as i64,
-            uses_allowed: if req.uses == 0 { DEFAULT_USES } else { req.uses },
-            uses_consumed: 0,
-            revoked: false,
-        };
-        let store = c.store.clone();
-        let rec = record.clone();
-        blocking(move || store.create_token(&rec)).await?.map_err(internal)?;
+        let uses = if req.uses == 0 { DEFAULT_USES } else { req.uses };
+        let role = convert::role_from_pb(req.role);
+        let labels = req.labels.into_iter().collect();
+        let coordinator = c.clone();
+        let (token, record) =
+            blocking(move || coordinator.issue_token(ttl, uses, role, labels)).await?.map_err(internal)?;
         c.event(
             "token.created",
             &record.id,

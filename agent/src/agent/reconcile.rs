@@ -1,0 +1,242 @@
+//! The reconciler: each thing the agent manages is a [`Step`] with the same shape,
+//! observe → plan → apply.
+//!
+//! `observe` reads the node through the host seam, `plan` is a pure function from
+//! (desired, observed) to actions (printable, testable without a machine), and
+//! `apply` carries out one action idempotently. The list of steps is empty for
+//! now; K3s, Tailscale, mounts and GPU labels plug in here.
+
+use std::fmt;
+use std::future::Future;
+
+use async_trait::async_trait;
+use elysium_host::Host;
+use elysium_spec::ClusterSpec;
+
+use super::state::HeldSpec;
+
+/// What the node should look like.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub generation: u64,
+    pub spec: ClusterSpec,
+    pub role: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl Desired {
+    /// Parses a held spec. A spec this agent cannot read (written for a newer
+    /// agent, say) is an error for the operator to see, not something to guess at.
+    pub fn from_held(held: &HeldSpec) -> Result<Self, elysium_spec::SpecError> {
+        Ok(Self {
+            generation: held.generation,
+            spec: ClusterSpec::parse(&held.cluster_spec_toml)?,
+            role: held.role.clone(),
+            labels: held.labels.clone(),
+        })
+    }
+}
+
+/// A step failed; `message` is shown to the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {message}")]
+pub struct StepError {
+    pub step: &'static str,
+    pub message: String,
+}
+
+/// One managed aspect of the node.
+pub trait Step: Send + Sync {
+    type Observed: Send + Sync;
+    type Action: fmt::Display + Send + Sync;
+
+    fn name(&self) -> &'static str;
+    fn observe(&self, host: &Host) -> impl Future<Output = Result<Self::Observed, StepError>> + Send;
+    /// Pure: no I/O.
+    fn plan(&self, desired: &Desired, observed: &Self::Observed) -> Vec<Self::Action>;
+    fn apply(&self, host: &Host, action: &Self::Action) -> impl Future<Output = Result<(), StepError>> + Send;
+}
+
+/// What one step did in one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepReport {
+    pub step: &'static str,
+    pub actions: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// What a whole pass did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub generation: u64,
+    pub steps: Vec<StepReport>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.steps.iter().all(|s| s.error.is_none())
+    }
+
+    pub fn first_error(&self) -> Option<String> {
+        self.steps.iter().find_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.step)))
+    }
+}
+
+/// Object-safe form of [`Step`], so steps of different types share one list.
+#[async_trait]
+trait DynStep: Send + Sync {
+    async fn run(&self, host: &Host, desired: &Desired, dry_run: bool) -> StepReport;
+}
+
+#[async_trait]
+impl<S: Step> DynStep for S {
+    async fn run(&self, host: &Host, desired: &Desired, dry_run: bool) -> StepReport {
+        let step = self.name();
+        let observed = match self.observe(host).await {
+            Ok(o) => o,
+            Err(e) => return StepReport { step, actions: vec![], error: Some(e.message) },
+        };
+        let plan = self.plan(desired, &observed);
+        let mut actions = Vec::with_capacity(plan.len());
+        for action in &plan {
+            actions.push(action.to_string());
+            if dry_run {
+                continue;
+            }
+            tracing::info!(step, action = %action, "applying");
+            if let Err(e) = self.apply(host, action).await {
+                return StepReport { step, actions, error: Some(e.message) };
+            }
+        }
+        StepReport { step, actions, error: None }
+    }
+}
+
+/// The ordered list of steps.
+#[derive(Default)]
+pub struct Reconciler {
+    steps: Vec<Box<dyn DynStep>>,
+}
+
+impl fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reconciler").field("steps", &self.steps.len()).finish()
+    }
+}
+
+impl Reconciler {
+    /// The production reconciler. Steps are added by later capabilities.
+    pub fn standard() -> Self {
+        Self::default()
+    }
+
+    pub fn with_step(mut self, step: impl Step + 'static) -> Self {
+        self.steps.push(Box::new(step));
+        self
+    }
+
+    /// One pass over every step, in order. A failing step stops the pass: later
+    /// steps may depend on it (mounts on the network, K3s on Tailscale).
+    pub async fn reconcile(&self, host: &Host, desired: &Desired, dry_run: bool) -> Report {
+        let mut steps = Vec::new();
+        for step in &self.steps {
+            let report = step.run(host, desired, dry_run).await;
+            let failed = report.error.is_some();
+            steps.push(report);
+            if failed {
+                break;
+            }
+        }
+        Report { generation: desired.generation, steps }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use elysium_host::FakeSystemd;
+
+    use super::*;
+
+    /// A step managing one file whose content is the cluster name: enough to check
+    /// the observe → plan → apply contract and idempotence.
+    struct MotdStep;
+
+    #[derive(Debug)]
+    enum MotdAction {
+        Write(String),
+    }
+
+    impl fmt::Display for MotdAction {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let MotdAction::Write(s) = self;
+            write!(f, "write /etc/motd = {s:?}")
+        }
+    }
+
+    impl Step for MotdStep {
+        type Observed = Option<String>;
+        type Action = MotdAction;
+        fn name(&self) -> &'static str {
+            "motd"
+        }
+        async fn observe(&self, host: &Host) -> Result<Option<String>, StepError> {
+            host.fs
+                .read_optional("/etc/motd")
+                .map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                .map_err(|e| StepError { step: "motd", message: e.to_string() })
+        }
+        fn plan(&self, desired: &Desired, observed: &Option<String>) -> Vec<MotdAction> {
+            let want = desired.spec.cluster.name.clone();
+            if observed.as_deref() == Some(want.as_str()) { vec![] } else { vec![MotdAction::Write(want)] }
+        }
+        async fn apply(&self, host: &Host, action: &MotdAction) -> Result<(), StepError> {
+            let MotdAction::Write(s) = action;
+            host.fs.write_atomic("/etc/motd", s.as_bytes(), 0o644).map_err(|e| StepError { step: "motd", message: e.to_string() })
+        }
+    }
+
+    fn host(dir: &std::path::Path) -> Host {
+        let fs = elysium_host::RootFs::new(dir);
+        Host { fs: fs.clone(), systemd: Arc::new(FakeSystemd::new(fs)) }
+    }
+
+    fn desired(name: &str) -> Desired {
+        let held = HeldSpec {
+            generation: 3,
+            cluster_spec_toml: format!("[cluster]\nname = \"{name}\"\n"),
+            role: "agent".into(),
+            labels: Default::default(),
+        };
+        Desired::from_held(&held).unwrap()
+    }
+
+    #[tokio::test]
+    async fn plans_applies_then_converges() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(dir.path());
+        let r = Reconciler::default().with_step(MotdStep);
+        let dry = r.reconcile(&host, &desired("kyrion"), true).await;
+        assert_eq!(dry.steps[0].actions, ["write /etc/motd = \"kyrion\""]);
+        assert!(!host.fs.exists("/etc/motd"), "dry run must not change the node");
+        let first = r.reconcile(&host, &desired("kyrion"), false).await;
+        assert!(first.ok());
+        assert_eq!(host.fs.read_to_string("/etc/motd").unwrap(), "kyrion");
+        let second = r.reconcile(&host, &desired("kyrion"), false).await;
+        assert!(second.steps[0].actions.is_empty(), "a converged node needs no action");
+    }
+
+    #[tokio::test]
+    async fn the_standard_reconciler_is_empty_and_converged() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = Reconciler::standard().reconcile(&host(dir.path()), &desired("x"), false).await;
+        assert!(report.ok() && report.steps.is_empty());
+    }
+
+    #[test]
+    fn a_spec_for_a_newer_agent_is_an_error() {
+        let held = HeldSpec { generation: 1, cluster_spec_toml: "[future]\n".into(), role: "agent".into(), labels: Default::default() };
+        assert!(Desired::from_held(&held).is_err());
+    }
+}

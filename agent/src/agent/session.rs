@@ -1,0 +1,206 @@
+//! The session loop: one mTLS stream to the coordinator at a time, reopened with
+//! capped exponential backoff and jitter whenever it ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use elysium_host::Host;
+use elysium_proto::{MAX_MESSAGE_BYTES, PROTOCOL, v1 as pb};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::state::{self, HeldSpec};
+use super::{AgentOptions, ReconcileStatus};
+use crate::transport::{self, Target, TransportError};
+use crate::{inventory, notify};
+
+/// Heartbeat period before any spec says otherwise.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+
+pub(crate) struct SessionContext {
+    pub host: Host,
+    pub target: Target,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub spec_tx: watch::Sender<Option<HeldSpec>>,
+    pub spec_rx: watch::Receiver<Option<HeldSpec>>,
+    pub status_rx: watch::Receiver<ReconcileStatus>,
+    pub trigger: Arc<Notify>,
+    pub options: AgentOptions,
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error(transparent)]
+    Connect(#[from] TransportError),
+    #[error("the coordinator refused the session: {0}")]
+    Refused(tonic::Status),
+    #[error("the session broke: {0}")]
+    Broken(tonic::Status),
+    #[error("the coordinator closed the session")]
+    Closed,
+    #[error("could not persist the received spec: {0}")]
+    Persist(#[from] elysium_host::FsError),
+}
+
+/// Delay before reconnect attempt `attempt` (0-based): exponential, capped, with
+/// "equal jitter" (half fixed, half random) so a restarted coordinator is not hit
+/// by every agent at the same instant, yet no agent retries in a tight loop.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let exp = initial.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX)).min(max);
+    let half = exp / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+/// Keeps a session open forever (the caller races it against shutdown).
+pub(crate) async fn run(mut ctx: SessionContext) {
+    let mut attempt = 0u32;
+    loop {
+        let started = Instant::now();
+        let end = session_once(&mut ctx).await;
+        // A session that lived a while was a success: start the backoff over.
+        if started.elapsed() > Duration::from_secs(10) {
+            attempt = 0;
+        }
+        let delay = backoff(attempt, ctx.options.backoff_initial, ctx.options.backoff_max);
+        attempt = attempt.saturating_add(1);
+        match &end {
+            SessionEnd::Refused(status) if status.code() == tonic::Code::PermissionDenied => {
+                tracing::error!(error = %end, retry_in = ?delay, "coordinator refuses this node");
+            }
+            _ => tracing::warn!(error = %end, source = ?std::error::Error::source(&end), retry_in = ?delay, "session ended"),
+        }
+        notify::status(&format!("disconnected: {end}; retrying"));
+        tokio::time::sleep(delay).await;
+    }
+}
+
+fn heartbeat_period(held: Option<&HeldSpec>) -> Duration {
+    held.and_then(|h| elysium_spec::ClusterSpec::parse(&h.cluster_spec_toml).ok())
+        .map(|s| Duration::from_secs(s.agent.heartbeat_seconds.into()))
+        .unwrap_or(DEFAULT_HEARTBEAT)
+}
+
+async fn session_once(ctx: &mut SessionContext) -> SessionEnd {
+    match session_inner(ctx).await {
+        Ok(()) => SessionEnd::Closed,
+        Err(e) => e,
+    }
+}
+
+async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
+    let channel = transport::channel(&ctx.target, ctx.tls.clone()).await?;
+    let mut client = pb::node_session_client::NodeSessionClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(32);
+    let status = ctx.status_rx.borrow_and_update().clone();
+    let held_generation = ctx.spec_rx.borrow().as_ref().map(|h| h.generation).unwrap_or(0);
+    let hello = pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol: PROTOCOL.to_owned(),
+            inventory: Some(inventory::collect(&ctx.host.fs)),
+            held_generation,
+            applied_generation: status.applied_generation,
+        })),
+    };
+    // The channel is empty: this cannot block.
+    let _ = out.send(hello).await;
+    let mut inbound = client.session(ReceiverStream::new(out_rx)).await.map_err(SessionEnd::Refused)?.into_inner();
+
+    tracing::info!(coordinator = %ctx.target.url, "session established");
+    notify::ready(&format!("connected to {}", ctx.target.url));
+
+    let mut seq = 0u64;
+    let mut period = heartbeat_period(ctx.spec_rx.borrow().as_ref());
+    let mut heartbeat = tokio::time::interval(period);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent_at: Option<(u64, Instant)> = None;
+    loop {
+        tokio::select! {
+            msg = inbound.message() => {
+                let Some(msg) = msg.map_err(SessionEnd::Broken)? else { return Ok(()) };
+                match msg.msg {
+                    Some(pb::coordinator_message::Msg::Spec(spec)) => {
+                        let incoming = HeldSpec::from_pb(&spec);
+                        let current = ctx.spec_rx.borrow().clone();
+                        if current.as_ref() != Some(&incoming) {
+                            if let Some(cur) = &current && incoming.generation < cur.generation {
+                                tracing::warn!(held = cur.generation, received = incoming.generation, "coordinator sent an older spec generation; taking it (was the coordinator's state restored?)");
+                            }
+                            state::save_spec(&ctx.host.fs, &spec)?;
+                            tracing::info!(generation = spec.generation, "new spec received");
+                            let new_period = heartbeat_period(Some(&incoming));
+                            ctx.spec_tx.send_replace(Some(incoming));
+                            if new_period != period {
+                                period = new_period;
+                                heartbeat = tokio::time::interval(period);
+                                heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            }
+                        }
+                    }
+                    Some(pb::coordinator_message::Msg::HeartbeatAck(ack)) => {
+                        if let Some((s, at)) = sent_at.take() && s == ack.seq {
+                            tracing::debug!(seq = s, rtt_ms = at.elapsed().as_secs_f64() * 1e3, "heartbeat acknowledged");
+                        }
+                    }
+                    Some(pb::coordinator_message::Msg::Command(cmd)) => {
+                        if let Some(pb::command::Kind::Reconcile(_)) = cmd.kind {
+                            tracing::info!(command = %cmd.id, "reconcile requested");
+                            ctx.trigger.notify_one();
+                        }
+                    }
+                    None => {}
+                }
+            }
+            _ = heartbeat.tick() => {
+                seq += 1;
+                sent_at = Some((seq, Instant::now()));
+                if out.send(heartbeat_message(seq, &ctx.status_rx.borrow())).await.is_err() {
+                    return Ok(());
+                }
+            }
+            changed = ctx.status_rx.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                // Report reconcile results at once rather than at the next beat.
+                seq += 1;
+                let msg = heartbeat_message(seq, &ctx.status_rx.borrow_and_update());
+                if out.send(msg).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn heartbeat_message(seq: u64, status: &ReconcileStatus) -> pb::AgentMessage {
+    pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat {
+            seq,
+            applied_generation: status.applied_generation,
+            reconcile_state: status.state.clone(),
+            reconcile_error: status.error.clone(),
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let (i, m) = (Duration::from_millis(500), Duration::from_secs(30));
+        for attempt in 0..40 {
+            let d = backoff(attempt, i, m);
+            let exp = (i * 2u32.saturating_pow(attempt.min(20))).min(m);
+            assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?} outside [{:?}, {exp:?}]", exp / 2);
+        }
+        let samples: std::collections::BTreeSet<_> = (0..20).map(|_| backoff(5, i, m)).collect();
+        assert!(samples.len() > 1, "no jitter");
+    }
+}

@@ -1,0 +1,315 @@
+//! The command line: argument types and dispatch. Each subcommand's work lives in
+//! the library module that owns it; this module only parses, prints and maps
+//! outcomes to exit codes.
+
+mod admin;
+mod coordinator;
+mod node;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// elysium-node: bare-metal node agent and provisioner for a GitOps K3s homelab.
+#[derive(Debug, Parser)]
+#[command(name = "elysium-node", version, propagate_version = true, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log filter (e.g. `info`, `debug`, `elysium_agent=debug`); also RUST_LOG.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Treat this directory as the node's `/` (testing and image building).
+    #[arg(long, global = true, env = "ELYSIUM_ROOT", default_value = "/", hide = true)]
+    pub root: PathBuf,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  # Try it: a coordinator in ./elysium-data that prints how a node joins
+  elysium-node coordinator quickstart
+
+  # On new hardware (as root), with the token in the environment, not in argv
+  ELYSIUM_JOIN_TOKEN=ELY10… elysium-node join --coordinator https://10.0.0.2:7443
+
+  # Administration (credentials from $ELYSIUM_CONFIG or --config)
+  elysium-node token create --ttl 2h --role server
+  elysium-node nodes
+  elysium-node spec set cluster.toml";
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enroll this machine with a coordinator and install the agent service.
+    #[command(after_help = "Examples:\n  ELYSIUM_JOIN_TOKEN=ELY10… elysium-node join --coordinator https://10.0.0.2:7443\n  elysium-node join --coordinator https://coord.lan:7443 --token-file /root/token --name rack1-node3\n  elysium-node join --coordinator https://coord.lan:7443 --token-file /root/token --dry-run")]
+    Join(JoinArgs),
+    /// Run the node agent (what elysium-node.service runs).
+    Agent(AgentArgs),
+    /// Run and set up the coordinator.
+    #[command(subcommand)]
+    Coordinator(CoordinatorCommand),
+    /// Create, list and revoke join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List and inspect enrolled nodes.
+    Nodes(NodesArgs),
+    /// Get or set the cluster spec (a TOML document).
+    #[command(subcommand)]
+    Spec(SpecCommand),
+    /// Show the coordinator's event log.
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Coordinator address, https://HOST:PORT.
+    #[arg(long)]
+    pub coordinator: String,
+    /// Join token. Prefer --token-file or $ELYSIUM_JOIN_TOKEN: arguments are
+    /// visible to every user in the process list.
+    #[arg(long, env = "ELYSIUM_JOIN_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// Read the join token from a file (`-` for standard input).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Node name (default: the hostname).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print what would be done; change nothing (works without root).
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Agent configuration written by `join`.
+    #[arg(long, default_value = crate::paths::AGENT_CONFIG)]
+    pub config: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CoordinatorCommand {
+    /// Create a coordinator: CA, server certificate and admin credentials.
+    #[command(after_help = "Example:\n  elysium-node coordinator init --data-dir /var/lib/elysium-coordinator --san coord.lan --san 10.0.0.2")]
+    Init(InitArgs),
+    /// Serve the coordinator from an initialised data directory.
+    Serve(ServeArgs),
+    /// Initialise (if needed) a coordinator in a local directory, print how a
+    /// node joins, and serve it.
+    Quickstart(QuickstartArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Coordinator name (default: the hostname).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// DNS name or IP nodes use to reach the coordinator (repeatable). The first
+    /// one goes into the admin credentials' address.
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+    /// Port for the admin credentials' address.
+    #[arg(long, default_value_t = elysium_coordinator::datadir::DEFAULT_PORT)]
+    pub port: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    pub listen: std::net::SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct QuickstartArgs {
+    #[arg(long, default_value = "elysium-data")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    pub listen: std::net::SocketAddr,
+    /// Extra DNS name or IP for the server certificate (repeatable); the machine's
+    /// hostname and addresses are always included.
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+}
+
+/// Where admin commands find their credentials.
+#[derive(Debug, Args, Clone)]
+pub struct AdminConn {
+    /// Admin credentials file (written by `coordinator init` as DATA_DIR/admin.toml).
+    #[arg(long = "config", env = "ELYSIUM_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token; prints only the token on stdout.
+    #[command(after_help = "Examples:\n  elysium-node token create\n  elysium-node token create --ttl 24h --uses 3 --role agent --label rack=a")]
+    Create {
+        /// Lifetime (e.g. 30m, 1h, 2d).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        #[arg(long, value_enum, default_value_t = RoleArg::Agent)]
+        role: RoleArg,
+        /// Label for nodes joining with it, key=value (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Revoke a token by id (or by the whole token).
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Server,
+    Agent,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct NodesArgs {
+    #[command(subcommand)]
+    pub command: Option<NodesCommand>,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(flatten)]
+    pub conn: AdminConn,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodesCommand {
+    /// Show one node's full record.
+    Get {
+        name: String,
+        #[arg(short, long, value_enum, default_value_t = Output::Json)]
+        output: Output,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Forget a node: its certificate stops working at once.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpecCommand {
+    /// Print the cluster spec (TOML) on stdout.
+    Get {
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Validate and set the cluster spec from a TOML file (`-` for stdin); every
+    /// connected node receives it at once.
+    Set {
+        file: PathBuf,
+        /// Refuse unless the current generation is this one (safe concurrent edits).
+        #[arg(long)]
+        expect_generation: Option<u64>,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    pub after: u64,
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(flatten)]
+    pub conn: AdminConn,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty key"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// Sets up logging once, for every subcommand. Logs go to stderr so stdout stays
+/// for results (tokens, JSON).
+pub fn init_tracing(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let root = cli.root.clone();
+    match cli.command {
+        Command::Join(args) => node::join(&root, args).await,
+        Command::Agent(args) => node::agent(&root, args).await,
+        Command::Coordinator(cmd) => coordinator::run(cmd).await,
+        Command::Token(cmd) => admin::token(cmd).await,
+        Command::Nodes(args) => admin::nodes(args).await,
+        Command::Spec(cmd) => admin::spec(cmd).await,
+        Command::Events(args) => admin::events(args).await,
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers we can only run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

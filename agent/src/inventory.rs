@@ -1,0 +1,116 @@
+//! What a node says about itself when it joins and on every session: identity,
+//! OS, kernel, CPU and memory, read through the host seam's root so a fixture
+//! directory can stand in for `/`.
+
+use elysium_host::RootFs;
+use elysium_proto::v1 as pb;
+
+/// Collects the inventory. Missing files leave their fields empty rather than
+/// failing: a node with an odd `/proc` should still be able to join.
+pub fn collect(fs: &RootFs) -> pb::NodeInventory {
+    let read = |p: &str| fs.read_to_string(p).map(|s| s.trim().to_owned()).unwrap_or_default();
+    let hostname = Some(read("/proc/sys/kernel/hostname"))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| read("/etc/hostname"));
+    let os_release = fs.read_to_string("/etc/os-release").or_else(|_| fs.read_to_string("/usr/lib/os-release"));
+    let cpuinfo = fs.read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let (cpu_model, cpu_cores, cpu_threads) = parse_cpuinfo(&cpuinfo);
+    pb::NodeInventory {
+        hostname,
+        machine_id: read("/etc/machine-id"),
+        os: os_release.map(|t| pretty_name(&t)).unwrap_or_default(),
+        kernel: read("/proc/sys/kernel/osrelease"),
+        arch: go_arch(std::env::consts::ARCH).to_owned(),
+        cpu_model,
+        cpu_cores,
+        cpu_threads,
+        memory_bytes: parse_meminfo_total(&fs.read_to_string("/proc/meminfo").unwrap_or_default()),
+    }
+}
+
+/// Architecture names as Go, K3s and container images spell them.
+pub fn go_arch(rust_arch: &str) -> &str {
+    match rust_arch {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "s390x" => "s390x",
+        other => other,
+    }
+}
+
+/// `PRETTY_NAME` from os-release (falls back to `NAME`).
+fn pretty_name(os_release: &str) -> String {
+    let field = |key: &str| {
+        os_release.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(|v| v.trim().trim_matches('"').to_owned())
+    };
+    field("PRETTY_NAME").or_else(|| field("NAME")).unwrap_or_default()
+}
+
+/// (model, physical cores, hardware threads).
+fn parse_cpuinfo(text: &str) -> (String, u32, u32) {
+    let mut model = String::new();
+    let mut threads = 0u32;
+    let mut cores = std::collections::BTreeSet::new();
+    let mut physical = String::new();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else { continue };
+        let (key, value) = (key.trim(), value.trim());
+        match key {
+            "processor" => threads += 1,
+            "model name" if model.is_empty() => model = value.to_owned(),
+            "physical id" => physical = value.to_owned(),
+            "core id" => {
+                cores.insert((physical.clone(), value.to_owned()));
+            }
+            _ => {}
+        }
+    }
+    // Without topology lines (VMs, ARM), count threads as cores.
+    let cores = if cores.is_empty() { threads } else { cores.len() as u32 };
+    (model, cores, threads)
+}
+
+fn parse_meminfo_total(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_fixture_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RootFs::new(dir.path());
+        fs.write_atomic("/proc/sys/kernel/hostname", b"node7\n", 0o644).unwrap();
+        fs.write_atomic("/etc/machine-id", b"0123456789abcdef0123456789abcdef\n", 0o444).unwrap();
+        fs.write_atomic("/etc/os-release", b"NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n", 0o644).unwrap();
+        fs.write_atomic("/proc/sys/kernel/osrelease", b"6.1.0-27-amd64\n", 0o444).unwrap();
+        let cpuinfo = "processor\t: 0\nmodel name\t: Intel(R) Core(TM) i5-1240P\nphysical id\t: 0\ncore id\t: 0\n\n\
+                       processor\t: 1\nmodel name\t: Intel(R) Core(TM) i5-1240P\nphysical id\t: 0\ncore id\t: 0\n\n\
+                       processor\t: 2\nmodel name\t: Intel(R) Core(TM) i5-1240P\nphysical id\t: 0\ncore id\t: 1\n";
+        fs.write_atomic("/proc/cpuinfo", cpuinfo.as_bytes(), 0o444).unwrap();
+        fs.write_atomic("/proc/meminfo", b"MemTotal:       16252928 kB\nMemFree: 1 kB\n", 0o444).unwrap();
+        let inv = collect(&fs);
+        assert_eq!(inv.hostname, "node7");
+        assert_eq!(inv.os, "Debian GNU/Linux 12 (bookworm)");
+        assert_eq!(inv.kernel, "6.1.0-27-amd64");
+        assert_eq!((inv.cpu_cores, inv.cpu_threads), (2, 3));
+        assert_eq!(inv.cpu_model, "Intel(R) Core(TM) i5-1240P");
+        assert_eq!(inv.memory_bytes, 16_252_928 * 1024);
+        assert_eq!(inv.machine_id.len(), 32);
+    }
+
+    #[test]
+    fn an_empty_root_still_yields_an_inventory() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = collect(&RootFs::new(dir.path()));
+        assert!(inv.hostname.is_empty());
+        assert_eq!(inv.memory_bytes, 0);
+    }
+}

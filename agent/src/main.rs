@@ -1,0 +1,28 @@
+//! `elysium-node`: one binary for nodes (join, agent), the coordinator and its admins.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = elysium_agent::cli::Cli::parse();
+    elysium_agent::cli::init_tracing(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(elysium_agent::cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            // The whole chain, once, at the edge.
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
