@@ -1,1 +1,3 @@
 pub mod testnode;
+pub mod harness;
+pub mod e2e;

@@ -158,7 +158,8 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
             _ = heartbeat.tick() => {
                 seq += 1;
                 sent_at = Some((seq, Instant::now()));
-                if out.send(heartbeat_message(seq, &ctx.status_rx.borrow())).await.is_err() {
+                let msg = heartbeat_message(seq, &ctx.status_rx.borrow());
+                if out.send(msg).await.is_err() {
                     return Ok(());
                 }
             }

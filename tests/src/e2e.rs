@@ -1,0 +1,200 @@
+//! Helpers for end-to-end tests that drive the real `elysium-node` binary: locating it, running a
+//! coordinator on the host as a child process, and polling with a bounded wait.
+//!
+//! The binary is never built from here (a test must not invoke cargo): run `cargo build -p elysium-agent`
+//! first, or point `ELYSIUM_NODE_BIN` at a build.
+
+use std::fs::{self, File};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The `elysium-node` binary under test: `$ELYSIUM_NODE_BIN`, else `<workspace>/target/debug/elysium-node`.
+pub fn node_binary() -> Result<PathBuf> {
+    let path = match std::env::var_os("ELYSIUM_NODE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/elysium-node"),
+    };
+    if !path.is_file() {
+        bail!(
+            "the elysium-node binary is missing at {}: run `cargo build -p elysium-agent` first \
+             (or set ELYSIUM_NODE_BIN to a built binary)",
+            path.display()
+        );
+    }
+    // Canonical, so it can be bind-mounted into nodes.
+    fs::canonicalize(&path).with_context(|| format!("resolving {}", path.display()))
+}
+
+/// A TCP port on `ip` that was free a moment ago (bind to port 0, read it back, release it).
+pub fn free_port(ip: Ipv4Addr) -> Result<u16> {
+    let listener = TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0 to find a free port"))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Calls `probe` until it returns `Some`, at most `timeout`; errors from `probe` count as "not yet", and
+/// the last one is reported on timeout together with `what`.
+pub fn poll<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let last = match probe() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        if Instant::now() >= deadline {
+            return Err(match last {
+                Some(e) => e.context(format!("timed out after {timeout:?} waiting for {what}")),
+                None => anyhow!("timed out after {timeout:?} waiting for {what}"),
+            });
+        }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Lossy UTF-8 of a command's stdout and stderr, for messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    )
+}
+
+/// A coordinator served on the host by `elysium-node coordinator serve`, as a child of the test.
+/// Dropping it kills the process (SIGKILL) if [`Coordinator::stop`] was not called.
+#[derive(Debug)]
+pub struct Coordinator {
+    bin: PathBuf,
+    data_dir: PathBuf,
+    log: PathBuf,
+    listen: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Coordinator {
+    /// `coordinator init` in `dir/coord` (certificate for `ip`, admin credentials pointing at
+    /// `ip:port`), then `coordinator serve` on `ip:port`, stderr to `dir/coordinator.log`; returns once
+    /// the port accepts connections (at most 10 s).
+    pub fn start(bin: &Path, dir: &Path, ip: Ipv4Addr) -> Result<Coordinator> {
+        let data_dir = dir.join("coord");
+        let log = dir.join("coordinator.log");
+        let port = free_port(ip)?;
+        let listen = SocketAddr::from((ip, port));
+
+        let init = Command::new(bin)
+            .args(["coordinator", "init", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--san", &ip.to_string(), "--port", &port.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .context("running `elysium-node coordinator init`")?;
+        if !init.status.success() {
+            bail!("`coordinator init` failed: {}", describe(&init));
+        }
+
+        let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(bin)
+            .args(["coordinator", "serve", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--listen", &listen.to_string()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("spawning `elysium-node coordinator serve`")?;
+        let mut coord = Coordinator { bin: bin.to_path_buf(), data_dir, log, listen, child: Some(child) };
+
+        let wait = poll("the coordinator to listen", Duration::from_secs(10), || {
+            if let Some(status) = coord.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("the coordinator exited with {status}");
+            }
+            Ok(TcpStream::connect_timeout(&listen, Duration::from_millis(500)).ok().map(|_| ()))
+        });
+        if let Err(e) = wait {
+            bail!("{e:#}\n--- coordinator log ---\n{}", coord.log());
+        }
+        Ok(coord)
+    }
+
+    /// `https://IP:PORT`, what nodes join.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.listen)
+    }
+
+    /// The admin credentials file written by `coordinator init`.
+    pub fn admin_config(&self) -> PathBuf {
+        self.data_dir.join("admin.toml")
+    }
+
+    /// Everything the coordinator wrote to stdout/stderr so far.
+    pub fn log(&self) -> String {
+        fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_else(|e| format!("<{} unreadable: {e}>", self.log.display()))
+    }
+
+    /// Runs an admin command (`elysium-node ARGS...`) with `ELYSIUM_CONFIG` set for this command only.
+    pub fn admin(&self, args: &[&str]) -> Result<Output> {
+        Command::new(&self.bin)
+            .args(args)
+            .env("ELYSIUM_CONFIG", self.admin_config())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running elysium-node {args:?}"))
+    }
+
+    /// Like [`Coordinator::admin`], failing on a non-zero exit; returns stdout.
+    pub fn admin_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.admin(args)?;
+        if !out.status.success() {
+            bail!("elysium-node {args:?}: {}", describe(&out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Like [`Coordinator::admin_ok`], parsing stdout as JSON (use with `-o json`).
+    pub fn admin_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let out = self.admin_ok(args)?;
+        serde_json::from_str(&out).with_context(|| format!("elysium-node {args:?} printed no JSON: {out}"))
+    }
+
+    /// SIGTERM, then waits at most `timeout` for the exit status (SIGKILL after that, and an error).
+    pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else { bail!("the coordinator was already stopped") };
+        let pid = Pid::from_raw(i32::try_from(child.id())?);
+        kill(pid, Signal::SIGTERM).context("sending SIGTERM to the coordinator")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the coordinator did not exit within {timeout:?} of SIGTERM (killed)");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! In-process harness: a real coordinator (real TLS on loopback, real redb store in
+//! a temporary directory) and real agents whose node root is a temporary directory
+//! and whose systemd is the host seam's fake. Used by the integration tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use elysium_agent::agent::{self, AgentOptions, reconcile::Reconciler};
+use elysium_agent::config::AgentConfig;
+use elysium_agent::join::{self, JoinError, JoinOptions, JoinOutcome, Secret};
+use elysium_agent::transport::{self, Target};
+use elysium_coordinator::datadir::{self, AdminConfig, InitOptions};
+use elysium_coordinator::server::{self, Clock, Coordinator, ServerTls};
+use elysium_coordinator::store::RedbStore;
+use elysium_host::{FakeSystemd, Host, RootFs};
+use elysium_proto::v1 as pb;
+use elysium_proto::v1::admin_client::AdminClient;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// A coordinator serving on 127.0.0.1 from a temporary data directory.
+pub struct TestCoordinator {
+    pub tmp: tempfile::TempDir,
+    pub addr: SocketAddr,
+    /// `None` only while restarting.
+    coordinator: Option<Arc<Coordinator>>,
+    /// Seconds added to the real clock (to expire tokens without sleeping).
+    pub clock_offset: Arc<AtomicI64>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), server::ServeError>>>,
+}
+
+impl TestCoordinator {
+    pub fn data_dir(&self) -> PathBuf {
+        self.tmp.path().join("coordinator")
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// Initialises a data directory and serves it on an ephemeral port.
+    pub async fn start() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("coordinator");
+        datadir::init(&dir, &InitOptions { name: "test".into(), sans: vec!["127.0.0.1".into()], port: 0 })
+            .expect("coordinator init");
+        let clock_offset = Arc::new(AtomicI64::new(0));
+        let (coordinator, addr, stop, task) = serve(&dir, "127.0.0.1:0".parse().unwrap(), clock_offset.clone()).await;
+        Self { tmp, addr, coordinator: Some(coordinator), clock_offset, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn coordinator(&self) -> &Arc<Coordinator> {
+        self.coordinator.as_ref().expect("coordinator running")
+    }
+
+    /// Stops serving (sessions are closed) and waits for the server to finish.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(Duration::from_secs(10), task).await;
+            result.expect("coordinator did not shut down within 10 s").expect("join").expect("serve");
+        }
+    }
+
+    /// Stops and starts again from the same data directory on the same port.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        // In a real restart the process ends; here, wait until the last session
+        // task lets go of the old coordinator so the store file is closed.
+        let old = self.coordinator.take().expect("coordinator running");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&old) > 1 {
+            assert!(std::time::Instant::now() < deadline, "old coordinator still referenced");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(old);
+        let (coordinator, addr, stop, task) = serve(&self.data_dir(), self.addr, self.clock_offset.clone()).await;
+        assert_eq!(addr, self.addr);
+        self.coordinator = Some(coordinator);
+        self.stop = Some(stop);
+        self.task = Some(task);
+    }
+
+    pub fn admin_config(&self) -> AdminConfig {
+        let mut cfg = datadir::load_admin_config(&self.data_dir().join(datadir::ADMIN_FILE)).expect("admin.toml");
+        cfg.coordinator = self.url();
+        cfg
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        let cfg = self.admin_config();
+        let tls = transport::mtls(&cfg.ca_pem, &cfg.cert_pem, &cfg.key_pem).expect("admin tls");
+        AdminClient::new(transport::channel(&Target::parse(&self.url()).unwrap(), tls).await.expect("admin channel"))
+    }
+
+    /// Creates a token through the Admin API.
+    pub async fn token(&self, uses: u32, ttl_seconds: u64) -> String {
+        self.admin()
+            .await
+            .create_token(pb::CreateTokenRequest { ttl_seconds, uses, role: 0, labels: Default::default() })
+            .await
+            .expect("create token")
+            .into_inner()
+            .token
+    }
+
+    pub async fn node(&self, name: &str) -> Option<pb::NodeRecord> {
+        self.admin().await.get_node(pb::GetNodeRequest { name: name.into() }).await.ok().map(|r| r.into_inner())
+    }
+
+    pub fn advance_clock(&self, seconds: i64) {
+        self.clock_offset.fetch_add(seconds, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TestCoordinator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn serve(
+    dir: &Path,
+    addr: SocketAddr,
+    offset: Arc<AtomicI64>,
+) -> (Arc<Coordinator>, SocketAddr, oneshot::Sender<()>, JoinHandle<Result<(), server::ServeError>>) {
+    let data = datadir::load(dir).expect("load data dir");
+    let tls = ServerTls::from_data_dir(&data);
+    let store = RedbStore::open(&data.store_path()).expect("open store");
+    let real = server::system_clock();
+    let clock: Clock = Arc::new(move || real() + offset.load(Ordering::SeqCst));
+    let coordinator = Coordinator::new(Arc::new(store), data.ca, clock).expect("coordinator");
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(server::run(coordinator.clone(), listener, tls, async move {
+        let _ = stopped.await;
+    }));
+    (coordinator, addr, stop, task)
+}
+
+/// A node: a temporary root directory and a fake systemd over it.
+pub struct TestNode {
+    pub root: tempfile::TempDir,
+    pub systemd: Arc<FakeSystemd>,
+    pub host: Host,
+    /// Stands in for the elysium-node binary that join installs.
+    pub binary: PathBuf,
+}
+
+impl TestNode {
+    pub fn new(hostname: &str) -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let fs = RootFs::new(root.path());
+        fs.write_atomic("/proc/sys/kernel/hostname", format!("{hostname}\n").as_bytes(), 0o644).unwrap();
+        fs.write_atomic("/etc/os-release", b"PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n", 0o644).unwrap();
+        let binary = root.path().join("elysium-node.build");
+        std::fs::write(&binary, b"#!/bin/true\n").unwrap();
+        let systemd = Arc::new(FakeSystemd::new(fs.clone()));
+        let host = Host { fs, systemd: systemd.clone() };
+        Self { root, systemd, host, binary }
+    }
+
+    pub fn options(&self, url: &str, token: &str) -> JoinOptions {
+        JoinOptions {
+            coordinator: url.into(),
+            token: Secret(token.into()),
+            name: None,
+            dry_run: false,
+            binary: self.binary.clone(),
+            require_root: false,
+        }
+    }
+
+    pub async fn join(&self, url: &str, token: &str) -> Result<JoinOutcome, JoinError> {
+        join::join(&self.host, &self.options(url, token), &mut |_| {}).await
+    }
+
+    /// Starts the agent in the background.
+    pub fn start_agent(&self) -> TestAgent {
+        let config = AgentConfig::load(&self.host.fs, elysium_agent::paths::AGENT_CONFIG).expect("agent.toml");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let options = AgentOptions { backoff_initial: Duration::from_millis(50), backoff_max: Duration::from_millis(400) };
+        let host = self.host.clone();
+        let task = tokio::spawn(async move {
+            agent::run(host, config, Reconciler::standard(), options, async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        TestAgent { stop: Some(stop), task: Some(task) }
+    }
+
+    /// Whether nothing of an enrollment was written.
+    pub fn is_pristine(&self) -> bool {
+        !self.host.fs.exists("/etc/elysium") && !self.host.fs.exists("/var/lib/elysium")
+    }
+}
+
+pub struct TestAgent {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), agent::AgentError>>>,
+}
+
+impl TestAgent {
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("agent did not stop within 10 s")
+                .expect("join")
+                .expect("agent");
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout`
+/// with `what`. Used instead of sleeps: tests wait for behaviour, not for time.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Path of the built `elysium-node` binary: `$ELYSIUM_NODE_BIN`, else the
+/// workspace's `target/debug/elysium-node`.
+pub fn elysium_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("ELYSIUM_NODE_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/elysium-node");
+    assert!(p.exists(), "{} is missing: run `cargo build -p elysium-agent` first (tests/run does)", p.display());
+    p
+}
