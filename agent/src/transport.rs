@@ -236,7 +236,24 @@ pub async fn channel(target: &Target, tls: Arc<ClientConfig>) -> Result<Channel,
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    endpoint.connect_with_connector(connector).await.map_err(|source| TransportError::Channel { url: target.url.clone(), source })
+    endpoint.connect_with_connector(connector).await.map_err(|source| classify(&target.url, source))
+}
+
+/// A channel error caused by the network (refused, timed out, no route) means
+/// "unreachable", which deserves its own message; anything else stays a channel error.
+fn classify(url: &str, source: tonic::transport::Error) -> TransportError {
+    use std::io::ErrorKind::*;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&source);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), ConnectionRefused | TimedOut | HostUnreachable | NetworkUnreachable | ConnectionReset | AddrNotAvailable)
+        {
+            let io = std::io::Error::new(io.kind(), io.to_string());
+            return TransportError::Unreachable { url: url.to_owned(), source: io };
+        }
+        cause = e.source();
+    }
+    TransportError::Channel { url: url.to_owned(), source }
 }
 
 #[cfg(test)]
