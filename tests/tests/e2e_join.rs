@@ -139,7 +139,7 @@ fn scenario(ctx: &Ctx<'_>, coord: &mut Coordinator, nodes: &mut Vec<TestNode>) -
     poll("node1 to hold the new spec in /var/lib/elysium/spec.json", ONLINE_TIMEOUT, || {
         let Ok(text) = fs::read_to_string(&held_path) else { return Ok(None) };
         let held: Value = serde_json::from_str(&text).with_context(|| format!("spec.json is not JSON: {text}"))?;
-        Ok((held["generation"].as_u64() == Some(generation) && text.contains("e2e")).then_some(()))
+        Ok((held["generation"].as_u64() == Some(generation) && text.contains("e2e-NOPE")).then_some(()))
     })?;
     poll("the coordinator to report node1's applied_generation", ONLINE_TIMEOUT, || {
         let record = coord.admin_json(&["nodes", "get", "node1", "-o", "json"])?;
