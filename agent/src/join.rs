@@ -49,7 +49,9 @@ pub struct JoinOptions {
 /// Why a join failed. Every message says what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
-    #[error("joining changes the system and must run as root (try `sudo elysium-node join ...`, or `--dry-run` to only see the plan)")]
+    #[error(
+        "joining changes the system and must run as root (try `sudo elysium-node join ...`, or `--dry-run` to only see the plan)"
+    )]
     NotRoot,
     #[error(transparent)]
     Token(#[from] MalformedToken),
@@ -71,7 +73,9 @@ pub enum JoinError {
     Fs(#[from] FsError),
     #[error(transparent)]
     Install(#[from] InstallError),
-    #[error("the node is enrolled, but the agent service could not be started; fix the cause (`journalctl -u elysium-node`) and run join again")]
+    #[error(
+        "the node is enrolled, but the agent service could not be started; fix the cause (`journalctl -u elysium-node`) and run join again"
+    )]
     Service(#[source] SystemdError),
 }
 
@@ -96,7 +100,9 @@ impl fmt::Display for Action {
             Action::VerifyCoordinator { url, fingerprint } => {
                 write!(f, "verify that {url} presents the CA with fingerprint {}…", &fingerprint[..16])
             }
-            Action::GenerateKey { path } => write!(f, "generate the node key pair (private key {path}, 0600)"),
+            Action::GenerateKey { path } => {
+                write!(f, "generate the node key pair (private key {path}, 0600)")
+            }
             Action::Enroll { name } => write!(f, "enroll as node {name:?} (send the CSR and inventory)"),
             Action::WriteFile { path, mode } => write!(f, "write {path} ({mode:04o})"),
             Action::InstallBinary { from, to } => write!(f, "install {} as {to}", from.display()),
@@ -121,7 +127,11 @@ pub enum JoinOutcome {
 }
 
 /// Joins this node to a coordinator. `progress` sees each action as it starts.
-pub async fn join(host: &Host, opts: &JoinOptions, progress: &mut dyn FnMut(&Action)) -> Result<JoinOutcome, JoinError> {
+pub async fn join(
+    host: &Host,
+    opts: &JoinOptions,
+    progress: &mut dyn FnMut(&Action),
+) -> Result<JoinOutcome, JoinError> {
     if opts.require_root && !opts.dry_run && !elysium_host::is_root() {
         return Err(JoinError::NotRoot);
     }
@@ -146,13 +156,15 @@ pub async fn join(host: &Host, opts: &JoinOptions, progress: &mut dyn FnMut(&Act
     let inventory = inventory::collect(&host.fs);
     let name = opts.name.clone().unwrap_or_else(|| inventory.hostname.clone());
 
-    let verify = Action::VerifyCoordinator { url: target.url.clone(), fingerprint: token.ca_fingerprint.clone() };
+    let verify =
+        Action::VerifyCoordinator { url: target.url.clone(), fingerprint: token.ca_fingerprint.clone() };
     progress(&verify);
     let pin = PinnedCa::new(&token.ca_fingerprint);
     let tls = transport::join_tls(pin.clone())?;
     transport::handshake(&target, tls.clone()).await.map_err(|e| explain_pin(e, &pin, &target, &token))?;
 
-    let mut actions = vec![verify, Action::GenerateKey { path: paths::NODE_KEY }, Action::Enroll { name: name.clone() }];
+    let mut actions =
+        vec![verify, Action::GenerateKey { path: paths::NODE_KEY }, Action::Enroll { name: name.clone() }];
     for (path, mode) in identity_files() {
         actions.push(Action::WriteFile { path, mode });
     }
@@ -164,7 +176,8 @@ pub async fn join(host: &Host, opts: &JoinOptions, progress: &mut dyn FnMut(&Act
     progress(&actions[1]);
     let (key_pem, csr_der) = pki::node_key_and_csr().map_err(JoinError::Key)?;
     progress(&actions[2]);
-    let channel = transport::channel(&target, tls).await.map_err(|e| explain_pin(e, &pin, &target, &token))?;
+    let channel =
+        transport::channel(&target, tls).await.map_err(|e| explain_pin(e, &pin, &target, &token))?;
     let mut client = pb::enrollment_client::EnrollmentClient::new(channel);
     let request = pb::EnrollRequest {
         token: token.expose(),
@@ -217,7 +230,12 @@ pub async fn join(host: &Host, opts: &JoinOptions, progress: &mut dyn FnMut(&Act
 }
 
 fn identity_files() -> [(&'static str, u32); 4] {
-    [(paths::NODE_KEY, 0o600), (paths::NODE_CERT, 0o644), (paths::CA_CERT, 0o644), (paths::AGENT_CONFIG, 0o644)]
+    [
+        (paths::NODE_KEY, 0o600),
+        (paths::NODE_CERT, 0o644),
+        (paths::CA_CERT, 0o644),
+        (paths::AGENT_CONFIG, 0o644),
+    ]
 }
 
 /// Replaces a bare TLS failure by the fingerprint mismatch that caused it.
@@ -241,7 +259,9 @@ async fn plan_service(host: &Host, binary: &Path) -> Result<Vec<Action>, JoinErr
         actions.push(Action::InstallBinary { from: binary.to_path_buf(), to: paths::BINARY });
         changed = true;
     }
-    if installer::file_change(&host.fs, Path::new(paths::UNIT_PATH), paths::UNIT_CONTENT.as_bytes(), 0o644)?.changed() {
+    if installer::file_change(&host.fs, Path::new(paths::UNIT_PATH), paths::UNIT_CONTENT.as_bytes(), 0o644)?
+        .changed()
+    {
         actions.push(Action::InstallUnit { path: paths::UNIT_PATH });
         actions.push(Action::DaemonReload);
         changed = true;
@@ -260,7 +280,8 @@ async fn plan_service(host: &Host, binary: &Path) -> Result<Vec<Action>, JoinErr
 }
 
 fn binary_differs(host: &Host, binary: &Path) -> Result<bool, JoinError> {
-    let ours = std::fs::read(binary).map_err(|source| InstallError::ReadSource { path: binary.to_path_buf(), source })?;
+    let ours = std::fs::read(binary)
+        .map_err(|source| InstallError::ReadSource { path: binary.to_path_buf(), source })?;
     Ok(host.fs.read_optional(paths::BINARY)?.is_none_or(|installed| installed != ours))
 }
 

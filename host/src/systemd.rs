@@ -52,13 +52,13 @@ impl UnitStatus {
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {
     #[error("could not connect to systemd on the D-Bus system bus (is systemd PID 1 and dbus running?)")]
-    Connect(#[source] zbus::Error),
+    Connect(#[source] Box<zbus::Error>),
     #[error("systemd refused {method} for {unit}")]
     Call {
         method: &'static str,
         unit: String,
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     #[error("systemd job {op} {unit} ended with result `{result}` (see `journalctl -u {unit}`)")]
     JobFailed { op: &'static str, unit: String, result: String },
@@ -105,7 +105,11 @@ trait Manager {
         runtime: bool,
         force: bool,
     ) -> zbus::Result<(bool, Vec<(String, String, String)>)>;
-    fn disable_unit_files(&self, files: &[&str], runtime: bool) -> zbus::Result<Vec<(String, String, String)>>;
+    fn disable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
     #[zbus(signal)]
     fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
 }
@@ -139,8 +143,8 @@ impl DbusSystemd {
             .conn
             .get_or_try_init(|| async { zbus::Connection::system().await })
             .await
-            .map_err(SystemdError::Connect)?;
-        ManagerProxy::new(conn).await.map_err(SystemdError::Connect)
+            .map_err(|e| SystemdError::Connect(Box::new(e)))?;
+        ManagerProxy::new(conn).await.map_err(|e| SystemdError::Connect(Box::new(e)))
     }
 
     /// Queues a job and waits for its `JobRemoved` signal. The signal stream is set
@@ -149,7 +153,8 @@ impl DbusSystemd {
     #[tracing::instrument(skip(self), fields(unit = %unit, op = %op))]
     async fn run_job(&self, op: &'static str, unit: &str) -> Result<(), SystemdError> {
         let m = self.manager().await?;
-        let call = |source| SystemdError::Call { method: op, unit: unit.to_owned(), source };
+        let call =
+            |source| SystemdError::Call { method: op, unit: unit.to_owned(), source: Box::new(source) };
         let mut removed = m.receive_job_removed().await.map_err(call)?;
         m.subscribe().await.map_err(call)?;
         let job = match op {
@@ -173,7 +178,9 @@ impl DbusSystemd {
                 Ok(())
             }
             Ok(Some(result)) => Err(SystemdError::JobFailed { op, unit: unit.to_owned(), result }),
-            Ok(None) => Err(SystemdError::JobFailed { op, unit: unit.to_owned(), result: "bus closed".into() }),
+            Ok(None) => {
+                Err(SystemdError::JobFailed { op, unit: unit.to_owned(), result: "bus closed".into() })
+            }
             Err(_) => Err(SystemdError::Timeout { op, unit: unit.to_owned(), timeout: JOB_TIMEOUT }),
         }
     }
@@ -183,15 +190,17 @@ impl DbusSystemd {
 impl Systemd for DbusSystemd {
     async fn daemon_reload(&self) -> Result<(), SystemdError> {
         let m = self.manager().await?;
-        m.reload().await.map_err(|source| SystemdError::Call { method: "Reload", unit: "(manager)".into(), source })
+        m.reload().await.map_err(|source| SystemdError::Call {
+            method: "Reload",
+            unit: "(manager)".into(),
+            source: Box::new(source),
+        })
     }
 
     async fn enable(&self, units: &[&str]) -> Result<bool, SystemdError> {
         let m = self.manager().await?;
-        let (_, changes) = m.enable_unit_files(units, false, true).await.map_err(|source| SystemdError::Call {
-            method: "EnableUnitFiles",
-            unit: units.join(" "),
-            source,
+        let (_, changes) = m.enable_unit_files(units, false, true).await.map_err(|source| {
+            SystemdError::Call { method: "EnableUnitFiles", unit: units.join(" "), source: Box::new(source) }
         })?;
         Ok(!changes.is_empty())
     }
@@ -201,7 +210,7 @@ impl Systemd for DbusSystemd {
         let changes = m.disable_unit_files(units, false).await.map_err(|source| SystemdError::Call {
             method: "DisableUnitFiles",
             unit: units.join(" "),
-            source,
+            source: Box::new(source),
         })?;
         Ok(!changes.is_empty())
     }
@@ -220,7 +229,11 @@ impl Systemd for DbusSystemd {
 
     async fn status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
         let m = self.manager().await?;
-        let call = |source| SystemdError::Call { method: "LoadUnit", unit: unit.to_owned(), source };
+        let call = |source| SystemdError::Call {
+            method: "LoadUnit",
+            unit: unit.to_owned(),
+            source: Box::new(source),
+        };
         let path = m.load_unit(unit).await.map_err(call)?;
         let u = UnitProxy::builder(m.inner().connection())
             .path(path)
