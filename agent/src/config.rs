@@ -47,7 +47,9 @@ impl AgentConfig {
     pub fn load_optional(fs: &RootFs, path: &str) -> Result<Option<Self>, ConfigError> {
         let Some(bytes) = fs.read_optional(path)? else { return Ok(None) };
         let text = String::from_utf8_lossy(&bytes);
-        toml::from_str(&text).map(Some).map_err(|source| ConfigError::Invalid { path: path.to_owned(), source })
+        toml::from_str(&text)
+            .map(Some)
+            .map_err(|source| ConfigError::Invalid { path: path.to_owned(), source })
     }
 
     pub fn load(fs: &RootFs, path: &str) -> Result<Self, ConfigError> {
@@ -56,7 +58,9 @@ impl AgentConfig {
 
     pub fn to_toml(&self) -> String {
         let body = toml::to_string(self).unwrap_or_default();
-        format!("# Written by `elysium-node join`. The node's identity is in ca.crt, node.crt and node.key.\n{body}")
+        format!(
+            "# Written by `elysium-node join`. The node's identity is in ca.crt, node.crt and node.key.\n{body}"
+        )
     }
 
     pub fn target(&self) -> Result<Target, TransportError> {
@@ -68,6 +72,7 @@ impl AgentConfig {
         let ca = fs.read_to_string(paths::CA_CERT)?;
         let cert = fs.read_to_string(paths::NODE_CERT)?;
         let key = fs.read_to_string(paths::NODE_KEY)?;
-        transport::mtls(&ca, &cert, &key).map_err(|source| ConfigError::Identity { dir: paths::CONFIG_DIR, source })
+        transport::mtls(&ca, &cert, &key)
+            .map_err(|source| ConfigError::Identity { dir: paths::CONFIG_DIR, source })
     }
 }

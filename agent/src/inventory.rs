@@ -12,7 +12,8 @@ pub fn collect(fs: &RootFs) -> pb::NodeInventory {
     let hostname = Some(read("/proc/sys/kernel/hostname"))
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| read("/etc/hostname"));
-    let os_release = fs.read_to_string("/etc/os-release").or_else(|_| fs.read_to_string("/usr/lib/os-release"));
+    let os_release =
+        fs.read_to_string("/etc/os-release").or_else(|_| fs.read_to_string("/usr/lib/os-release"));
     let cpuinfo = fs.read_to_string("/proc/cpuinfo").unwrap_or_default();
     let (cpu_model, cpu_cores, cpu_threads) = parse_cpuinfo(&cpuinfo);
     pb::NodeInventory {
@@ -42,7 +43,10 @@ pub fn go_arch(rust_arch: &str) -> &str {
 /// `PRETTY_NAME` from os-release (falls back to `NAME`).
 fn pretty_name(os_release: &str) -> String {
     let field = |key: &str| {
-        os_release.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(|v| v.trim().trim_matches('"').to_owned())
+        os_release
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(|v| v.trim().trim_matches('"').to_owned())
     };
     field("PRETTY_NAME").or_else(|| field("NAME")).unwrap_or_default()
 }
@@ -89,7 +93,12 @@ mod tests {
         let fs = RootFs::new(dir.path());
         fs.write_atomic("/proc/sys/kernel/hostname", b"node7\n", 0o644).unwrap();
         fs.write_atomic("/etc/machine-id", b"0123456789abcdef0123456789abcdef\n", 0o444).unwrap();
-        fs.write_atomic("/etc/os-release", b"NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n", 0o644).unwrap();
+        fs.write_atomic(
+            "/etc/os-release",
+            b"NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n",
+            0o644,
+        )
+        .unwrap();
         fs.write_atomic("/proc/sys/kernel/osrelease", b"6.1.0-27-amd64\n", 0o444).unwrap();
         let cpuinfo = "processor\t: 0\nmodel name\t: Intel(R) Core(TM) i5-1240P\nphysical id\t: 0\ncore id\t: 0\n\n\
                        processor\t: 1\nmodel name\t: Intel(R) Core(TM) i5-1240P\nphysical id\t: 0\ncore id\t: 0\n\n\

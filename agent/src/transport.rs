@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use elysium_coordinator::pki::fingerprint;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -83,7 +83,11 @@ impl Target {
     }
 
     fn authority(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -99,7 +103,11 @@ pub struct PinnedCa {
 
 impl PinnedCa {
     pub fn new(expected_fingerprint: &str) -> Arc<Self> {
-        Arc::new(Self { expected: expected_fingerprint.to_owned(), provider: provider(), mismatch: Mutex::new(None) })
+        Arc::new(Self {
+            expected: expected_fingerprint.to_owned(),
+            provider: provider(),
+            mismatch: Mutex::new(None),
+        })
     }
 
     /// The fingerprint the server presented instead of the expected one, if the
@@ -119,7 +127,8 @@ impl ServerCertVerifier for PinnedCa {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let Some(ca) = intermediates.iter().find(|c| fingerprint(c) == self.expected) else {
-            let presented = intermediates.last().map(|c| fingerprint(c)).unwrap_or_else(|| fingerprint(end_entity));
+            let presented =
+                intermediates.last().map(|c| fingerprint(c)).unwrap_or_else(|| fingerprint(end_entity));
             *self.mismatch.lock().unwrap_or_else(|p| p.into_inner()) = Some(presented);
             return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
         };
@@ -137,7 +146,12 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -146,7 +160,12 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -246,7 +265,15 @@ fn classify(url: &str, source: tonic::transport::Error) -> TransportError {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&source);
     while let Some(e) = cause {
         if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(io.kind(), ConnectionRefused | TimedOut | HostUnreachable | NetworkUnreachable | ConnectionReset | AddrNotAvailable)
+            && matches!(
+                io.kind(),
+                ConnectionRefused
+                    | TimedOut
+                    | HostUnreachable
+                    | NetworkUnreachable
+                    | ConnectionReset
+                    | AddrNotAvailable
+            )
         {
             let io = std::io::Error::new(io.kind(), io.to_string());
             return TransportError::Unreachable { url: url.to_owned(), source: io };

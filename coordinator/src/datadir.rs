@@ -113,12 +113,17 @@ impl DataDir {
 /// leaves no half-initialised coordinator behind.
 pub fn init(dir: &Path, opts: &InitOptions) -> Result<AdminConfig, DataDirError> {
     let fs = RootFs::new("/");
-    let abs = std::path::absolute(dir).map_err(|source| FsError { op: "resolve", path: dir.into(), source })?;
+    let abs =
+        std::path::absolute(dir).map_err(|source| FsError { op: "resolve", path: dir.into(), source })?;
     if let Ok(mut entries) = std::fs::read_dir(&abs) {
         if entries.next().is_some() {
             return Err(DataDirError::Exists(abs));
         }
-        std::fs::remove_dir(&abs).map_err(|source| FsError { op: "replace empty directory", path: abs.clone(), source })?;
+        std::fs::remove_dir(&abs).map_err(|source| FsError {
+            op: "replace empty directory",
+            path: abs.clone(),
+            source,
+        })?;
     }
     let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     for s in &opts.sans {
@@ -152,7 +157,11 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<AdminConfig, DataDirError>
         fs.write_atomic(staging.join(SERVER_CERT), server.cert_pem.as_bytes(), 0o644)?;
         fs.write_atomic(staging.join(SERVER_KEY), server.key_pem.as_bytes(), 0o600)?;
         fs.write_atomic(staging.join(ADMIN_FILE), toml_string(&admin_cfg).as_bytes(), 0o600)?;
-        std::fs::rename(&staging, &abs).map_err(|source| FsError { op: "rename into place", path: abs.clone(), source })?;
+        std::fs::rename(&staging, &abs).map_err(|source| FsError {
+            op: "rename into place",
+            path: abs.clone(),
+            source,
+        })?;
         Ok(())
     })();
     if result.is_err() {
@@ -165,15 +174,16 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<AdminConfig, DataDirError>
 /// Loads an initialised data directory.
 pub fn load(dir: &Path) -> Result<DataDir, DataDirError> {
     let fs = RootFs::new("/");
-    let path = std::path::absolute(dir).map_err(|source| FsError { op: "resolve", path: dir.into(), source })?;
+    let path =
+        std::path::absolute(dir).map_err(|source| FsError { op: "resolve", path: dir.into(), source })?;
     let read = |file: &'static str| -> Result<String, DataDirError> {
         fs.read_to_string(path.join(file)).map_err(|e| {
             if e.is_not_found() { DataDirError::NotInitialised { dir: path.clone(), file } } else { e.into() }
         })
     };
     let config_path = path.join(CONFIG_FILE);
-    let config: CoordinatorConfig =
-        toml::from_str(&read(CONFIG_FILE)?).map_err(|source| DataDirError::BadConfig { path: config_path, source })?;
+    let config: CoordinatorConfig = toml::from_str(&read(CONFIG_FILE)?)
+        .map_err(|source| DataDirError::BadConfig { path: config_path, source })?;
     let ca = Ca::load(&read(CA_CERT)?, &read(CA_KEY)?)?;
     Ok(DataDir { config, ca, server_cert_pem: read(SERVER_CERT)?, server_key_pem: read(SERVER_KEY)?, path })
 }
@@ -181,7 +191,8 @@ pub fn load(dir: &Path) -> Result<DataDir, DataDirError> {
 /// Reads an admin credentials file.
 pub fn load_admin_config(path: &Path) -> Result<AdminConfig, DataDirError> {
     let fs = RootFs::new("/");
-    let path = &std::path::absolute(path).map_err(|source| FsError { op: "resolve", path: path.into(), source })?;
+    let path =
+        &std::path::absolute(path).map_err(|source| FsError { op: "resolve", path: path.into(), source })?;
     let text = fs.read_to_string(path)?;
     toml::from_str(&text).map_err(|source| DataDirError::BadConfig { path: path.to_path_buf(), source })
 }

@@ -30,7 +30,9 @@ const BACKDATE: Duration = Duration::from_secs(3600);
 /// A PKI operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("the certificate signing request is not valid (it must be DER PKCS#10 with a valid self-signature)")]
+    #[error(
+        "the certificate signing request is not valid (it must be DER PKCS#10 with a valid self-signature)"
+    )]
     BadCsr(#[source] rcgen::Error),
     #[error("could not load the CA key pair")]
     LoadCa(#[source] rcgen::Error),
@@ -78,10 +80,12 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(&format!("elysium-ca@{name}"));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         set_validity(&mut params, CA_VALIDITY);
         let cert = params.self_signed(&key).map_err(PkiError::Sign)?;
-        let issued = Issued { cert_pem: cert.pem(), cert_der: cert.der().to_vec(), key_pem: key.serialize_pem() };
+        let issued =
+            Issued { cert_pem: cert.pem(), cert_der: cert.der().to_vec(), key_pem: key.serialize_pem() };
         let ca = Self::load(&issued.cert_pem, &issued.key_pem)?;
         Ok((ca, issued))
     }
@@ -90,7 +94,8 @@ impl Ca {
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
         let key = KeyPair::from_pem(key_pem).map_err(PkiError::LoadCa)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(PkiError::LoadCa)?;
-        let cert_der = pem_to_der(cert_pem).ok_or(PkiError::LoadCa(rcgen::Error::CouldNotParseCertificate))?;
+        let cert_der =
+            pem_to_der(cert_pem).ok_or(PkiError::LoadCa(rcgen::Error::CouldNotParseCertificate))?;
         Ok(Self { cert_pem: cert_pem.to_owned(), cert_der, issuer })
     }
 
@@ -126,7 +131,8 @@ impl Ca {
     /// Signs a node's CSR. Only the CSR's public key is used: the subject is set by
     /// the coordinator so a node cannot name itself after another node or an admin.
     pub fn sign_node_csr(&self, csr_der: &[u8], node_id: &str) -> Result<(String, Vec<u8>), PkiError> {
-        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).map_err(PkiError::BadCsr)?;
+        let csr =
+            CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).map_err(PkiError::BadCsr)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(&format!("{NODE_CN_PREFIX}{node_id}"));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];

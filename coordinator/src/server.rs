@@ -27,7 +27,10 @@ pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 pub fn system_clock() -> Clock {
     Arc::new(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
     })
 }
 
@@ -192,9 +195,10 @@ pub async fn run(
         .client_ca_root(Certificate::from_pem(&tls.ca_pem))
         .client_auth_optional(true);
 
-    let enrollment = pb::enrollment_server::EnrollmentServer::new(EnrollmentService::new(coordinator.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let enrollment =
+        pb::enrollment_server::EnrollmentServer::new(EnrollmentService::new(coordinator.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let session = pb::node_session_server::NodeSessionServer::new(SessionService::new(coordinator.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

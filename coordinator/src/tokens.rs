@@ -32,14 +32,19 @@ pub struct JoinToken {
 
 impl fmt::Debug for JoinToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JoinToken").field("id", &self.id).field("ca_fingerprint", &self.ca_fingerprint).finish()
+        f.debug_struct("JoinToken")
+            .field("id", &self.id)
+            .field("ca_fingerprint", &self.ca_fingerprint)
+            .finish()
     }
 }
 
 /// Why a string is not a token. Never contains the string itself: a mistyped token
 /// is still mostly a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the join token is malformed: {0} (expected `{TOKEN_PREFIX}<64 hex>::<id>.<secret>` as printed by `elysium-node token create`)")]
+#[error(
+    "the join token is malformed: {0} (expected `{TOKEN_PREFIX}<64 hex>::<id>.<secret>` as printed by `elysium-node token create`)"
+)]
 pub struct MalformedToken(&'static str);
 
 impl JoinToken {
@@ -57,7 +62,8 @@ impl JoinToken {
         if fp.len() != 64 || !is_lower_hex(fp) {
             return Err(MalformedToken("the CA fingerprint is not 64 lowercase hex digits"));
         }
-        let (id, secret) = cred.split_once('.').ok_or(MalformedToken("the `.` between id and secret is missing"))?;
+        let (id, secret) =
+            cred.split_once('.').ok_or(MalformedToken("the `.` between id and secret is missing"))?;
         if id.len() != ID_BYTES * 2 || !is_lower_hex(id) {
             return Err(MalformedToken("the token id is not 12 lowercase hex digits"));
         }
@@ -125,7 +131,9 @@ pub enum TokenRejection {
     Expired { ago_seconds: i64 },
     #[error("the join token was revoked; create a new one with `elysium-node token create`")]
     Revoked,
-    #[error("the join token was already used {uses} time(s), its limit; create a new one with `elysium-node token create`")]
+    #[error(
+        "the join token was already used {uses} time(s), its limit; create a new one with `elysium-node token create`"
+    )]
     UsedUp { uses: u32 },
 }
 

@@ -60,7 +60,8 @@ pub fn ensure_file(fs: &RootFs, path: &Path, contents: &[u8], mode: u32) -> Resu
 /// running binary) to the node path `target`, mode 0755. Compared by SHA-256 so
 /// an identical binary is left alone.
 pub fn ensure_binary(fs: &RootFs, source: &Path, target: &Path) -> Result<Change, InstallError> {
-    let bytes = std::fs::read(source).map_err(|e| InstallError::ReadSource { path: source.to_path_buf(), source: e })?;
+    let bytes = std::fs::read(source)
+        .map_err(|e| InstallError::ReadSource { path: source.to_path_buf(), source: e })?;
     if let Some(existing) = fs.read_optional(target)?
         && Sha256::digest(&existing) == Sha256::digest(&bytes)
     {

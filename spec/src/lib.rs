@@ -58,7 +58,10 @@ pub struct AgentSection {
 
 impl Default for AgentSection {
     fn default() -> Self {
-        Self { heartbeat_seconds: default_heartbeat_seconds(), reconcile_seconds: default_reconcile_seconds() }
+        Self {
+            heartbeat_seconds: default_heartbeat_seconds(),
+            reconcile_seconds: default_reconcile_seconds(),
+        }
     }
 }
 
@@ -157,7 +160,8 @@ mod tests {
 
     #[test]
     fn rendering_round_trips() {
-        let spec = ClusterSpec::parse("[cluster]\nname = \"kyrion\"\ndescription = \"home\"\n").expect("parses");
+        let spec =
+            ClusterSpec::parse("[cluster]\nname = \"kyrion\"\ndescription = \"home\"\n").expect("parses");
         assert_eq!(ClusterSpec::parse(&spec.to_toml()).expect("re-parses"), spec);
     }
 

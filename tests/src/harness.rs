@@ -50,7 +50,8 @@ impl TestCoordinator {
         datadir::init(&dir, &InitOptions { name: "test".into(), sans: vec!["127.0.0.1".into()], port: 0 })
             .expect("coordinator init");
         let clock_offset = Arc::new(AtomicI64::new(0));
-        let (coordinator, addr, stop, task) = serve(&dir, "127.0.0.1:0".parse().unwrap(), clock_offset.clone()).await;
+        let (coordinator, addr, stop, task) =
+            serve(&dir, "127.0.0.1:0".parse().unwrap(), clock_offset.clone()).await;
         Self { tmp, addr, coordinator: Some(coordinator), clock_offset, stop: Some(stop), task: Some(task) }
     }
 
@@ -81,7 +82,8 @@ impl TestCoordinator {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         drop(old);
-        let (coordinator, addr, stop, task) = serve(&self.data_dir(), self.addr, self.clock_offset.clone()).await;
+        let (coordinator, addr, stop, task) =
+            serve(&self.data_dir(), self.addr, self.clock_offset.clone()).await;
         assert_eq!(addr, self.addr);
         self.coordinator = Some(coordinator);
         self.stop = Some(stop);
@@ -89,7 +91,8 @@ impl TestCoordinator {
     }
 
     pub fn admin_config(&self) -> AdminConfig {
-        let mut cfg = datadir::load_admin_config(&self.data_dir().join(datadir::ADMIN_FILE)).expect("admin.toml");
+        let mut cfg =
+            datadir::load_admin_config(&self.data_dir().join(datadir::ADMIN_FILE)).expect("admin.toml");
         cfg.coordinator = self.url();
         cfg
     }
@@ -97,7 +100,9 @@ impl TestCoordinator {
     pub async fn admin(&self) -> AdminClient<Channel> {
         let cfg = self.admin_config();
         let tls = transport::mtls(&cfg.ca_pem, &cfg.cert_pem, &cfg.key_pem).expect("admin tls");
-        AdminClient::new(transport::channel(&Target::parse(&self.url()).unwrap(), tls).await.expect("admin channel"))
+        AdminClient::new(
+            transport::channel(&Target::parse(&self.url()).unwrap(), tls).await.expect("admin channel"),
+        )
     }
 
     /// Creates a token through the Admin API.
@@ -112,7 +117,12 @@ impl TestCoordinator {
     }
 
     pub async fn node(&self, name: &str) -> Option<pb::NodeRecord> {
-        self.admin().await.get_node(pb::GetNodeRequest { name: name.into() }).await.ok().map(|r| r.into_inner())
+        self.admin()
+            .await
+            .get_node(pb::GetNodeRequest { name: name.into() })
+            .await
+            .ok()
+            .map(|r| r.into_inner())
     }
 
     pub fn advance_clock(&self, seconds: i64) {
@@ -162,7 +172,8 @@ impl TestNode {
         let root = tempfile::tempdir().expect("tempdir");
         let fs = RootFs::new(root.path());
         fs.write_atomic("/proc/sys/kernel/hostname", format!("{hostname}\n").as_bytes(), 0o644).unwrap();
-        fs.write_atomic("/etc/os-release", b"PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n", 0o644).unwrap();
+        fs.write_atomic("/etc/os-release", b"PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n", 0o644)
+            .unwrap();
         let binary = root.path().join("elysium-node.build");
         std::fs::write(&binary, b"#!/bin/true\n").unwrap();
         let systemd = Arc::new(FakeSystemd::new(fs.clone()));
@@ -187,9 +198,13 @@ impl TestNode {
 
     /// Starts the agent in the background.
     pub fn start_agent(&self) -> TestAgent {
-        let config = AgentConfig::load(&self.host.fs, elysium_agent::paths::AGENT_CONFIG).expect("agent.toml");
+        let config =
+            AgentConfig::load(&self.host.fs, elysium_agent::paths::AGENT_CONFIG).expect("agent.toml");
         let (stop, stopped) = oneshot::channel::<()>();
-        let options = AgentOptions { backoff_initial: Duration::from_millis(50), backoff_max: Duration::from_millis(400) };
+        let options = AgentOptions {
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(400),
+        };
         let host = self.host.clone();
         let task = tokio::spawn(async move {
             agent::run(host, config, Reconciler::standard(), options, async move {
@@ -260,6 +275,10 @@ pub fn elysium_binary() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/elysium-node");
-    assert!(p.exists(), "{} is missing: run `cargo build -p elysium-agent` first (tests/run does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p elysium-agent` first (tests/run does)",
+        p.display()
+    );
     p
 }

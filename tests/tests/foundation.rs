@@ -23,7 +23,9 @@ async fn a_node_joins_starts_its_service_and_comes_online() {
     let token = c.token(1, 600).await;
 
     let outcome = node.join(&c.url(), &token).await.expect("join");
-    let JoinOutcome::Enrolled { name, id, .. } = outcome else { panic!("expected Enrolled, got {outcome:?}") };
+    let JoinOutcome::Enrolled { name, id, .. } = outcome else {
+        panic!("expected Enrolled, got {outcome:?}")
+    };
     assert_eq!(name, "alpha");
     assert!(id.starts_with("n-"));
 
@@ -78,7 +80,10 @@ async fn joining_again_changes_nothing_and_says_so() {
     match node.join(&c.url(), &token).await.expect("repair") {
         JoinOutcome::AlreadyEnrolled { actions, .. } => {
             let text: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
-            assert!(text.iter().any(|a| a.contains("install /etc/systemd/system/elysium-node.service")), "{text:?}");
+            assert!(
+                text.iter().any(|a| a.contains("install /etc/systemd/system/elysium-node.service")),
+                "{text:?}"
+            );
             assert!(text.iter().any(|a| a.starts_with("restart")), "{text:?}");
         }
         other => panic!("expected AlreadyEnrolled, got {other:?}"),
@@ -124,7 +129,8 @@ async fn expired_reused_and_revoked_tokens_are_refused_and_leave_nothing() {
     assert!(msg.contains("revoked"), "{msg}");
 
     // A well-formed token the coordinator never issued.
-    let forged = elysium_coordinator::tokens::JoinToken::generate(&c.coordinator().ca().fingerprint()).expose();
+    let forged =
+        elysium_coordinator::tokens::JoinToken::generate(&c.coordinator().ca().fingerprint()).expose();
     let (code, msg) = refused(node.join(&c.url(), &forged).await);
     assert_eq!(code, Code::Unauthenticated);
     assert!(msg.contains("not known"), "{msg}");
@@ -197,7 +203,12 @@ async fn node_certificates_cannot_administer_or_impersonate() {
     let status = admin.list_nodes(pb::ListNodesRequest {}).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let status = admin
-        .create_token(pb::CreateTokenRequest { ttl_seconds: 60, uses: 1, role: 0, labels: Default::default() })
+        .create_token(pb::CreateTokenRequest {
+            ttl_seconds: 60,
+            uses: 1,
+            role: 0,
+            labels: Default::default(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -211,7 +222,8 @@ async fn node_certificates_cannot_administer_or_impersonate() {
         ..Default::default()
     };
     tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(hello)) }).await.unwrap();
-    let mut stream = session.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut stream =
+        session.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
     // The first message is node A's own spec.
     let first = stream.message().await.unwrap().unwrap();
     assert!(matches!(first.msg, Some(pb::coordinator_message::Msg::Spec(_))));
@@ -283,7 +295,10 @@ async fn coordinator_restart_loses_nothing_and_agents_reconnect() {
     let set = c
         .admin()
         .await
-        .set_cluster_spec(pb::SetClusterSpecRequest { toml: "[cluster]\nname = \"kyrion\"\n".into(), expected_generation: 0 })
+        .set_cluster_spec(pb::SetClusterSpecRequest {
+            toml: "[cluster]\nname = \"kyrion\"\n".into(),
+            expected_generation: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -293,7 +308,8 @@ async fn coordinator_restart_loses_nothing_and_agents_reconnect() {
 
     c.restart().await;
 
-    eventually("alpha back online after restart", WAIT, || async { online(&c, "alpha").await.then_some(()) }).await;
+    eventually("alpha back online after restart", WAIT, || async { online(&c, "alpha").await.then_some(()) })
+        .await;
     let spec = c.admin().await.get_cluster_spec(pb::GetClusterSpecRequest {}).await.unwrap().into_inner();
     assert_eq!((spec.generation, spec.toml.as_str()), (1, "[cluster]\nname = \"kyrion\"\n"));
     let tokens = c.admin().await.list_tokens(pb::ListTokensRequest {}).await.unwrap().into_inner().tokens;
@@ -333,7 +349,10 @@ async fn specs_are_pushed_persisted_and_used_while_the_coordinator_is_down() {
     .await;
     assert_eq!(node.host.fs.mode(paths::SPEC_FILE).unwrap(), 0o600);
     eventually("applied generation reported", WAIT, || async {
-        c.node("alpha").await.filter(|n| n.applied_generation == 1 && n.reconcile_state == "converged").map(|_| ())
+        c.node("alpha")
+            .await
+            .filter(|n| n.applied_generation == 1 && n.reconcile_state == "converged")
+            .map(|_| ())
     })
     .await;
     // Optimistic concurrency.
@@ -364,9 +383,13 @@ async fn oversized_and_garbage_requests_get_a_status_not_a_crash() {
     let channel = transport::channel(&Target::parse(&c.url()).unwrap(), tls).await.unwrap();
     let mut client = pb::enrollment_client::EnrollmentClient::new(channel);
 
-    let huge = pb::EnrollRequest { token: token.clone(), csr_der: vec![0u8; 2 * 1024 * 1024], ..Default::default() };
+    let huge =
+        pb::EnrollRequest { token: token.clone(), csr_der: vec![0u8; 2 * 1024 * 1024], ..Default::default() };
     let status = client.enroll(huge).await.unwrap_err();
-    assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument), "{status:?}");
+    assert!(
+        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument),
+        "{status:?}"
+    );
 
     let garbage = pb::EnrollRequest {
         token: token.clone(),
@@ -378,8 +401,12 @@ async fn oversized_and_garbage_requests_get_a_status_not_a_crash() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("signing request"), "{}", status.message());
 
-    let bad_name =
-        pb::EnrollRequest { token: token.clone(), csr_der: vec![1], requested_name: "Bad_Name".into(), ..Default::default() };
+    let bad_name = pb::EnrollRequest {
+        token: token.clone(),
+        csr_der: vec![1],
+        requested_name: "Bad_Name".into(),
+        ..Default::default()
+    };
     let status = client.enroll(bad_name).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 

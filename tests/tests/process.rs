@@ -32,7 +32,12 @@ fn cli(dir: &Path, args: &[&str]) -> Output {
 }
 
 fn ok(out: Output) -> String {
-    assert!(out.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -56,7 +61,8 @@ fn serve(dir: &Path, port: u16, sock: &UnixDatagram, sock_path: &Path) -> Proc {
         let msg = String::from_utf8_lossy(&buf[..n]);
         if msg.lines().any(|l| l == "READY=1") {
             // READY means listening: connecting must work right now.
-            TcpStream::connect(("127.0.0.1", port)).expect("READY=1 was sent before the port accepted connections");
+            TcpStream::connect(("127.0.0.1", port))
+                .expect("READY=1 was sent before the port accepted connections");
             return proc;
         }
     }
@@ -67,7 +73,10 @@ fn coordinator_process_lifecycle() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("coord");
     let port = free_port();
-    ok(cli(tmp.path(), &["coordinator", "init", "--data-dir", dir.to_str().unwrap(), "--port", &port.to_string()]));
+    ok(cli(
+        tmp.path(),
+        &["coordinator", "init", "--data-dir", dir.to_str().unwrap(), "--port", &port.to_string()],
+    ));
     let admin = dir.clone();
 
     // Refuses to overwrite.
@@ -90,14 +99,19 @@ fn coordinator_process_lifecycle() {
     coord.0.kill().unwrap();
     coord.0.wait().unwrap();
     coord = serve(&dir, port, &sock, &sock_path);
-    let tokens: serde_json::Value = serde_json::from_str(&ok(cli(&admin, &["token", "list", "-o", "json"]))).unwrap();
+    let tokens: serde_json::Value =
+        serde_json::from_str(&ok(cli(&admin, &["token", "list", "-o", "json"]))).unwrap();
     assert_eq!(tokens.as_array().unwrap().len(), 1);
     assert_eq!(tokens[0]["labels"]["rack"], "a");
     assert_eq!(tokens[0]["state"], "valid");
     assert!(ok(cli(&admin, &["spec", "get"])).contains("durable"));
 
     // SIGTERM: a clean, prompt, successful exit.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(coord.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(coord.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let start = Instant::now();
     let status = loop {
         if let Some(status) = coord.0.try_wait().unwrap() {
@@ -111,5 +125,9 @@ fn coordinator_process_lifecycle() {
     // Admin commands against a stopped coordinator fail clearly.
     let down = cli(&admin, &["nodes"]);
     assert!(!down.status.success());
-    assert!(String::from_utf8_lossy(&down.stderr).contains("unreachable"), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("unreachable"),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
 }

@@ -40,7 +40,8 @@ async fn tokens_and_keys_never_appear_in_logs_or_errors() {
     let node = TestNode::new("alpha");
     node.join(&c.url(), &token).await.expect("join");
     let agent = node.start_agent();
-    eventually("online", Duration::from_secs(10), || async { c.node("alpha").await.filter(|n| n.online) }).await;
+    eventually("online", Duration::from_secs(10), || async { c.node("alpha").await.filter(|n| n.online) })
+        .await;
 
     // Failures print errors: collect their text too.
     let mut errors = Vec::new();

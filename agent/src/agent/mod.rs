@@ -89,19 +89,15 @@ pub async fn run(
     });
     let trigger = Arc::new(Notify::new());
     let watchdog = notify::spawn_watchdog();
-    let reconcile_task =
-        tokio::spawn(reconcile_loop(host.clone(), Arc::new(reconciler), spec_rx.clone(), status_tx, trigger.clone()));
+    let reconcile_task = tokio::spawn(reconcile_loop(
+        host.clone(),
+        Arc::new(reconciler),
+        spec_rx.clone(),
+        status_tx,
+        trigger.clone(),
+    ));
 
-    let ctx = session::SessionContext {
-        host,
-        target,
-        tls,
-        spec_tx,
-        spec_rx,
-        status_rx,
-        trigger,
-        options,
-    };
+    let ctx = session::SessionContext { host, target, tls, spec_tx, spec_rx, status_rx, trigger, options };
     tokio::select! {
         () = session::run(ctx) => {}
         () = shutdown => {}
@@ -154,9 +150,15 @@ async fn reconcile_loop(
                             if let Err(e) = state::save_applied(&host.fs, desired.generation) {
                                 tracing::warn!(error = %e, "could not persist the applied generation");
                             }
-                            ReconcileStatus { applied_generation: desired.generation, state: "converged".into(), error: String::new() }
+                            ReconcileStatus {
+                                applied_generation: desired.generation,
+                                state: "converged".into(),
+                                error: String::new(),
+                            }
                         }
-                        Some(error) => ReconcileStatus { applied_generation: applied, state: "failed".into(), error },
+                        Some(error) => {
+                            ReconcileStatus { applied_generation: applied, state: "failed".into(), error }
+                        }
                     }
                 }
             };

@@ -54,7 +54,8 @@ pub trait Step: Send + Sync {
     fn observe(&self, host: &Host) -> impl Future<Output = Result<Self::Observed, StepError>> + Send;
     /// Pure: no I/O.
     fn plan(&self, desired: &Desired, observed: &Self::Observed) -> Vec<Self::Action>;
-    fn apply(&self, host: &Host, action: &Self::Action) -> impl Future<Output = Result<(), StepError>> + Send;
+    fn apply(&self, host: &Host, action: &Self::Action)
+    -> impl Future<Output = Result<(), StepError>> + Send;
 }
 
 /// What one step did in one pass.
@@ -193,7 +194,9 @@ mod tests {
         }
         async fn apply(&self, host: &Host, action: &MotdAction) -> Result<(), StepError> {
             let MotdAction::Write(s) = action;
-            host.fs.write_atomic("/etc/motd", s.as_bytes(), 0o644).map_err(|e| StepError { step: "motd", message: e.to_string() })
+            host.fs
+                .write_atomic("/etc/motd", s.as_bytes(), 0o644)
+                .map_err(|e| StepError { step: "motd", message: e.to_string() })
         }
     }
 
@@ -236,7 +239,12 @@ mod tests {
 
     #[test]
     fn a_spec_for_a_newer_agent_is_an_error() {
-        let held = HeldSpec { generation: 1, cluster_spec_toml: "[future]\n".into(), role: "agent".into(), labels: Default::default() };
+        let held = HeldSpec {
+            generation: 1,
+            cluster_spec_toml: "[future]\n".into(),
+            role: "agent".into(),
+            labels: Default::default(),
+        };
         assert!(Desired::from_held(&held).is_err());
     }
 }

@@ -68,7 +68,9 @@ pub(crate) async fn run(mut ctx: SessionContext) {
             SessionEnd::Refused(status) if status.code() == tonic::Code::PermissionDenied => {
                 tracing::error!(error = %end, retry_in = ?delay, "coordinator refuses this node");
             }
-            _ => tracing::warn!(error = %end, source = ?std::error::Error::source(&end), retry_in = ?delay, "session ended"),
+            _ => {
+                tracing::warn!(error = %end, source = ?std::error::Error::source(&end), retry_in = ?delay, "session ended")
+            }
         }
         notify::status(&format!("disconnected: {end}; retrying"));
         tokio::time::sleep(delay).await;
@@ -108,7 +110,8 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
     };
     // The channel is empty: this cannot block.
     let _ = out.send(hello).await;
-    let mut inbound = client.session(ReceiverStream::new(out_rx)).await.map_err(SessionEnd::Refused)?.into_inner();
+    let mut inbound =
+        client.session(ReceiverStream::new(out_rx)).await.map_err(SessionEnd::Refused)?.into_inner();
 
     tracing::info!(coordinator = %ctx.target.url, "session established");
     notify::ready(&format!("connected to {}", ctx.target.url));

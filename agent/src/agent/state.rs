@@ -61,7 +61,11 @@ pub fn load_spec(fs: &RootFs) -> Option<HeldSpec> {
 
 pub fn save_applied(fs: &RootFs, generation: u64) -> Result<(), FsError> {
     fs.create_dir_all(paths::STATE_DIR, 0o700)?;
-    fs.write_atomic(paths::APPLIED_FILE, &serde_json::to_vec(&Applied { generation }).unwrap_or_default(), 0o600)
+    fs.write_atomic(
+        paths::APPLIED_FILE,
+        &serde_json::to_vec(&Applied { generation }).unwrap_or_default(),
+        0o600,
+    )
 }
 
 pub fn load_applied(fs: &RootFs) -> u64 {

@@ -45,7 +45,10 @@ fn role_name(role: i32) -> &'static str {
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// "12s ago", "3m ago", "never".
@@ -161,7 +164,13 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             println!("{}", resp.token);
         }
         TokenCommand::List { output, conn } => {
-            let tokens = client(&conn).await?.list_tokens(pb::ListTokensRequest {}).await.map_err(rpc)?.into_inner().tokens;
+            let tokens = client(&conn)
+                .await?
+                .list_tokens(pb::ListTokensRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .tokens;
             let views: Vec<TokenView> = tokens.iter().map(TokenView::from).collect();
             if output == Output::Json {
                 print_json(&views)?;
@@ -187,7 +196,12 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             }
         }
         TokenCommand::Revoke { id, conn } => {
-            let info = client(&conn).await?.revoke_token(pb::RevokeTokenRequest { id }).await.map_err(rpc)?.into_inner();
+            let info = client(&conn)
+                .await?
+                .revoke_token(pb::RevokeTokenRequest { id })
+                .await
+                .map_err(rpc)?
+                .into_inner();
             println!("revoked token {}", info.info.map(|i| i.id).unwrap_or_default());
         }
     }
@@ -259,7 +273,13 @@ impl From<&pb::NodeRecord> for NodeView {
 pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         None => {
-            let nodes = client(&args.conn).await?.list_nodes(pb::ListNodesRequest {}).await.map_err(rpc)?.into_inner().nodes;
+            let nodes = client(&args.conn)
+                .await?
+                .list_nodes(pb::ListNodesRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .nodes;
             if args.output == Output::Json {
                 print_json(&nodes.iter().map(NodeView::from).collect::<Vec<_>>())?;
             } else {
@@ -279,11 +299,15 @@ pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
                         ]
                     })
                     .collect();
-                print_table(&["NAME", "ROLE", "STATUS", "LAST SEEN", "AGENT", "OS", "KERNEL", "GENERATION"], &rows);
+                print_table(
+                    &["NAME", "ROLE", "STATUS", "LAST SEEN", "AGENT", "OS", "KERNEL", "GENERATION"],
+                    &rows,
+                );
             }
         }
         Some(NodesCommand::Get { name, output, conn }) => {
-            let node = client(&conn).await?.get_node(pb::GetNodeRequest { name }).await.map_err(rpc)?.into_inner();
+            let node =
+                client(&conn).await?.get_node(pb::GetNodeRequest { name }).await.map_err(rpc)?.into_inner();
             let view = NodeView::from(&node);
             if output == Output::Json {
                 print_json(&view)?;
@@ -298,7 +322,10 @@ pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
                     vec!["agent".into(), view.agent_version],
                     vec!["os".into(), inv.os],
                     vec!["kernel".into(), inv.kernel],
-                    vec!["cpu".into(), format!("{} ({} cores, {} threads)", inv.cpu_model, inv.cpu_cores, inv.cpu_threads)],
+                    vec![
+                        "cpu".into(),
+                        format!("{} ({} cores, {} threads)", inv.cpu_model, inv.cpu_cores, inv.cpu_threads),
+                    ],
                     vec!["memory".into(), format!("{} MiB", inv.memory_bytes / (1024 * 1024))],
                     vec!["generation".into(), view.applied_generation.to_string()],
                     vec!["reconcile".into(), format!("{} {}", view.reconcile_state, view.reconcile_error)],
@@ -307,7 +334,11 @@ pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
             }
         }
         Some(NodesCommand::Remove { name, conn }) => {
-            client(&conn).await?.remove_node(pb::RemoveNodeRequest { name: name.clone() }).await.map_err(rpc)?;
+            client(&conn)
+                .await?
+                .remove_node(pb::RemoveNodeRequest { name: name.clone() })
+                .await
+                .map_err(rpc)?;
             println!("removed node {name}; its certificate no longer opens a session");
         }
     }
@@ -317,22 +348,34 @@ pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
 pub async fn spec(cmd: SpecCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         SpecCommand::Get { conn } => {
-            let spec = client(&conn).await?.get_cluster_spec(pb::GetClusterSpecRequest {}).await.map_err(rpc)?.into_inner();
+            let spec = client(&conn)
+                .await?
+                .get_cluster_spec(pb::GetClusterSpecRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
             eprintln!("# generation {}", spec.generation);
             print!("{}", spec.toml);
         }
         SpecCommand::Set { file, expect_generation, conn } => {
             let mut text = String::new();
             if file.as_os_str() == "-" {
-                std::io::stdin().read_to_string(&mut text).context("could not read the spec from standard input")?;
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("could not read the spec from standard input")?;
             } else {
-                text = std::fs::read_to_string(&file).with_context(|| format!("could not read {}", file.display()))?;
+                text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("could not read {}", file.display()))?;
             }
             // Validate locally first for an error that names the file.
-            elysium_spec::ClusterSpec::parse(&text).with_context(|| format!("{} was not set", file.display()))?;
+            elysium_spec::ClusterSpec::parse(&text)
+                .with_context(|| format!("{} was not set", file.display()))?;
             let spec = client(&conn)
                 .await?
-                .set_cluster_spec(pb::SetClusterSpecRequest { toml: text, expected_generation: expect_generation.unwrap_or(0) })
+                .set_cluster_spec(pb::SetClusterSpecRequest {
+                    toml: text,
+                    expected_generation: expect_generation.unwrap_or(0),
+                })
                 .await
                 .map_err(rpc)?
                 .into_inner();
@@ -362,12 +405,20 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     if args.output == Output::Json {
         let views: Vec<EventView> = events
             .into_iter()
-            .map(|e| EventView { seq: e.seq, unix: e.unix, kind: e.kind, subject: e.subject, message: e.message })
+            .map(|e| EventView {
+                seq: e.seq,
+                unix: e.unix,
+                kind: e.kind,
+                subject: e.subject,
+                message: e.message,
+            })
             .collect();
         print_json(&views)?;
     } else {
-        let rows: Vec<Vec<String>> =
-            events.into_iter().map(|e| vec![e.seq.to_string(), ago(e.unix), e.kind, e.subject, e.message]).collect();
+        let rows: Vec<Vec<String>> = events
+            .into_iter()
+            .map(|e| vec![e.seq.to_string(), ago(e.unix), e.kind, e.subject, e.message])
+            .collect();
         print_table(&["SEQ", "WHEN", "KIND", "SUBJECT", "MESSAGE"], &rows);
     }
     Ok(ExitCode::SUCCESS)

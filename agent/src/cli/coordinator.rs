@@ -25,7 +25,12 @@ pub async fn run(cmd: CoordinatorCommand) -> anyhow::Result<ExitCode> {
                 sans.extend(args.sans.iter().cloned());
                 // The admin file should point at loopback: quickstart's admin runs here.
                 sans.insert(0, "127.0.0.1".into());
-                init(InitArgs { data_dir: args.data_dir.clone(), name: None, sans, port: args.listen.port() })?;
+                init(InitArgs {
+                    data_dir: args.data_dir.clone(),
+                    name: None,
+                    sans,
+                    port: args.listen.port(),
+                })?;
             }
             serve(&args.data_dir, args.listen, Some(())).await
         }
@@ -106,9 +111,16 @@ async fn serve(data_dir: &Path, listen: SocketAddr, quickstart: Option<()>) -> a
         let abs = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
         println!("Coordinator {name:?} is serving on {bound} (state in {}).", abs.display());
         println!();
-        println!("Join a node: run this as root on the node (token valid 1 h, single use, id {}):", record.id);
+        println!(
+            "Join a node: run this as root on the node (token valid 1 h, single use, id {}):",
+            record.id
+        );
         println!();
-        println!("  ELYSIUM_JOIN_TOKEN='{}' elysium-node join --coordinator {}", token.expose(), join_address(&sans, bound));
+        println!(
+            "  ELYSIUM_JOIN_TOKEN='{}' elysium-node join --coordinator {}",
+            token.expose(),
+            join_address(&sans, bound)
+        );
         println!();
         println!("Administer it from this machine:");
         println!("  export ELYSIUM_CONFIG={}", abs.join(datadir::ADMIN_FILE).display());

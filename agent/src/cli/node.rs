@@ -27,7 +27,9 @@ fn read_token(args: &JoinArgs) -> anyhow::Result<Secret> {
     };
     let mut text = String::new();
     if path.as_os_str() == "-" {
-        std::io::stdin().read_to_string(&mut text).context("could not read the join token from standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("could not read the join token from standard input")?;
     } else {
         text = std::fs::read_to_string(path)
             .with_context(|| format!("could not read the join token from {}", path.display()))?;
@@ -66,7 +68,9 @@ pub async fn join(root: &Path, args: JoinArgs) -> anyhow::Result<ExitCode> {
         }
         JoinOutcome::AlreadyEnrolled { name, actions } => {
             let verb = if opts.dry_run { "would be" } else { "was" };
-            println!("This node is already enrolled as {name}; the agent service {verb} brought back in line:");
+            println!(
+                "This node is already enrolled as {name}; the agent service {verb} brought back in line:"
+            );
             for a in actions {
                 println!("  - {a}");
             }
@@ -78,6 +82,7 @@ pub async fn join(root: &Path, args: JoinArgs) -> anyhow::Result<ExitCode> {
 pub async fn agent(root: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
     let host = host(root);
     let config = AgentConfig::load(&host.fs, &args.config)?;
-    agent::run(host, config, Reconciler::standard(), AgentOptions::default(), super::shutdown_signal()).await?;
+    agent::run(host, config, Reconciler::standard(), AgentOptions::default(), super::shutdown_signal())
+        .await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -38,11 +38,16 @@ impl pb::admin_server::Admin for AdminService {
         let req = request.into_inner();
         let ttl = if req.ttl_seconds == 0 { DEFAULT_TTL_SECONDS } else { req.ttl_seconds };
         if ttl > MAX_TTL_SECONDS {
-            return Err(Status::invalid_argument(format!("ttl must be at most {} days", MAX_TTL_SECONDS / 86400)));
+            return Err(Status::invalid_argument(format!(
+                "ttl must be at most {} days",
+                MAX_TTL_SECONDS / 86400
+            )));
         }
         for (k, v) in &req.labels {
             if k.is_empty() || k.len() > 253 || v.len() > 63 {
-                return Err(Status::invalid_argument(format!("label {k:?}={v:?} is not a valid Kubernetes label")));
+                return Err(Status::invalid_argument(format!(
+                    "label {k:?}={v:?} is not a valid Kubernetes label"
+                )));
             }
         }
         let uses = if req.uses == 0 { DEFAULT_USES } else { req.uses };
@@ -54,9 +59,16 @@ impl pb::admin_server::Admin for AdminService {
         c.event(
             "token.created",
             &record.id,
-            &format!("by {admin}: role {}, {} use(s), expires in {ttl} s", record.role.as_str(), record.uses_allowed),
+            &format!(
+                "by {admin}: role {}, {} use(s), expires in {ttl} s",
+                record.role.as_str(),
+                record.uses_allowed
+            ),
         );
-        Ok(Response::new(pb::CreateTokenResponse { token: token.expose(), info: Some(convert::token_to_pb(&record)) }))
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: token.expose(),
+            info: Some(convert::token_to_pb(&record)),
+        }))
     }
 
     async fn list_tokens(
@@ -67,7 +79,9 @@ impl pb::admin_server::Admin for AdminService {
         let store = self.coordinator.store.clone();
         let mut tokens = blocking(move || store.list_tokens()).await?.map_err(internal)?;
         tokens.sort_by_key(|t| t.created_unix);
-        Ok(Response::new(pb::ListTokensResponse { tokens: tokens.iter().map(convert::token_to_pb).collect() }))
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens.iter().map(convert::token_to_pb).collect(),
+        }))
     }
 
     async fn revoke_token(
@@ -80,10 +94,9 @@ impl pb::admin_server::Admin for AdminService {
         let id = JoinToken::parse(&id).map(|t| t.id).unwrap_or(id);
         let store = self.coordinator.store.clone();
         let key = id.clone();
-        let rec = blocking(move || store.revoke_token(&key))
-            .await?
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("no token with id {id:?}; see `elysium-node token list`")))?;
+        let rec = blocking(move || store.revoke_token(&key)).await?.map_err(internal)?.ok_or_else(|| {
+            Status::not_found(format!("no token with id {id:?}; see `elysium-node token list`"))
+        })?;
         self.coordinator.event("token.revoked", &id, &format!("by {admin}"));
         Ok(Response::new(pb::RevokeTokenResponse { info: Some(convert::token_to_pb(&rec)) }))
     }
@@ -99,7 +112,10 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
-    async fn get_node(&self, request: Request<pb::GetNodeRequest>) -> Result<Response<pb::NodeRecord>, Status> {
+    async fn get_node(
+        &self,
+        request: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::NodeRecord>, Status> {
         require_admin(&request)?;
         let name = request.into_inner().name;
         let store = self.coordinator.store.clone();
@@ -175,6 +191,8 @@ impl pb::admin_server::Admin for AdminService {
         let limit = if req.limit == 0 { 100 } else { req.limit.min(MAX_EVENTS_PER_PAGE) } as usize;
         let store = self.coordinator.store.clone();
         let events = blocking(move || store.list_events(req.after_seq, limit)).await?.map_err(internal)?;
-        Ok(Response::new(pb::ListEventsResponse { events: events.into_iter().map(convert::event_to_pb).collect() }))
+        Ok(Response::new(pb::ListEventsResponse {
+            events: events.into_iter().map(convert::event_to_pb).collect(),
+        }))
     }
 }

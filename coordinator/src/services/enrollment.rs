@@ -57,7 +57,10 @@ fn rejection_status(r: TokenRejection) -> Status {
 #[tonic::async_trait]
 impl pb::enrollment_server::Enrollment for EnrollmentService {
     #[tracing::instrument(skip_all, fields(node))]
-    async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
         let c = &self.coordinator;
         let req = request.into_inner();
         let token = JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -67,16 +70,20 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             ));
         }
         let inventory = req.inventory.unwrap_or_default();
-        let name = if req.requested_name.is_empty() { inventory.hostname.clone() } else { req.requested_name };
+        let name =
+            if req.requested_name.is_empty() { inventory.hostname.clone() } else { req.requested_name };
         validate_node_name(&name).map_err(Status::invalid_argument)?;
         tracing::Span::current().record("node", name.as_str());
         if req.csr_der.is_empty() || req.csr_der.len() > MAX_CSR_BYTES {
-            return Err(Status::invalid_argument(format!("the CSR must be 1..={MAX_CSR_BYTES} bytes of DER")));
+            return Err(Status::invalid_argument(format!(
+                "the CSR must be 1..={MAX_CSR_BYTES} bytes of DER"
+            )));
         }
 
         let node_id = format!("n-{}", hex::encode(rand::random::<[u8; 8]>()));
         let (cert_pem, cert_der) =
-            c.ca.sign_node_csr(&req.csr_der, &node_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            c.ca.sign_node_csr(&req.csr_der, &node_id)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let now = c.now();
         let node = NodeRecord {
             id: node_id,

@@ -16,9 +16,9 @@ use crate::store::StoreError;
 /// The identity in the caller's client certificate, which TLS has already
 /// verified against our CA.
 fn peer_identity<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
-    let certs = request
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a client certificate issued by this coordinator is required"))?;
+    let certs = request.peer_certs().ok_or_else(|| {
+        Status::unauthenticated("a client certificate issued by this coordinator is required")
+    })?;
     let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate presented"))?;
     pki::identify(leaf).map_err(|e| Status::unauthenticated(e.to_string()))
 }
@@ -26,7 +26,9 @@ fn peer_identity<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
 pub(crate) fn require_admin<T>(request: &Request<T>) -> Result<String, Status> {
     match peer_identity(request)? {
         PeerIdentity::Admin(name) => Ok(name),
-        PeerIdentity::Node(_) => Err(Status::permission_denied("the Admin service needs the admin certificate; node certificates may not call it")),
+        PeerIdentity::Node(_) => Err(Status::permission_denied(
+            "the Admin service needs the admin certificate; node certificates may not call it",
+        )),
     }
 }
 

@@ -48,15 +48,16 @@ impl pb::node_session_server::NodeSession for SessionService {
         let store = c.store.clone();
         let id = node_id.clone();
         let node = blocking(move || store.get_node(&id)).await?.map_err(internal)?.ok_or_else(|| {
-            Status::permission_denied("this node was removed from the coordinator; join it again with a new token")
+            Status::permission_denied(
+                "this node was removed from the coordinator; join it again with a new token",
+            )
         })?;
 
         let session_id = c.next_session.fetch_add(1, Ordering::Relaxed);
         let end = Arc::new(Notify::new());
-        let previous = c.live().insert(
-            node.id.clone(),
-            LiveSession { session_id, end: end.clone(), last_seen_unix: c.now() },
-        );
+        let previous = c
+            .live()
+            .insert(node.id.clone(), LiveSession { session_id, end: end.clone(), last_seen_unix: c.now() });
         if let Some(previous) = previous {
             // The node reconnected before we noticed the old stream die.
             previous.end.notify_one();
@@ -171,7 +172,11 @@ async fn handle(
         }
         Msg::Result(r) => {
             let kind = if r.success { "operation.succeeded" } else { "operation.failed" };
-            c.event(kind, &node.name, &format!("{} (generation {}): {}", r.operation_id, r.generation, r.message));
+            c.event(
+                kind,
+                &node.name,
+                &format!("{} (generation {}): {}", r.operation_id, r.generation, r.message),
+            );
             None
         }
     }

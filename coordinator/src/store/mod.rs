@@ -101,7 +101,9 @@ pub enum EnrollRefusal {
 /// Refused because the expected generation is stale.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecWriteError {
-    #[error("the cluster spec changed meanwhile: expected generation {expected}, current is {current}; get it again and retry")]
+    #[error(
+        "the cluster spec changed meanwhile: expected generation {expected}, current is {current}; get it again and retry"
+    )]
     Conflict { expected: u64, current: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
