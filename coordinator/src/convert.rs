@@ -2,7 +2,7 @@
 
 use elysium_proto::v1 as pb;
 
-use crate::store::{EventRecord, Inventory, NodeRecord};
+use crate::store::{Condition, EventRecord, Inventory, NodeRecord};
 use crate::tokens::{Role, TokenRecord};
 
 pub fn role_to_pb(role: Role) -> pb::NodeRole {
@@ -77,6 +77,28 @@ pub fn node_to_pb(n: &NodeRecord, online: bool) -> pb::NodeRecord {
         reconcile_error: n.reconcile_error.clone(),
         certificate_sha256: n.certificate_sha256.clone(),
         token_id: n.token_id.clone(),
+        conditions: n.conditions.iter().map(condition_to_pb).collect(),
+        hardware_json: n.hardware_json.clone(),
+    }
+}
+
+pub fn condition_to_pb(c: &Condition) -> pb::Condition {
+    pb::Condition {
+        r#type: c.kind.clone(),
+        status: c.status.clone(),
+        reason: c.reason.clone(),
+        message: c.message.clone(),
+        since_unix: c.since_unix,
+    }
+}
+
+pub fn condition_from_pb(c: pb::Condition) -> Condition {
+    Condition {
+        kind: c.r#type,
+        status: c.status,
+        reason: c.reason,
+        message: c.message,
+        since_unix: c.since_unix,
     }
 }
 

@@ -198,6 +198,11 @@ impl TestNode {
 
     /// Starts the agent in the background.
     pub fn start_agent(&self) -> TestAgent {
+        self.start_agent_with(Reconciler::standard())
+    }
+
+    /// Starts the agent with the given reconciler steps.
+    pub fn start_agent_with(&self, reconciler: Reconciler) -> TestAgent {
         let config =
             AgentConfig::load(&self.host.fs, elysium_agent::paths::AGENT_CONFIG).expect("agent.toml");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -207,7 +212,7 @@ impl TestNode {
         };
         let host = self.host.clone();
         let task = tokio::spawn(async move {
-            agent::run(host, config, Reconciler::standard(), options, async move {
+            agent::run(host, config, reconciler, options, async move {
                 let _ = stopped.await;
             })
             .await

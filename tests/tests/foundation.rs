@@ -413,3 +413,97 @@ async fn oversized_and_garbage_requests_get_a_status_not_a_crash() {
     // None of it consumed the token, and the server is still fine.
     TestNode::new("alpha").join(&c.url(), &token).await.expect("join after garbage");
 }
+
+/// A step that manages `/etc/motd` and fails while `/etc/motd.lock` exists, to
+/// drive the reporting path from reconciler to `nodes get`.
+struct MotdStep;
+
+#[derive(Debug)]
+struct WriteMotd(String);
+
+impl std::fmt::Display for WriteMotd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "write /etc/motd")
+    }
+}
+
+impl elysium_agent::agent::reconcile::Step for MotdStep {
+    type Observed = Option<Vec<u8>>;
+    type Action = WriteMotd;
+    fn name(&self) -> &'static str {
+        "Motd"
+    }
+    async fn observe(
+        &self,
+        host: &elysium_host::Host,
+    ) -> Result<Self::Observed, elysium_agent::agent::reconcile::StepError> {
+        Ok(host.fs.read_optional("/etc/motd").unwrap())
+    }
+    fn plan(
+        &self,
+        desired: &elysium_agent::agent::reconcile::Desired,
+        observed: &Self::Observed,
+    ) -> Vec<WriteMotd> {
+        let want = desired.spec.cluster.name.clone();
+        if observed.as_deref() == Some(want.as_bytes()) { vec![] } else { vec![WriteMotd(want)] }
+    }
+    async fn apply(
+        &self,
+        host: &elysium_host::Host,
+        a: &WriteMotd,
+    ) -> Result<(), elysium_agent::agent::reconcile::StepError> {
+        if host.fs.exists("/etc/motd.lock") {
+            return Err(elysium_agent::agent::reconcile::StepError {
+                step: "Motd",
+                message: "/etc/motd is locked".into(),
+            });
+        }
+        host.fs.write_atomic("/etc/motd", a.0.as_bytes(), 0o644).unwrap();
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn step_conditions_reach_the_node_record() {
+    let c = TestCoordinator::start().await;
+    let node = TestNode::new("alpha");
+    node.join(&c.url(), &c.token(1, 600).await).await.unwrap();
+    node.host.fs.write_atomic("/etc/motd.lock", b"", 0o644).unwrap();
+    let agent =
+        node.start_agent_with(elysium_agent::agent::reconcile::Reconciler::default().with_step(MotdStep));
+    c.admin()
+        .await
+        .set_cluster_spec(pb::SetClusterSpecRequest {
+            toml: "[cluster]\nname = \"kyrion\"\n".into(),
+            expected_generation: 0,
+        })
+        .await
+        .unwrap();
+
+    let failed = eventually("failing condition reported", WAIT, || async {
+        c.node("alpha").await.filter(|n| n.reconcile_state == "failed")
+    })
+    .await;
+    assert_eq!(failed.applied_generation, 0, "a failed pass must not count as applied");
+    let cond = &failed.conditions[0];
+    assert_eq!((cond.r#type.as_str(), cond.status.as_str()), ("Motd", "False"));
+    assert!(cond.message.contains("locked"), "{cond:?}");
+
+    // Fix the cause and ask for a new pass (a new spec generation triggers one).
+    node.host.fs.remove_file("/etc/motd.lock").unwrap();
+    c.admin()
+        .await
+        .set_cluster_spec(pb::SetClusterSpecRequest {
+            toml: "[cluster]\nname = \"kyrion\"\n".into(),
+            expected_generation: 1,
+        })
+        .await
+        .unwrap();
+    let ok = eventually("converged condition reported", WAIT, || async {
+        c.node("alpha").await.filter(|n| n.reconcile_state == "converged" && n.applied_generation == 2)
+    })
+    .await;
+    assert_eq!(ok.conditions[0].status, "True");
+    assert_eq!(node.host.fs.read_to_string("/etc/motd").unwrap(), "kyrion");
+    agent.stop().await;
+}

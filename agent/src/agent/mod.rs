@@ -33,6 +33,8 @@ pub struct ReconcileStatus {
     /// `waiting` (no spec yet), `reconciling`, `converged`, `failed`.
     pub state: String,
     pub error: String,
+    /// One per step, from the last pass.
+    pub conditions: Vec<elysium_proto::v1::Condition>,
 }
 
 /// The agent could not start.
@@ -86,6 +88,7 @@ pub async fn run(
         applied_generation: applied,
         state: "waiting".into(),
         error: String::new(),
+        conditions: Vec::new(),
     });
     let trigger = Arc::new(Notify::new());
     let watchdog = notify::spawn_watchdog();
@@ -109,6 +112,13 @@ pub async fn run(
         w.abort();
     }
     Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn period_of(held: Option<&HeldSpec>) -> Duration {
@@ -135,6 +145,7 @@ async fn reconcile_loop(
                     let detail = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
                     ReconcileStatus {
                         applied_generation: applied,
+                        conditions: status_tx.borrow().conditions.clone(),
                         state: "failed".into(),
                         error: format!(
                             "spec generation {} cannot be used by agent {}: {e}{detail}",
@@ -145,6 +156,7 @@ async fn reconcile_loop(
                 }
                 Ok(desired) => {
                     let report = reconciler.reconcile(&host, &desired, false).await;
+                    let conditions = report.conditions(&status_tx.borrow().conditions, unix_now());
                     match report.first_error() {
                         None => {
                             if let Err(e) = state::save_applied(&host.fs, desired.generation) {
@@ -154,11 +166,15 @@ async fn reconcile_loop(
                                 applied_generation: desired.generation,
                                 state: "converged".into(),
                                 error: String::new(),
+                                conditions,
                             }
                         }
-                        Some(error) => {
-                            ReconcileStatus { applied_generation: applied, state: "failed".into(), error }
-                        }
+                        Some(error) => ReconcileStatus {
+                            applied_generation: applied,
+                            state: "failed".into(),
+                            error,
+                            conditions,
+                        },
                     }
                 }
             };

@@ -11,6 +11,7 @@ use std::future::Future;
 
 use async_trait::async_trait;
 use elysium_host::Host;
+use elysium_proto::v1 as pb;
 use elysium_spec::ClusterSpec;
 
 use super::state::HeldSpec;
@@ -76,6 +77,33 @@ pub struct Report {
 impl Report {
     pub fn ok(&self) -> bool {
         self.steps.iter().all(|s| s.error.is_none())
+    }
+
+    /// One condition per step that ran: `True` when it converged, `False` with its
+    /// error otherwise. `since` is carried over from `previous` while the status
+    /// stays the same, so it tells how long a step has been failing.
+    pub fn conditions(&self, previous: &[pb::Condition], now_unix: i64) -> Vec<pb::Condition> {
+        self.steps
+            .iter()
+            .map(|s| {
+                let (status, reason, message) = match &s.error {
+                    None => ("True", "Converged", String::new()),
+                    Some(e) => ("False", "ApplyFailed", e.clone()),
+                };
+                let since = previous
+                    .iter()
+                    .find(|p| p.r#type == s.step && p.status == status)
+                    .map(|p| p.since_unix)
+                    .unwrap_or(now_unix);
+                pb::Condition {
+                    r#type: s.step.to_owned(),
+                    status: status.to_owned(),
+                    reason: reason.to_owned(),
+                    message,
+                    since_unix: since,
+                }
+            })
+            .collect()
     }
 
     pub fn first_error(&self) -> Option<String> {
@@ -228,6 +256,10 @@ mod tests {
         assert_eq!(host.fs.read_to_string("/etc/motd").unwrap(), "kyrion");
         let second = r.reconcile(&host, &desired("kyrion"), false).await;
         assert!(second.steps[0].actions.is_empty(), "a converged node needs no action");
+        let conditions = second.conditions(&[], 100);
+        assert_eq!((conditions[0].r#type.as_str(), conditions[0].status.as_str()), ("motd", "True"));
+        // `since` survives while the status holds.
+        assert_eq!(second.conditions(&conditions, 200)[0].since_unix, 100);
     }
 
     #[tokio::test]

@@ -106,6 +106,7 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
             inventory: Some(inventory::collect(&ctx.host.fs)),
             held_generation,
             applied_generation: status.applied_generation,
+            hardware_json: String::new(),
         })),
     };
     // The channel is empty: this cannot block.
@@ -188,6 +189,7 @@ fn heartbeat_message(seq: u64, status: &ReconcileStatus) -> pb::AgentMessage {
             applied_generation: status.applied_generation,
             reconcile_state: status.state.clone(),
             reconcile_error: status.error.clone(),
+            conditions: status.conditions.clone(),
         })),
     }
 }

@@ -224,6 +224,19 @@ struct NodeView {
     certificate_sha256: String,
     token_id: String,
     inventory: Option<InventoryView>,
+    conditions: Vec<ConditionView>,
+    /// The hardware document as the agent reported it.
+    hardware: Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct ConditionView {
+    #[serde(rename = "type")]
+    kind: String,
+    status: String,
+    reason: String,
+    message: String,
+    since_unix: i64,
 }
 
 #[derive(Serialize)]
@@ -266,6 +279,18 @@ impl From<&pb::NodeRecord> for NodeView {
                 cpu_threads: i.cpu_threads,
                 memory_bytes: i.memory_bytes,
             }),
+            conditions: n
+                .conditions
+                .iter()
+                .map(|c| ConditionView {
+                    kind: c.r#type.clone(),
+                    status: c.status.clone(),
+                    reason: c.reason.clone(),
+                    message: c.message.clone(),
+                    since_unix: c.since_unix,
+                })
+                .collect(),
+            hardware: serde_json::from_str(&n.hardware_json).ok(),
         }
     }
 }
@@ -330,6 +355,13 @@ pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
                     vec!["generation".into(), view.applied_generation.to_string()],
                     vec!["reconcile".into(), format!("{} {}", view.reconcile_state, view.reconcile_error)],
                 ];
+                let mut rows = rows;
+                for c in &view.conditions {
+                    rows.push(vec![
+                        format!("condition {}", c.kind),
+                        format!("{} {} {} (since {})", c.status, c.reason, c.message, ago(c.since_unix)),
+                    ]);
+                }
                 print_table(&["FIELD", "VALUE"], &rows);
             }
         }

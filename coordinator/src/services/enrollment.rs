@@ -99,6 +99,8 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             reconcile_error: String::new(),
             certificate_sha256: pki::fingerprint(&cert_der),
             token_id: token.id.clone(),
+            conditions: Vec::new(),
+            hardware_json: String::new(),
         };
 
         // The token decides the role and labels; the store applies them in the same

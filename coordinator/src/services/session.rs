@@ -141,6 +141,9 @@ async fn handle(
                 node.inventory = convert::inventory_from_pb(inv);
             }
             node.applied_generation = hello.applied_generation;
+            if !hello.hardware_json.is_empty() {
+                node.hardware_json = hello.hardware_json;
+            }
             node.last_seen_unix = now;
             persist(c, node).await;
             if !*announced_online {
@@ -152,13 +155,16 @@ async fn handle(
         Msg::Heartbeat(hb) => {
             // Heartbeats are frequent: write to the store only when what the node
             // reports changes, and keep last-seen in memory meanwhile.
+            let conditions: Vec<_> = hb.conditions.into_iter().map(convert::condition_from_pb).collect();
             let changed = hb.applied_generation != node.applied_generation
                 || hb.reconcile_state != node.reconcile_state
-                || hb.reconcile_error != node.reconcile_error;
+                || hb.reconcile_error != node.reconcile_error
+                || conditions != node.conditions;
             if changed {
                 node.applied_generation = hb.applied_generation;
                 node.reconcile_state = hb.reconcile_state;
                 node.reconcile_error = hb.reconcile_error;
+                node.conditions = conditions;
                 node.last_seen_unix = now;
                 persist(c, node).await;
             }

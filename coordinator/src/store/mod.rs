@@ -47,6 +47,22 @@ pub struct NodeRecord {
     /// Hex SHA-256 of the node certificate.
     pub certificate_sha256: String,
     pub token_id: String,
+    /// Conditions last reported by the agent.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Hardware inventory document last reported by the agent (JSON).
+    #[serde(default)]
+    pub hardware_json: String,
+}
+
+/// See `elysium.v1.Condition`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    pub kind: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub since_unix: i64,
 }
 
 /// The cluster spec as stored: canonical TOML and its generation.

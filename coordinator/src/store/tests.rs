@@ -32,6 +32,8 @@ fn node(id: &str, name: &str) -> NodeRecord {
         reconcile_error: String::new(),
         certificate_sha256: String::new(),
         token_id: String::new(),
+        conditions: Vec::new(),
+        hardware_json: String::new(),
     }
 }
 
