@@ -34,7 +34,8 @@ pub fn node_binary() -> Result<PathBuf> {
 
 /// A TCP port on `ip` that was free a moment ago (bind to port 0, read it back, release it).
 pub fn free_port(ip: Ipv4Addr) -> Result<u16> {
-    let listener = TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0 to find a free port"))?;
+    let listener =
+        TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0 to find a free port"))?;
     Ok(listener.local_addr()?.port())
 }
 

