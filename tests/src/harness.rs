@@ -273,17 +273,7 @@ where
     }
 }
 
-/// Path of the built `elysium-node` binary: `$ELYSIUM_NODE_BIN`, else the
-/// workspace's `target/debug/elysium-node`.
+/// Path of the built `elysium-node` binary (see [`crate::e2e::node_binary`]).
 pub fn elysium_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("ELYSIUM_NODE_BIN") {
-        return PathBuf::from(p);
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/elysium-node");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build -p elysium-agent` first (tests/run does)",
-        p.display()
-    );
-    p
+    crate::e2e::node_binary().unwrap_or_else(|e| panic!("{e:#}"))
 }
