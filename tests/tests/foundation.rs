@@ -507,3 +507,37 @@ async fn step_conditions_reach_the_node_record() {
     assert_eq!(node.host.fs.read_to_string("/etc/motd").unwrap(), "kyrion");
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn dry_run_verifies_the_coordinator_and_changes_nothing() {
+    let c = TestCoordinator::start().await;
+    let token = c.token(1, 600).await;
+    let node = TestNode::new("alpha");
+    let mut opts = node.options(&c.url(), &token);
+    opts.dry_run = true;
+    let outcome = elysium_agent::join::join(&node.host, &opts, &mut |_| {}).await.expect("dry run");
+    let JoinOutcome::Planned(actions) = outcome else { panic!("expected a plan, got {outcome:?}") };
+    let text: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
+    assert!(text[0].starts_with("verify that"), "{text:?}");
+    assert!(text.iter().any(|a| a.contains("enroll as node \"alpha\"")), "{text:?}");
+    assert!(text.iter().any(|a| a.starts_with("start elysium-node.service")), "{text:?}");
+    assert!(node.is_pristine(), "a dry run wrote to the node");
+    assert!(node.systemd.calls().is_empty(), "a dry run called systemd");
+    let tokens = c.admin().await.list_tokens(pb::ListTokensRequest {}).await.unwrap().into_inner().tokens;
+    assert_eq!(tokens[0].uses_consumed, 0, "a dry run consumed the token");
+
+    // A dry run against an impostor still fails: verification is real.
+    let other = TestCoordinator::start().await;
+    let err = elysium_agent::join::join(
+        &node.host,
+        &{
+            let mut o = node.options(&other.url(), &token);
+            o.dry_run = true;
+            o
+        },
+        &mut |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, JoinError::Transport(TransportError::FingerprintMismatch { .. })), "{err:?}");
+}
