@@ -4,6 +4,8 @@
 //! temporary file in the same directory, sync, rename. It does not decide *what*
 //! to install; callers plan and hand it the content.
 
+pub mod k3s_service;
+
 use std::path::{Path, PathBuf};
 
 use elysium_host::{FsError, RootFs};
