@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The whole cluster spec.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSpec {
     /// Cluster-wide identity.
@@ -19,6 +19,71 @@ pub struct ClusterSpec {
     /// How agents behave, whatever they manage.
     #[serde(default)]
     pub agent: AgentSection,
+    /// K3s on every node. Absent: elysium-node does not manage K3s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k3s: Option<K3sSection>,
+}
+
+/// `[k3s]`: which K3s to run and how to configure it. Per-node settings (role,
+/// labels from the join token) come from the coordinator's node records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K3sSection {
+    /// A K3s release, e.g. `v1.31.4+k3s1`. Exactly one of `version` and `channel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// A release channel (`stable`, `latest`, `testing`, `v1.31`), resolved through
+    /// the channel server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Channel server (install.sh's `INSTALL_K3S_CHANNEL_URL`).
+    #[serde(default = "default_channel_url")]
+    pub channel_url: String,
+    /// Where releases are downloaded from: GitHub, a mirror with the same layout,
+    /// or a `file://` directory for offline homelabs.
+    #[serde(default = "default_release_url")]
+    pub release_url: String,
+    /// Packaged components to disable on servers (e.g. `["traefik"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disable: Vec<String>,
+    /// Extra names for the API server certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_san: Vec<String>,
+    /// Labels every node registers with (K3s applies them only at registration).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub node_labels: std::collections::BTreeMap<String, String>,
+    /// Taints every node registers with, `key=value:Effect`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_taints: Vec<String>,
+    /// The URL joining nodes use to reach the first server (default: its address
+    /// as reported by its agent), e.g. `https://kyrion.lan:6443`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_url: Option<String>,
+    /// How long a (re)started K3s may take to pass its health check before an
+    /// upgrade is rolled back (30..=3600).
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout_seconds: u32,
+    /// Allow moving to an older version (otherwise refused).
+    #[serde(default)]
+    pub allow_downgrade: bool,
+    /// `write-kubeconfig-mode` on servers, e.g. `"0644"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_kubeconfig_mode: Option<String>,
+    /// Further `config.yaml` keys, passed through unchanged.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extra_config: std::collections::BTreeMap<String, toml::Value>,
+}
+
+fn default_channel_url() -> String {
+    "https://update.k3s.io/v1-release/channels".to_owned()
+}
+
+fn default_release_url() -> String {
+    "https://github.com/k3s-io/k3s/releases".to_owned()
+}
+
+fn default_health_timeout() -> u32 {
+    120
 }
 
 /// `[cluster]`
@@ -119,6 +184,9 @@ impl ClusterSpec {
                 problem: format!("must be within 10..=86400, got {}", self.agent.reconcile_seconds),
             });
         }
+        if let Some(k3s) = &self.k3s {
+            k3s.validate()?;
+        }
         Ok(())
     }
 
@@ -127,6 +195,50 @@ impl ClusterSpec {
         // Serialising plain structs of strings and integers cannot fail.
         toml::to_string_pretty(self).unwrap_or_default()
     }
+}
+
+impl K3sSection {
+    fn validate(&self) -> Result<(), SpecError> {
+        match (&self.version, &self.channel) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(SpecError::Invalid {
+                    field: "k3s.version",
+                    problem: "set exactly one of `version` (e.g. \"v1.31.4+k3s1\") and `channel` (e.g. \"stable\")".into(),
+                });
+            }
+            (Some(v), None) if !looks_like_k3s_version(v) => {
+                return Err(SpecError::Invalid {
+                    field: "k3s.version",
+                    problem: format!("must look like v1.31.4+k3s1, got {v:?}"),
+                });
+            }
+            _ => {}
+        }
+        for (field, url) in [("k3s.channel_url", &self.channel_url), ("k3s.release_url", &self.release_url)] {
+            if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("file://")) {
+                return Err(SpecError::Invalid { field, problem: format!("must be an http(s):// or file:// URL, got {url:?}") });
+            }
+        }
+        if let Some(url) = &self.server_url
+            && !url.starts_with("https://")
+        {
+            return Err(SpecError::Invalid { field: "k3s.server_url", problem: format!("must start with https://, got {url:?}") });
+        }
+        if !(30..=3600).contains(&self.health_timeout_seconds) {
+            return Err(SpecError::Invalid {
+                field: "k3s.health_timeout_seconds",
+                problem: format!("must be within 30..=3600, got {}", self.health_timeout_seconds),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `vMAJOR.MINOR.PATCH[-pre]+k3sN`, checked loosely here; the installer parses it.
+fn looks_like_k3s_version(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix('v') else { return false };
+    let core = rest.split(['+', '-']).next().unwrap_or("");
+    core.split('.').count() == 3 && core.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -163,6 +275,26 @@ mod tests {
         let spec =
             ClusterSpec::parse("[cluster]\nname = \"kyrion\"\ndescription = \"home\"\n").expect("parses");
         assert_eq!(ClusterSpec::parse(&spec.to_toml()).expect("re-parses"), spec);
+    }
+
+    #[test]
+    fn k3s_section() {
+        let spec = ClusterSpec::parse("[k3s]\nversion = \"v1.31.4+k3s1\"\ndisable = [\"traefik\"]\n").expect("parses");
+        let k3s = spec.k3s.expect("k3s section");
+        assert_eq!(k3s.release_url, "https://github.com/k3s-io/k3s/releases");
+        assert_eq!(k3s.health_timeout_seconds, 120);
+        for bad in [
+            "[k3s]\n",
+            "[k3s]\nversion = \"v1.31.4+k3s1\"\nchannel = \"stable\"\n",
+            "[k3s]\nversion = \"1.31\"\n",
+            "[k3s]\nchannel = \"stable\"\nrelease_url = \"ftp://x\"\n",
+            "[k3s]\nchannel = \"stable\"\nhealth_timeout_seconds = 1\n",
+        ] {
+            let err = ClusterSpec::parse(bad).expect_err(bad);
+            assert!(err.to_string().contains("k3s."), "{bad}: {err}");
+        }
+        let err = ClusterSpec::parse("[k3s]\nchannel = \"stable\"\nversoin = \"x\"\n").expect_err("typo");
+        assert!(std::error::Error::source(&err).expect("source").to_string().contains("versoin"));
     }
 
     #[test]
