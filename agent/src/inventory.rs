@@ -26,6 +26,9 @@ pub fn collect(fs: &RootFs) -> pb::NodeInventory {
         cpu_cores,
         cpu_threads,
         memory_bytes: parse_meminfo_total(&fs.read_to_string("/proc/meminfo").unwrap_or_default()),
+        // Interfaces are kernel state, not files: they come from the running
+        // machine even when the files come from a fixture root.
+        addresses: elysium_host::net::interface_addresses().iter().map(|ip| ip.to_string()).collect(),
     }
 }
 

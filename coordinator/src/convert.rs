@@ -31,6 +31,7 @@ pub fn inventory_from_pb(i: pb::NodeInventory) -> Inventory {
         cpu_cores: i.cpu_cores,
         cpu_threads: i.cpu_threads,
         memory_bytes: i.memory_bytes,
+        addresses: i.addresses,
     }
 }
 
@@ -45,6 +46,7 @@ pub fn inventory_to_pb(i: &Inventory) -> pb::NodeInventory {
         cpu_cores: i.cpu_cores,
         cpu_threads: i.cpu_threads,
         memory_bytes: i.memory_bytes,
+        addresses: i.addresses.clone(),
     }
 }
 

@@ -6,6 +6,7 @@
 //! the `elysium-node` binary; this crate owns no argument parsing.
 
 pub mod datadir;
+pub mod k3s;
 pub mod pki;
 pub mod server;
 pub mod store;

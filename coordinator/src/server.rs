@@ -19,7 +19,7 @@ use crate::convert;
 use crate::datadir::DataDir;
 use crate::pki::Ca;
 use crate::services::{AdminService, EnrollmentService, SessionService};
-use crate::store::{NodeRecord, Store, StoreError, StoredSpec};
+use crate::store::{K3sCluster, NodeRecord, Store, StoreError, StoredSpec};
 use crate::tokens::{JoinToken, Role, TokenRecord};
 
 /// Seconds since the Unix epoch. Injectable so tests can move time.
@@ -32,6 +32,13 @@ pub fn system_clock() -> Clock {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0)
     })
+}
+
+/// What sessions watch: the cluster spec and the K3s cluster facts.
+#[derive(Debug, Clone)]
+pub struct ClusterState {
+    pub spec: StoredSpec,
+    pub k3s: K3sCluster,
 }
 
 /// What the coordinator knows about a node that has a session open now.
@@ -49,8 +56,11 @@ pub struct Coordinator {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) ca: Ca,
     pub(crate) clock: Clock,
-    /// The current cluster spec; every session watches it.
-    pub(crate) spec: watch::Sender<StoredSpec>,
+    /// The cluster spec and K3s cluster facts; every session watches it and
+    /// pushes a new node spec when it changes.
+    pub(crate) state: watch::Sender<ClusterState>,
+    /// Serialises read-modify-write of the K3s cluster record.
+    k3s_lock: Mutex<()>,
     pub(crate) live: Mutex<HashMap<String, LiveSession>>,
     pub(crate) next_session: std::sync::atomic::AtomicU64,
 }
@@ -64,11 +74,20 @@ impl std::fmt::Debug for Coordinator {
 impl Coordinator {
     pub fn new(store: Arc<dyn Store>, ca: Ca, clock: Clock) -> Result<Arc<Self>, StoreError> {
         let spec = store.get_spec()?;
+        let k3s = match store.get_k3s()? {
+            Some(k3s) => k3s,
+            None => {
+                let k3s = crate::k3s::new_cluster();
+                store.put_k3s(&k3s)?;
+                k3s
+            }
+        };
         Ok(Arc::new(Self {
             store,
             ca,
             clock,
-            spec: watch::Sender::new(spec),
+            state: watch::Sender::new(ClusterState { spec, k3s }),
+            k3s_lock: Mutex::new(()),
             live: Mutex::new(HashMap::new()),
             next_session: std::sync::atomic::AtomicU64::new(1),
         }))
@@ -102,13 +121,44 @@ impl Coordinator {
     }
 
     /// The spec a given node should hold.
-    pub(crate) fn node_spec(&self, node: &NodeRecord, spec: &StoredSpec) -> pb::NodeSpec {
+    pub(crate) fn node_spec(&self, node: &NodeRecord, state: &ClusterState) -> pb::NodeSpec {
+        // The stored spec was validated when it was set.
+        let parsed = elysium_spec::ClusterSpec::parse(&state.spec.toml).unwrap_or_default();
         pb::NodeSpec {
-            generation: spec.generation,
-            cluster_spec_toml: spec.toml.clone(),
+            generation: state.spec.generation,
+            cluster_spec_toml: state.spec.toml.clone(),
             role: convert::role_to_pb(node.role).into(),
             labels: node.labels.clone().into_iter().collect(),
+            k3s: crate::k3s::assignment(node, &parsed, &state.k3s),
         }
+    }
+
+    /// Changes the K3s cluster record with `f` (which returns whether it changed
+    /// anything), persists it and notifies every session. Blocking (store write).
+    pub(crate) fn update_k3s(&self, f: impl FnOnce(&mut K3sCluster) -> bool) -> Result<(), StoreError> {
+        let _guard = self.k3s_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut k3s = self.state.borrow().k3s.clone();
+        if !f(&mut k3s) {
+            return Ok(());
+        }
+        self.store.put_k3s(&k3s)?;
+        self.state.send_modify(|s| s.k3s = k3s);
+        Ok(())
+    }
+
+    /// Makes `node` the first K3s server if it is a server and there is none yet.
+    pub(crate) fn claim_first_server(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        if node.role != Role::Server {
+            return Ok(());
+        }
+        self.update_k3s(|k| {
+            if k.first_server_id.is_some() {
+                return false;
+            }
+            k.first_server_id = Some(node.id.clone());
+            k.first_server_url = crate::k3s::server_url_from(&node.inventory.addresses);
+            true
+        })
     }
 
     /// Creates and stores a join token. Returns the token (the secret, to show once)

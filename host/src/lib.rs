@@ -6,6 +6,7 @@
 //! checks. Nothing here decides *what* to change; callers plan, this crate applies.
 
 pub mod fs;
+pub mod net;
 pub mod systemd;
 
 use std::sync::Arc;

@@ -105,11 +105,21 @@ impl TestCoordinator {
         )
     }
 
-    /// Creates a token through the Admin API.
+    /// Creates an agent-role token through the Admin API.
     pub async fn token(&self, uses: u32, ttl_seconds: u64) -> String {
+        self.token_for(pb::NodeRole::Agent, uses, ttl_seconds).await
+    }
+
+    /// Creates a token for `role` through the Admin API.
+    pub async fn token_for(&self, role: pb::NodeRole, uses: u32, ttl_seconds: u64) -> String {
         self.admin()
             .await
-            .create_token(pb::CreateTokenRequest { ttl_seconds, uses, role: 0, labels: Default::default() })
+            .create_token(pb::CreateTokenRequest {
+                ttl_seconds,
+                uses,
+                role: role.into(),
+                labels: Default::default(),
+            })
             .await
             .expect("create token")
             .into_inner()
@@ -218,6 +228,25 @@ impl TestNode {
             .await
         });
         TestAgent { stop: Some(stop), task: Some(task) }
+    }
+
+    /// A raw `NodeSession` client with this node's certificate.
+    pub async fn session_client(&self, url: &str) -> pb::node_session_client::NodeSessionClient<Channel> {
+        let fs = &self.host.fs;
+        let read = |p| fs.read_to_string(p).expect("identity file");
+        let tls = transport::mtls(
+            &read(elysium_agent::paths::CA_CERT),
+            &read(elysium_agent::paths::NODE_CERT),
+            &read(elysium_agent::paths::NODE_KEY),
+        )
+        .expect("node tls");
+        let channel = transport::channel(&Target::parse(url).unwrap(), tls).await.expect("channel");
+        pb::node_session_client::NodeSessionClient::new(channel)
+    }
+
+    /// The spec persisted on the node, if any.
+    pub fn held_spec(&self) -> Option<elysium_agent::agent::state::HeldSpec> {
+        elysium_agent::agent::state::load_spec(&self.host.fs)
     }
 
     /// Whether nothing of an enrollment was written.

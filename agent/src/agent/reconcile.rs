@@ -23,6 +23,7 @@ pub struct Desired {
     pub spec: ClusterSpec,
     pub role: String,
     pub labels: std::collections::BTreeMap<String, String>,
+    pub k3s: Option<super::state::K3sAssignment>,
 }
 
 impl Desired {
@@ -34,6 +35,7 @@ impl Desired {
             spec: ClusterSpec::parse(&held.cluster_spec_toml)?,
             role: held.role.clone(),
             labels: held.labels.clone(),
+            k3s: held.k3s.clone(),
         })
     }
 }
@@ -239,6 +241,7 @@ mod tests {
             cluster_spec_toml: format!("[cluster]\nname = \"{name}\"\n"),
             role: "agent".into(),
             labels: Default::default(),
+            k3s: None,
         };
         Desired::from_held(&held).unwrap()
     }
@@ -276,6 +279,7 @@ mod tests {
             cluster_spec_toml: "[future]\n".into(),
             role: "agent".into(),
             labels: Default::default(),
+            k3s: None,
         };
         assert!(Desired::from_held(&held).is_err());
     }

@@ -15,6 +15,27 @@ pub struct HeldSpec {
     /// `server` or `agent`.
     pub role: String,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// This node's part in the K3s cluster (absent when K3s is not managed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k3s: Option<K3sAssignment>,
+}
+
+/// See `elysium.v1.K3sAssignment`. `token` is a secret: this file is 0600.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct K3sAssignment {
+    pub role: String,
+    pub server_url: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for K3sAssignment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("K3sAssignment")
+            .field("role", &self.role)
+            .field("server_url", &self.server_url)
+            .field("token", &if self.token.is_empty() { "<none>" } else { "<redacted>" })
+            .finish()
+    }
 }
 
 impl HeldSpec {
@@ -28,6 +49,11 @@ impl HeldSpec {
             cluster_spec_toml: spec.cluster_spec_toml.clone(),
             role: role.to_owned(),
             labels: spec.labels.clone().into_iter().collect(),
+            k3s: spec.k3s.as_ref().map(|k| K3sAssignment {
+                role: k.role.clone(),
+                server_url: k.server_url.clone(),
+                token: k.token.clone(),
+            }),
         }
     }
 }
@@ -91,11 +117,18 @@ mod tests {
             cluster_spec_toml: "[cluster]\nname = \"x\"\n".into(),
             role: pb::NodeRole::Server.into(),
             labels: [("a".to_string(), "b".to_string())].into(),
+            k3s: Some(pb::K3sAssignment {
+                role: "agent".into(),
+                server_url: "https://s:6443".into(),
+                token: "K10x".into(),
+            }),
         };
         save_spec(&fs, &spec).unwrap();
         assert_eq!(fs.mode(paths::SPEC_FILE).unwrap(), 0o600);
         let held = load_spec(&fs).unwrap();
         assert_eq!((held.generation, held.role.as_str()), (7, "server"));
+        assert_eq!(held.k3s.as_ref().unwrap().token, "K10x");
+        assert!(!format!("{held:?}").contains("K10x"), "Debug leaks the K3s token");
         fs.write_atomic(paths::SPEC_FILE, b"{not json", 0o600).unwrap();
         assert!(load_spec(&fs).is_none());
         save_applied(&fs, 7).unwrap();

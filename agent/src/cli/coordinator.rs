@@ -41,28 +41,11 @@ fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "coordinator".into())
 }
 
-/// Hostname plus every non-loopback address of this machine, for quickstart's
-/// certificate: nodes may reach it by any of them.
+/// Hostname plus every address of this machine, for quickstart's certificate:
+/// nodes may reach it by any of them.
 fn local_names() -> Vec<String> {
     let mut names = vec![hostname()];
-    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
-        for ifa in addrs {
-            let ip: Option<IpAddr> = ifa.address.and_then(|a| {
-                a.as_sockaddr_in()
-                    .map(|s| IpAddr::V4(s.ip()))
-                    .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
-            });
-            if let Some(ip) = ip
-                && !ip.is_loopback()
-                && !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
-            {
-                let s = ip.to_string();
-                if !names.contains(&s) {
-                    names.push(s);
-                }
-            }
-        }
-    }
+    names.extend(elysium_host::net::interface_addresses().iter().map(|ip| ip.to_string()));
     names
 }
 

@@ -154,7 +154,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::GetClusterSpecRequest>,
     ) -> Result<Response<pb::ClusterSpec>, Status> {
         require_admin(&request)?;
-        let spec = self.coordinator.spec.borrow().clone();
+        let spec = self.coordinator.state.borrow().spec.clone();
         Ok(Response::new(pb::ClusterSpec { generation: spec.generation, toml: spec.toml }))
     }
 
@@ -177,7 +177,7 @@ impl pb::admin_server::Admin for AdminService {
             SpecWriteError::Conflict { .. } => Status::aborted(e.to_string()),
             SpecWriteError::Store(e) => internal(e),
         })?;
-        c.spec.send_replace(stored.clone());
+        c.state.send_modify(|s| s.spec = stored.clone());
         c.event("spec.set", "cluster", &format!("generation {} by {admin}", stored.generation));
         Ok(Response::new(pb::ClusterSpec { generation: stored.generation, toml: stored.toml }))
     }

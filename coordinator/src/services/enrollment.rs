@@ -123,7 +123,12 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             Err(EnrollRefusal::Store(e)) => return Err(internal(e)),
         };
         c.event("node.enrolled", &name, &format!("role {} with token {}", node.role.as_str(), token_rec.id));
-        let spec = c.node_spec(&node, &c.spec.borrow());
+        let claim = {
+            let (c, node) = (c.clone(), node.clone());
+            blocking(move || c.claim_first_server(&node)).await?
+        };
+        claim.map_err(internal)?;
+        let spec = c.node_spec(&node, &c.state.borrow());
         Ok(Response::new(pb::EnrollResponse {
             node_id: node.id.clone(),
             node_name: name,

@@ -85,7 +85,7 @@ async fn drive(
     mut inbound: Streaming<pb::AgentMessage>,
     tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
 ) {
-    let mut spec_rx = c.spec.subscribe();
+    let mut spec_rx = c.state.subscribe();
     let first = c.node_spec(&node, &spec_rx.borrow_and_update());
     if tx.send(spec_message(first)).await.is_err() {
         return finish(&c, &mut node, session_id).await;
@@ -146,6 +146,7 @@ async fn handle(
             }
             node.last_seen_unix = now;
             persist(c, node).await;
+            k3s_hello(c, node).await;
             if !*announced_online {
                 *announced_online = true;
                 c.event("node.online", &node.name, &format!("agent {}", node.agent_version));
@@ -176,6 +177,10 @@ async fn handle(
             tracing::info!(node = %node.name, operation = %p.operation_id, step = %p.step, percent = p.percent, "{}", p.message);
             None
         }
+        Msg::K3s(report) => {
+            k3s_report(c, node, report).await;
+            None
+        }
         Msg::Result(r) => {
             let kind = if r.success { "operation.succeeded" } else { "operation.failed" };
             c.event(
@@ -185,6 +190,69 @@ async fn handle(
             );
             None
         }
+    }
+}
+
+/// Keeps the first server's URL current with the addresses it reports, and lets a
+/// server that enrolled before K3s was configured claim the first-server role.
+async fn k3s_hello(c: &Arc<Coordinator>, node: &NodeRecord) {
+    let (cc, n) = (c.clone(), node.clone());
+    let result = blocking(move || {
+        cc.claim_first_server(&n)?;
+        cc.update_k3s(|k| {
+            if k.first_server_id.as_deref() != Some(n.id.as_str()) {
+                return false;
+            }
+            let url = crate::k3s::server_url_from(&n.inventory.addresses);
+            if url.is_none() || url == k.first_server_url {
+                return false;
+            }
+            k.first_server_url = url;
+            true
+        })
+    })
+    .await;
+    if let Ok(Err(e)) = result {
+        tracing::warn!(node = %node.name, error = %e, "could not update the K3s cluster record");
+    }
+}
+
+/// The first server reports the secure cluster token; everyone else then gets it.
+async fn k3s_report(c: &Arc<Coordinator>, node: &NodeRecord, report: pb::K3sReport) {
+    let is_first = c.state.borrow().k3s.first_server_id.as_deref() == Some(node.id.as_str());
+    if report.server_token.is_empty() {
+        return;
+    }
+    if !is_first {
+        tracing::warn!(node = %node.name, "ignoring a K3s token report from a node that is not the first server");
+        return;
+    }
+    if !report.server_token.starts_with("K10") {
+        tracing::warn!(node = %node.name, "ignoring a K3s token report that is not in the secure K10 format");
+        return;
+    }
+    let cc = c.clone();
+    let token = report.server_token;
+    let changed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = changed.clone();
+    let result = blocking(move || {
+        cc.update_k3s(|k| {
+            if k.server_token.as_deref() == Some(token.as_str()) {
+                return false;
+            }
+            k.server_token = Some(token);
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            true
+        })
+    })
+    .await;
+    match result {
+        Ok(Ok(())) if changed.load(std::sync::atomic::Ordering::Relaxed) => {
+            c.event("k3s.token", &node.name, &format!("cluster token reported (K3s {})", report.version));
+        }
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(node = %node.name, error = %e, "could not store the K3s token"),
+        Err(status) => tracing::warn!(node = %node.name, %status, "could not store the K3s token"),
     }
 }
 

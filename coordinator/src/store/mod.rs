@@ -27,6 +27,8 @@ pub struct Inventory {
     pub cpu_cores: u32,
     pub cpu_threads: u32,
     pub memory_bytes: u64,
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// A node enrolled with the coordinator.
@@ -70,6 +72,19 @@ pub struct Condition {
 pub struct StoredSpec {
     pub generation: u64,
     pub toml: String,
+}
+
+/// What the coordinator knows about the K3s cluster as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct K3sCluster {
+    /// The server that initialises the cluster (`cluster-init`); chosen once.
+    pub first_server_id: Option<String>,
+    /// `https://ADDRESS:6443` of the first server, from its reported addresses.
+    pub first_server_url: Option<String>,
+    /// The secret the first server starts with. Secret.
+    pub init_secret: String,
+    /// The full `K10…` token the first server reported. Secret.
+    pub server_token: Option<String>,
 }
 
 /// One line of the event log.
@@ -153,6 +168,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores a new spec with generation current+1. With `expected`, refuses unless
     /// the current generation equals it.
     fn set_spec(&self, toml: &str, expected: Option<u64>) -> Result<StoredSpec, SpecWriteError>;
+
+    fn get_k3s(&self) -> Result<Option<K3sCluster>, StoreError>;
+    fn put_k3s(&self, cluster: &K3sCluster) -> Result<(), StoreError>;
 
     fn append_event(&self, unix: i64, kind: &str, subject: &str, message: &str) -> Result<u64, StoreError>;
     fn list_events(&self, after_seq: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;

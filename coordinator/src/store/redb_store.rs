@@ -18,6 +18,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
 const SPEC_KEY: &str = "cluster_spec";
+const K3S_KEY: &str = "k3s_cluster";
 /// The event log is a ring: older entries are dropped past this many.
 const MAX_EVENTS: u64 = 10_000;
 
@@ -234,6 +235,19 @@ impl Store for RedbStore {
         };
         txn.commit().map_err(engine)?;
         Ok(spec)
+    }
+
+    fn get_k3s(&self) -> Result<Option<K3sCluster>, StoreError> {
+        self.read_one(META, K3S_KEY)
+    }
+
+    fn put_k3s(&self, cluster: &K3sCluster) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        {
+            let mut meta = txn.open_table(META).map_err(engine)?;
+            meta.insert(K3S_KEY, encode(cluster).as_slice()).map_err(engine)?;
+        }
+        txn.commit().map_err(engine)
     }
 
     fn append_event(&self, unix: i64, kind: &str, subject: &str, message: &str) -> Result<u64, StoreError> {
