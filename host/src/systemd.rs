@@ -84,6 +84,12 @@ pub trait Systemd: Send + Sync + std::fmt::Debug {
     async fn restart(&self, unit: &str) -> Result<(), SystemdError>;
     /// Stops a unit and waits for its job to finish.
     async fn stop(&self, unit: &str) -> Result<(), SystemdError>;
+    /// Queues a restart and returns without waiting for the job: for services
+    /// with `TimeoutStartSec=0` (K3s) whose start job may never finish when the
+    /// service never becomes ready; the caller checks health itself, with a bound.
+    async fn queue_restart(&self, unit: &str) -> Result<(), SystemdError>;
+    /// Clears a unit's failed state and start-rate counter (`reset-failed`).
+    async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError>;
     async fn status(&self, unit: &str) -> Result<UnitStatus, SystemdError>;
 }
 
@@ -96,6 +102,7 @@ trait Manager {
     fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn reload(&self) -> zbus::Result<()>;
     fn subscribe(&self) -> zbus::Result<()>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
@@ -227,6 +234,33 @@ impl Systemd for DbusSystemd {
         self.run_job("stop", unit).await
     }
 
+    async fn queue_restart(&self, unit: &str) -> Result<(), SystemdError> {
+        let m = self.manager().await?;
+        m.restart_unit(unit, "replace").await.map(|_| ()).map_err(|source| SystemdError::Call {
+            method: "RestartUnit",
+            unit: unit.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
+        let m = self.manager().await?;
+        match m.reset_failed_unit(unit).await {
+            Ok(()) => Ok(()),
+            // Not loaded means nothing to reset.
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(SystemdError::Call {
+                method: "ResetFailedUnit",
+                unit: unit.to_owned(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
     async fn status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
         let m = self.manager().await?;
         let call = |source| SystemdError::Call {
@@ -354,6 +388,15 @@ impl Systemd for FakeSystemd {
 
     async fn stop(&self, unit: &str) -> Result<(), SystemdError> {
         self.job("stop", unit)
+    }
+
+    async fn queue_restart(&self, unit: &str) -> Result<(), SystemdError> {
+        self.job("restart", unit)
+    }
+
+    async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
+        self.lock().calls.push(format!("reset-failed {unit}"));
+        Ok(())
     }
 
     async fn status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
