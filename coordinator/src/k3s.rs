@@ -42,10 +42,12 @@ pub fn server_url_from(addresses: &[String]) -> Option<String> {
 pub fn assignment(node: &NodeRecord, spec: &ClusterSpec, cluster: &K3sCluster) -> Option<pb::K3sAssignment> {
     let k3s = spec.k3s.as_ref()?;
     if cluster.first_server_id.as_deref() == Some(node.id.as_str()) {
+        // Always the init secret, also after the secure token is known: the first
+        // server's token file must not change, or K3s would restart for nothing.
         return Some(pb::K3sAssignment {
             role: ROLE_SERVER_INIT.into(),
             server_url: String::new(),
-            token: cluster.server_token.clone().unwrap_or_else(|| cluster.init_secret.clone()),
+            token: cluster.init_secret.clone(),
         });
     }
     let role = match node.role {
@@ -105,6 +107,8 @@ mod tests {
         assert!(agent.token.starts_with("K10"));
         let server = assignment(&node("s2", Role::Server), &spec, &cluster).unwrap();
         assert_eq!(server.role, ROLE_SERVER);
+        let first = assignment(&node("s1", Role::Server), &spec, &cluster).unwrap();
+        assert_eq!(first.token, cluster.init_secret, "the first server's token must never change");
 
         // The spec's server_url wins over the reported address.
         let spec =
