@@ -7,8 +7,10 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod hardware;
 pub mod inventory;
 pub mod join;
 pub mod notify;
 pub mod paths;
+pub mod steps;
 pub mod transport;

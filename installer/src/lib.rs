@@ -3,8 +3,17 @@
 //! Owns *how* files land: compare first (so a re-run changes nothing), write to a
 //! temporary file in the same directory, sync, rename. It does not decide *what*
 //! to install; callers plan and hand it the content.
+//!
+//! For K3s it also owns getting the release artifact: [`k3s_version`] (versions
+//! and upgrade preflight), [`k3s_release`] (URLs, architectures, hash files),
+//! [`download`] (verified, resumable streaming downloads) and [`k3s_binary`]
+//! (placing the binary with a rollback copy, and its symlinks).
 
+pub mod download;
+pub mod k3s_binary;
+pub mod k3s_release;
 pub mod k3s_service;
+pub mod k3s_version;
 
 use std::path::{Path, PathBuf};
 

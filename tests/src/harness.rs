@@ -208,7 +208,7 @@ impl TestNode {
 
     /// Starts the agent in the background.
     pub fn start_agent(&self) -> TestAgent {
-        self.start_agent_with(Reconciler::standard())
+        self.start_agent_with(Reconciler::default())
     }
 
     /// Starts the agent with the given reconciler steps.
@@ -222,7 +222,10 @@ impl TestNode {
         };
         let host = self.host.clone();
         let task = tokio::spawn(async move {
-            agent::run(host, config, reconciler, options, async move {
+            // Steps that report to the coordinator get their link through the
+            // reconciler; this one is for the session's end.
+            let (_step_link, session_link) = agent::link::link();
+            agent::run(host, config, reconciler, session_link, options, async move {
                 let _ = stopped.await;
             })
             .await

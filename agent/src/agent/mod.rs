@@ -7,6 +7,7 @@
 //! reachable. Nothing polls: both wait on channels and timers, so an idle agent
 //! uses no CPU.
 
+pub mod link;
 pub mod reconcile;
 pub mod session;
 pub mod state;
@@ -65,6 +66,7 @@ pub async fn run(
     host: Host,
     config: AgentConfig,
     reconciler: Reconciler,
+    link: link::SessionLink,
     options: AgentOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
@@ -100,7 +102,7 @@ pub async fn run(
         trigger.clone(),
     ));
 
-    let ctx = session::SessionContext { host, target, tls, spec_tx, spec_rx, status_rx, trigger, options };
+    let ctx = session::SessionContext { host, target, tls, spec_tx, spec_rx, status_rx, trigger, options, link };
     tokio::select! {
         () = session::run(ctx) => {}
         () = shutdown => {}

@@ -54,7 +54,9 @@ pub trait Step: Send + Sync {
     type Action: fmt::Display + Send + Sync;
 
     fn name(&self) -> &'static str;
-    fn observe(&self, host: &Host) -> impl Future<Output = Result<Self::Observed, StepError>> + Send;
+    /// Reads what is on the node (and, where the desired state names something
+    /// outside the node, such as a release, what that resolves to).
+    fn observe(&self, host: &Host, desired: &Desired) -> impl Future<Output = Result<Self::Observed, StepError>> + Send;
     /// Pure: no I/O.
     fn plan(&self, desired: &Desired, observed: &Self::Observed) -> Vec<Self::Action>;
     fn apply(&self, host: &Host, action: &Self::Action)
@@ -123,7 +125,7 @@ trait DynStep: Send + Sync {
 impl<S: Step> DynStep for S {
     async fn run(&self, host: &Host, desired: &Desired, dry_run: bool) -> StepReport {
         let step = self.name();
-        let observed = match self.observe(host).await {
+        let observed = match self.observe(host, desired).await {
             Ok(o) => o,
             Err(e) => return StepReport { step, actions: vec![], error: Some(e.message) },
         };
@@ -156,11 +158,6 @@ impl fmt::Debug for Reconciler {
 }
 
 impl Reconciler {
-    /// The production reconciler. Steps are added by later capabilities.
-    pub fn standard() -> Self {
-        Self::default()
-    }
-
     pub fn with_step(mut self, step: impl Step + 'static) -> Self {
         self.steps.push(Box::new(step));
         self
@@ -212,7 +209,7 @@ mod tests {
         fn name(&self) -> &'static str {
             "motd"
         }
-        async fn observe(&self, host: &Host) -> Result<Option<String>, StepError> {
+        async fn observe(&self, host: &Host, _: &Desired) -> Result<Option<String>, StepError> {
             host.fs
                 .read_optional("/etc/motd")
                 .map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned()))
@@ -266,9 +263,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_standard_reconciler_is_empty_and_converged() {
+    async fn an_empty_reconciler_is_converged() {
         let dir = tempfile::tempdir().unwrap();
-        let report = Reconciler::standard().reconcile(&host(dir.path()), &desired("x"), false).await;
+        let report = Reconciler::default().reconcile(&host(dir.path()), &desired("x"), false).await;
         assert!(report.ok() && report.steps.is_empty());
     }
 

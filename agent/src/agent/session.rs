@@ -26,6 +26,7 @@ pub(crate) struct SessionContext {
     pub status_rx: watch::Receiver<ReconcileStatus>,
     pub trigger: Arc<Notify>,
     pub options: AgentOptions,
+    pub link: super::link::SessionLink,
 }
 
 /// Why a session ended.
@@ -109,8 +110,11 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
             hardware_json: String::new(),
         })),
     };
-    // The channel is empty: this cannot block.
+    // The channel is empty: these cannot block.
     let _ = out.send(hello).await;
+    if let Some(report) = ctx.link.k3s.borrow_and_update().clone() {
+        let _ = out.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::K3s(report)) }).await;
+    }
     let mut inbound =
         client.session(ReceiverStream::new(out_rx)).await.map_err(SessionEnd::Refused)?.into_inner();
 
@@ -165,6 +169,21 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
                 let msg = heartbeat_message(seq, &ctx.status_rx.borrow());
                 if out.send(msg).await.is_err() {
                     return Ok(());
+                }
+            }
+            Some(msg) = ctx.link.progress.recv() => {
+                if out.send(msg).await.is_err() {
+                    return Ok(());
+                }
+            }
+            // A pattern, not a binding: when no step holds the sender, `changed`
+            // fails at once, and the pattern disables the branch instead of spinning.
+            Ok(()) = ctx.link.k3s.changed() => {
+                if let Some(report) = ctx.link.k3s.borrow_and_update().clone() {
+                    let msg = pb::AgentMessage { msg: Some(pb::agent_message::Msg::K3s(report)) };
+                    if out.send(msg).await.is_err() {
+                        return Ok(());
+                    }
                 }
             }
             changed = ctx.status_rx.changed() => {

@@ -4,6 +4,7 @@
 
 mod admin;
 mod coordinator;
+mod inventory;
 mod node;
 
 use std::path::PathBuf;
@@ -59,7 +60,9 @@ pub enum Output {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Enroll this machine with a coordinator and install the agent service.
-    #[command(after_help = "Examples:\n  ELYSIUM_JOIN_TOKEN=ELY10… elysium-node join --coordinator https://10.0.0.2:7443\n  elysium-node join --coordinator https://coord.lan:7443 --token-file /root/token --name rack1-node3\n  elysium-node join --coordinator https://coord.lan:7443 --token-file /root/token --dry-run")]
+    #[command(
+        after_help = "Examples:\n  ELYSIUM_JOIN_TOKEN=ELY10… elysium-node join --coordinator https://10.0.0.2:7443\n  elysium-node join --coordinator https://coord.lan:7443 --token-file /root/token --name rack1-node3\n  elysium-node join --coordinator https://coord.lan:7443 --token-file /root/token --dry-run"
+    )]
     Join(JoinArgs),
     /// Run the node agent (what elysium-node.service runs).
     Agent(AgentArgs),
@@ -76,6 +79,31 @@ pub enum Command {
     Spec(SpecCommand),
     /// Show the coordinator's event log.
     Events(EventsArgs),
+    /// Show this machine's hardware: CPU, memory, disks, NICs, PCI devices, and the Intel
+    /// GPUs with whether the Intel GPU plugin would offer them and the node labels they
+    /// call for.
+    #[command(after_help = INVENTORY_HELP)]
+    Inventory(InventoryArgs),
+}
+
+const INVENTORY_HELP: &str = "\
+Reads /sys, /proc, /etc/os-release, /lib/firmware and pci.ids below the root directory,
+so a copied or captured tree can be inspected from another machine. GuC/HuC state comes
+from debugfs, which needs root. MAC addresses and serial numbers are never read.
+
+Global option:
+      --root <DIR>  Treat DIR as the machine's / [default: /]
+
+Examples:
+  elysium-node inventory
+  sudo elysium-node inventory -o json | jq '.gpu.gpus[] | {address, verdict}'
+  elysium-node inventory --root /tmp/node-snapshot -o json";
+
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    /// Output format: human-readable sections, or the full structure as JSON.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]
@@ -108,7 +136,9 @@ pub struct AgentArgs {
 #[derive(Debug, Subcommand)]
 pub enum CoordinatorCommand {
     /// Create a coordinator: CA, server certificate and admin credentials.
-    #[command(after_help = "Example:\n  elysium-node coordinator init --data-dir /var/lib/elysium-coordinator --san coord.lan --san 10.0.0.2")]
+    #[command(
+        after_help = "Example:\n  elysium-node coordinator init --data-dir /var/lib/elysium-coordinator --san coord.lan --san 10.0.0.2"
+    )]
     Init(InitArgs),
     /// Serve the coordinator from an initialised data directory.
     Serve(ServeArgs),
@@ -165,7 +195,9 @@ pub struct AdminConn {
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a join token; prints only the token on stdout.
-    #[command(after_help = "Examples:\n  elysium-node token create\n  elysium-node token create --ttl 24h --uses 3 --role agent --label rack=a")]
+    #[command(
+        after_help = "Examples:\n  elysium-node token create\n  elysium-node token create --ttl 24h --uses 3 --role agent --label rack=a"
+    )]
     Create {
         /// Lifetime (e.g. 30m, 1h, 2d).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
@@ -298,13 +330,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Nodes(args) => admin::nodes(args).await,
         Command::Spec(cmd) => admin::spec(cmd).await,
         Command::Events(args) => admin::events(args).await,
+        Command::Inventory(args) => inventory::run(&root, args),
     }
 }
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         // Without signal handlers we can only run until killed.
         return std::future::pending().await;
     };

@@ -8,7 +8,7 @@ use anyhow::Context;
 use elysium_host::Host;
 
 use super::{AgentArgs, JoinArgs};
-use crate::agent::{self, AgentOptions, reconcile::Reconciler};
+use crate::agent::{self, AgentOptions};
 use crate::config::AgentConfig;
 use crate::join::{self, JoinOptions, JoinOutcome, Secret};
 
@@ -82,7 +82,8 @@ pub async fn join(root: &Path, args: JoinArgs) -> anyhow::Result<ExitCode> {
 pub async fn agent(root: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
     let host = host(root);
     let config = AgentConfig::load(&host.fs, &args.config)?;
-    agent::run(host, config, Reconciler::standard(), AgentOptions::default(), super::shutdown_signal())
-        .await?;
+    let (step_link, session_link) = agent::link::link();
+    let reconciler = crate::steps::reconciler(&config.node_name, step_link)?;
+    agent::run(host, config, reconciler, session_link, AgentOptions::default(), super::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

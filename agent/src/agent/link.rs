@@ -1,0 +1,72 @@
+//! How reconciler steps tell the coordinator things while they work: progress of
+//! long operations (best effort: dropped when no session is open or the queue is
+//! full) and facts the coordinator keeps (level-triggered: the latest value is
+//! sent on every new session, so a reconnect never loses it).
+
+use std::sync::Arc;
+
+use elysium_proto::v1 as pb;
+use tokio::sync::{mpsc, watch};
+
+/// Progress messages queued before old ones are dropped.
+const PROGRESS_QUEUE: usize = 64;
+
+/// The steps' end.
+#[derive(Debug, Clone)]
+pub struct StepLink {
+    progress: mpsc::Sender<pb::AgentMessage>,
+    k3s: Arc<watch::Sender<Option<pb::K3sReport>>>,
+}
+
+/// The session's end.
+#[derive(Debug)]
+pub struct SessionLink {
+    pub(crate) progress: mpsc::Receiver<pb::AgentMessage>,
+    pub(crate) k3s: watch::Receiver<Option<pb::K3sReport>>,
+}
+
+pub fn link() -> (StepLink, SessionLink) {
+    let (ptx, prx) = mpsc::channel(PROGRESS_QUEUE);
+    let (ktx, krx) = watch::channel(None);
+    (StepLink { progress: ptx, k3s: Arc::new(ktx) }, SessionLink { progress: prx, k3s: krx })
+}
+
+impl StepLink {
+    /// Reports progress of `operation`; `percent` -1 when unknown.
+    pub fn progress(&self, operation: &str, step: &str, message: String, percent: i32) {
+        let msg = pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Progress(pb::OperationProgress {
+                operation_id: operation.to_owned(),
+                step: step.to_owned(),
+                message,
+                percent,
+            })),
+        };
+        let _ = self.progress.try_send(msg);
+    }
+
+    /// Reports an operation's outcome.
+    pub fn result(&self, operation: &str, success: bool, message: String, generation: u64) {
+        let msg = pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Result(pb::OperationResult {
+                operation_id: operation.to_owned(),
+                success,
+                message,
+                generation,
+            })),
+        };
+        let _ = self.progress.try_send(msg);
+    }
+
+    /// Publishes what this node's K3s reports (the first server's token).
+    pub fn report_k3s(&self, report: pb::K3sReport) {
+        self.k3s.send_if_modified(|current| {
+            if current.as_ref() == Some(&report) {
+                false
+            } else {
+                *current = Some(report);
+                true
+            }
+        });
+    }
+}

@@ -1,0 +1,534 @@
+//! The K3s step: installs K3s as the node's spec says, keeps it configured and
+//! upgrades it safely, rolling back by itself when an upgrade does not come up
+//! healthy. It does what `curl -sfL https://get.k3s.io | sh -` does on systemd
+//! (binary, symlinks, unit, env file; see the installer's `k3s_service`), driven
+//! through the host seam, and keeps a journal so a crash at any point converges.
+
+pub mod health;
+pub mod journal;
+pub mod plan;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use elysium_host::Host;
+use elysium_installer::download::{Fetcher, HttpOptions, hash_node_file};
+use elysium_installer::k3s_binary::{self, SymlinkPolicy};
+use elysium_installer::k3s_release::{Arch, K3sRelease, Sha256Digest, VersionSelector};
+use elysium_installer::k3s_service::{self, K3sConfig, K3sRole};
+use elysium_installer::k3s_version::K3sVersion;
+use elysium_proto::v1 as pb;
+
+use crate::agent::link::StepLink;
+use crate::agent::reconcile::{Desired, Step, StepError};
+use health::Probe;
+use journal::{Failed, Installed, Journal, K3sState, Phase};
+use plan::{Blocked, DesiredK3s, FileSpec, K3sPlan, ObservedK3s};
+
+const STEP: &str = "K3s";
+/// Where the first server's K3s writes the secure cluster token.
+pub const SERVER_TOKEN_FILE: &str = "/var/lib/rancher/k3s/server/token";
+
+/// The step could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum K3sStepError {
+    #[error("this machine's architecture ({0}) has no K3s release")]
+    Arch(String),
+    #[error(transparent)]
+    Http(#[from] elysium_installer::download::DownloadError),
+}
+
+/// Health endpoints; tests on one machine point them at other ports.
+#[derive(Debug, Clone)]
+pub struct Probes {
+    pub server: Probe,
+    pub agent: Probe,
+}
+
+impl Default for Probes {
+    fn default() -> Self {
+        Self { server: Probe::server(), agent: Probe::agent() }
+    }
+}
+
+pub struct K3sStep {
+    node_name: String,
+    fetcher: Fetcher,
+    arch: Arch,
+    bin_dir: PathBuf,
+    probes: Probes,
+    link: StepLink,
+}
+
+impl std::fmt::Debug for K3sStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("K3sStep").field("node_name", &self.node_name).finish_non_exhaustive()
+    }
+}
+
+impl K3sStep {
+    pub fn new(node_name: &str, link: StepLink) -> Result<Self, K3sStepError> {
+        let arch = Arch::host().ok_or_else(|| K3sStepError::Arch(std::env::consts::ARCH.into()))?;
+        Ok(Self {
+            node_name: node_name.to_owned(),
+            fetcher: Fetcher::new(&HttpOptions::default())?,
+            arch,
+            bin_dir: PathBuf::from(k3s_service::BIN_DIR),
+            probes: Probes::default(),
+            link,
+        })
+    }
+
+    /// Other health endpoints (tests running several K3s stand-ins on one host).
+    pub fn with_probes(mut self, probes: Probes) -> Self {
+        self.probes = probes;
+        self
+    }
+
+    fn binary(&self) -> PathBuf {
+        self.bin_dir.join(k3s_binary::BINARY_NAME)
+    }
+}
+
+fn err(message: impl std::fmt::Display) -> StepError {
+    StepError { step: STEP, message: message.to_string() }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// What observe found, plus the desired state it resolved (the release behind a
+/// channel is outside the node, so resolving it is observation, not planning).
+#[derive(Debug)]
+pub enum Observation {
+    /// The spec has no `[k3s]` section.
+    Unmanaged,
+    Managed { desired: Box<DesiredK3s>, observed: Box<ObservedK3s>, timeout: Duration },
+    Blocked(Blocked),
+}
+
+/// The step's one action: see [`K3sPlan`] for why it is one.
+#[derive(Debug)]
+pub enum K3sAction {
+    Converge { plan: K3sPlan, desired: Box<DesiredK3s>, timeout: Duration },
+    Blocked(Blocked),
+}
+
+impl std::fmt::Display for K3sAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            K3sAction::Converge { plan, .. } => write!(f, "{plan}"),
+            K3sAction::Blocked(b) => write!(f, "blocked: {b}"),
+        }
+    }
+}
+
+fn role_of(assignment: &str) -> K3sRole {
+    match assignment {
+        "server-init" => K3sRole::Server { cluster_init: true },
+        "server" => K3sRole::Server { cluster_init: false },
+        _ => K3sRole::Agent,
+    }
+}
+
+fn other_role_unit(role: K3sRole) -> String {
+    match role {
+        K3sRole::Server { .. } => K3sRole::Agent.unit_path(),
+        K3sRole::Agent => K3sRole::Server { cluster_init: false }.unit_path(),
+    }
+}
+
+impl K3sStep {
+    /// Renders the files K3s needs for this node.
+    fn files(
+        &self,
+        desired: &Desired,
+        section: &elysium_spec::K3sSection,
+        role: K3sRole,
+        server_url: Option<String>,
+        token: &str,
+    ) -> Result<Vec<FileSpec>, Blocked> {
+        let mut labels = section.node_labels.clone();
+        labels.extend(desired.labels.clone());
+        let config = K3sConfig {
+            role,
+            node_name: self.node_name.clone(),
+            server_url,
+            node_labels: labels,
+            node_taints: section.node_taints.clone(),
+            node_ip: None,
+            flannel_iface: None,
+            disable: if matches!(role, K3sRole::Agent) { vec![] } else { section.disable.clone() },
+            tls_san: if matches!(role, K3sRole::Agent) { vec![] } else { section.tls_san.clone() },
+            write_kubeconfig_mode: section.write_kubeconfig_mode.clone(),
+            extra: section
+                .extra_config
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(serde_json::Value::Null)))
+                .collect(),
+        };
+        let yaml = k3s_service::render_config(&config).map_err(|e| Blocked::Refused(e.to_string()))?;
+        Ok(vec![
+            FileSpec { path: k3s_service::TOKEN_PATH.into(), contents: format!("{token}\n"), mode: 0o600, secret: true },
+            FileSpec { path: role.env_path(), contents: k3s_service::render_env(&Default::default()), mode: 0o600, secret: false },
+            FileSpec { path: k3s_service::CONFIG_PATH.into(), contents: yaml, mode: 0o600, secret: false },
+            FileSpec { path: role.unit_path(), contents: k3s_service::render_unit(role), mode: 0o644, secret: false },
+        ])
+    }
+
+    /// The release to run, resolving a channel and fetching the published hash
+    /// only when what is installed does not already answer the question.
+    async fn target(
+        &self,
+        host: &Host,
+        section: &elysium_spec::K3sSection,
+        state: &K3sState,
+        binary_sha: Option<&str>,
+    ) -> Result<(Installed, String), String> {
+        let selector = match (&section.version, &section.channel) {
+            (Some(v), _) => VersionSelector::Pinned(v.parse::<K3sVersion>().map_err(|e| e.to_string())?),
+            (None, Some(c)) => VersionSelector::Channel(c.clone()),
+            (None, None) => VersionSelector::Channel("stable".into()),
+        };
+        let release = K3sRelease {
+            version: selector.clone(),
+            channel_url: section.channel_url.clone(),
+            release_url: section.release_url.clone(),
+            arch: self.arch,
+        };
+        if let (VersionSelector::Pinned(v), Some(installed)) = (&selector, &state.installed)
+            && installed.version == v.to_string()
+            && binary_sha == Some(installed.sha256.as_str())
+        {
+            let url = release.binary_url(v).map(|u| u.to_string()).unwrap_or_default();
+            return Ok((installed.clone(), url));
+        }
+        let version = k3s_binary::resolve_version(&self.fetcher, &release).await.map_err(|e| error_chain(&e))?;
+        let sha = k3s_binary::published_hash(&self.fetcher, &release, &version).await.map_err(|e| error_chain(&e))?;
+        let url = release.binary_url(&version).map_err(|e| e.to_string())?;
+        let _ = host;
+        Ok((Installed { version: version.to_string(), sha256: sha.to_string() }, url.to_string()))
+    }
+
+    fn probe(&self, role: K3sRole) -> &Probe {
+        match role {
+            K3sRole::Server { .. } => &self.probes.server,
+            K3sRole::Agent => &self.probes.agent,
+        }
+    }
+
+    /// The first server reports the secure token K3s wrote, for the other nodes.
+    fn report_token(&self, host: &Host, role: K3sRole, installed: Option<&Installed>) {
+        if role != (K3sRole::Server { cluster_init: true }) {
+            return;
+        }
+        if let Ok(Some(bytes)) = host.fs.read_optional(SERVER_TOKEN_FILE) {
+            let token = String::from_utf8_lossy(&bytes).trim().to_owned();
+            if token.starts_with("K10") {
+                self.link.report_k3s(pb::K3sReport {
+                    server_token: token,
+                    version: installed.map(|i| i.version.clone()).unwrap_or_default(),
+                });
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+impl Step for K3sStep {
+    type Observed = Observation;
+    type Action = K3sAction;
+
+    fn name(&self) -> &'static str {
+        STEP
+    }
+
+    async fn observe(&self, host: &Host, desired: &Desired) -> Result<Observation, StepError> {
+        let Some(section) = desired.spec.k3s.as_ref() else { return Ok(Observation::Unmanaged) };
+        let Some(assignment) = desired.k3s.as_ref() else { return Ok(Observation::Unmanaged) };
+        let role = role_of(&assignment.role);
+        let server_url = (!assignment.server_url.is_empty()).then(|| assignment.server_url.clone());
+        if !matches!(role, K3sRole::Server { cluster_init: true }) && server_url.is_none() {
+            return Ok(Observation::Blocked(Blocked::WaitingForServer));
+        }
+        let files = match self.files(desired, section, role, server_url, &assignment.token) {
+            Ok(files) => files,
+            Err(b) => return Ok(Observation::Blocked(b)),
+        };
+
+        let state = journal::load_state(&host.fs);
+        let binary_sha = hash_node_file(&host.fs, &self.binary()).await.map_err(err)?.map(|d| d.to_string());
+        let (target, target_error, binary_url) = match self.target(host, section, &state, binary_sha.as_deref()).await {
+            Ok((t, url)) => (Some(t), None, url),
+            Err(e) => (None, Some(e), String::new()),
+        };
+        let mut current = Vec::new();
+        for f in &files {
+            let bytes = host.fs.read_optional(&f.path).map_err(err)?;
+            current.push(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()));
+        }
+        let unit = role.unit_name();
+        let status = host.systemd.status(&unit).await.ok();
+        self.report_token(host, role, state.installed.as_ref());
+        let observed = ObservedK3s {
+            installed: state.installed.clone(),
+            binary_sha256: binary_sha,
+            last_failed: state.last_failed.clone(),
+            journal: journal::load_journal(&host.fs),
+            files: current,
+            unit_active: status.as_ref().is_some_and(|s| s.is_active()),
+            unit_enabled: status.as_ref().is_some_and(|s| s.is_enabled()),
+            other_unit_present: host.fs.exists(other_role_unit(role)),
+        };
+        let desired = DesiredK3s {
+            role,
+            token: assignment.token.clone(),
+            target,
+            target_error,
+            binary_url,
+            files,
+            allow_downgrade: section.allow_downgrade,
+            generation: desired.generation,
+        };
+        let timeout = Duration::from_secs(section.health_timeout_seconds.into());
+        Ok(Observation::Managed { desired: Box::new(desired), observed: Box::new(observed), timeout })
+    }
+
+    fn plan(&self, _: &Desired, observation: &Observation) -> Vec<K3sAction> {
+        match observation {
+            Observation::Unmanaged => vec![],
+            Observation::Blocked(b) => vec![K3sAction::Blocked(b.clone())],
+            Observation::Managed { desired, observed, timeout } => match plan::plan(desired, observed) {
+                Ok(p) if p.is_empty() => vec![],
+                Ok(p) => vec![K3sAction::Converge { plan: p, desired: desired.clone(), timeout: *timeout }],
+                Err(b) => vec![K3sAction::Blocked(b)],
+            },
+        }
+    }
+
+    async fn apply(&self, host: &Host, action: &K3sAction) -> Result<(), StepError> {
+        match action {
+            K3sAction::Blocked(b) => Err(err(b)),
+            K3sAction::Converge { plan, desired, timeout } => self.converge(host, plan, desired, *timeout).await,
+        }
+    }
+}
+
+impl K3sStep {
+    #[tracing::instrument(skip_all, fields(node = %self.node_name))]
+    async fn converge(&self, host: &Host, plan: &K3sPlan, desired: &DesiredK3s, timeout: Duration) -> Result<(), StepError> {
+        let role = desired.role;
+        let unit = role.unit_name();
+        if let Some(j) = &plan.recover {
+            return self.recover(host, j.clone(), role, timeout).await;
+        }
+
+        // Download and verify first: until the hash matches, nothing on the node changes.
+        let verified = match &plan.install {
+            Some(install) => Some(self.download(host, install).await?),
+            None => None,
+        };
+        // What the writes replace, to restore if K3s does not come up healthy.
+        let mut backups = Vec::new();
+        for w in &plan.writes {
+            backups.push((w.file.clone(), host.fs.read_optional(&w.file.path).map_err(err)?));
+        }
+
+        if let (Some(install), Some(verified)) = (&plan.install, verified) {
+            let mut j = Journal {
+                phase: Phase::Swapping,
+                from: install.from.clone(),
+                to: install.to.clone(),
+                started_unix: now(),
+                generation: desired.generation,
+                reason: None,
+            };
+            journal::save_journal(&host.fs, &j).map_err(err)?;
+            k3s_binary::keep_previous(&host.fs, &self.binary()).map_err(err)?;
+            verified.commit().map_err(err)?;
+            k3s_binary::ensure_symlinks(&host.fs, &self.bin_dir, SymlinkPolicy::Create).map_err(err)?;
+            j.phase = Phase::Restarting;
+            journal::save_journal(&host.fs, &j).map_err(err)?;
+        }
+        for w in &plan.writes {
+            elysium_installer::ensure_file(&host.fs, Path::new(&w.file.path), w.file.contents.as_bytes(), w.file.mode)
+                .map_err(err)?;
+        }
+        if plan.remove_other_unit {
+            let other = other_role_unit(role);
+            let name = Path::new(&other).file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            let _ = host.systemd.stop(&name).await;
+            let _ = host.systemd.disable(&[&name]).await;
+            host.fs.remove_file(&other).map_err(err)?;
+        }
+        if plan.daemon_reload {
+            host.systemd.daemon_reload().await.map_err(err)?;
+        }
+        if plan.enable {
+            host.systemd.enable(&[&unit]).await.map_err(err)?;
+        }
+        let Some(why) = plan.restart else { return Ok(()) };
+        tracing::info!(unit = %unit, reason = why, "restarting K3s");
+        host.systemd.reset_failed(&unit).await.map_err(err)?;
+        host.systemd.queue_restart(&unit).await.map_err(err)?;
+        match health::wait_healthy(self.probe(role), host.systemd.as_ref(), &unit, timeout).await {
+            Ok(took) => {
+                tracing::info!(unit = %unit, ?took, "K3s healthy");
+                if let Some(install) = &plan.install {
+                    self.finish(host, &install.to, desired.generation)?;
+                    self.link.result("k3s-install", true, format!("K3s {} healthy after {took:?}", install.to.version), desired.generation);
+                }
+                self.report_token(host, role, plan.install.as_ref().map(|i| &i.to));
+                Ok(())
+            }
+            Err(unhealthy) => {
+                let reason = unhealthy.to_string();
+                tracing::warn!(unit = %unit, %reason, "K3s failed its health gate; rolling back");
+                for (file, before) in backups {
+                    match before {
+                        Some(bytes) => host.fs.write_atomic(&file.path, &bytes, file.mode).map_err(err)?,
+                        None => {
+                            host.fs.remove_file(&file.path).map_err(err)?;
+                        }
+                    }
+                }
+                match &plan.install {
+                    Some(install) => {
+                        let j = Journal {
+                            phase: Phase::RollingBack,
+                            from: install.from.clone(),
+                            to: install.to.clone(),
+                            started_unix: now(),
+                            generation: desired.generation,
+                            reason: Some(reason),
+                        };
+                        journal::save_journal(&host.fs, &j).map_err(err)?;
+                        self.rollback(host, j, role, timeout).await
+                    }
+                    None => {
+                        // A configuration change broke it: the old files are back.
+                        host.systemd.daemon_reload().await.map_err(err)?;
+                        host.systemd.queue_restart(&unit).await.map_err(err)?;
+                        let again = health::wait_healthy(self.probe(role), host.systemd.as_ref(), &unit, timeout).await;
+                        let after = if again.is_ok() { "restored the previous configuration; healthy again" } else { "restored the previous configuration, still unhealthy" };
+                        Err(err(format!("{reason}; {after}")))
+                    }
+                }
+            }
+        }
+    }
+
+    async fn download(&self, host: &Host, install: &plan::Install) -> Result<elysium_installer::download::VerifiedDownload, StepError> {
+        let url = url::Url::parse(&install.url).map_err(|e| err(format!("bad release URL {}: {e}", install.url)))?;
+        let expected: Sha256Digest = install.to.sha256.parse().map_err(|e| err(format!("bad published hash: {e}")))?;
+        let link = self.link.clone();
+        let version = install.to.version.clone();
+        let mut last_percent = -1i32;
+        let progress = move |p: elysium_installer::download::Progress| {
+            let percent = p.total.map(|t| if t == 0 { 100 } else { (p.downloaded * 100 / t) as i32 }).unwrap_or(-1);
+            if percent != last_percent && (percent % 10 == 0 || percent < 0) {
+                last_percent = percent;
+                link.progress("k3s-install", "download", format!("K3s {version}: {} bytes", p.downloaded), percent);
+            }
+        };
+        self.fetcher
+            .download_verified(&host.fs, &url, &self.binary(), &expected, progress)
+            .await
+            .map_err(|e| err(error_chain(&e)))
+    }
+
+    /// Records a healthy install and closes the journal.
+    fn finish(&self, host: &Host, to: &Installed, generation: u64) -> Result<(), StepError> {
+        let mut state = journal::load_state(&host.fs);
+        state.installed = Some(to.clone());
+        if state.last_failed.as_ref().is_some_and(|f| f.version == to.version) {
+            state.last_failed = None;
+        }
+        let _ = generation;
+        journal::save_state(&host.fs, &state).map_err(err)?;
+        journal::clear_journal(&host.fs).map_err(err)
+    }
+
+    /// Puts the previous binary back, restarts it and checks it; records the
+    /// failed version so it is not retried in a loop.
+    async fn rollback(&self, host: &Host, j: Journal, role: K3sRole, timeout: Duration) -> Result<(), StepError> {
+        let unit = role.unit_name();
+        let reason = j.reason.clone().unwrap_or_else(|| "interrupted".into());
+        let binary = self.binary();
+        let previous = k3s_binary::previous_path(&binary);
+        let restored = match &j.from {
+            Some(from) => {
+                let current = hash_node_file(&host.fs, &binary).await.map_err(err)?.map(|d| d.to_string());
+                if current.as_deref() != Some(from.sha256.as_str()) {
+                    std::fs::rename(host.fs.resolve(&previous), host.fs.resolve(&binary))
+                        .map_err(|e| err(format!("could not restore {}: {e}", previous.display())))?;
+                }
+                true
+            }
+            None => false,
+        };
+        let mut state = journal::load_state(&host.fs);
+        state.installed = j.from.clone();
+        state.last_failed = Some(Failed { version: j.to.version.clone(), reason: reason.clone(), unix: now(), generation: j.generation });
+        if restored {
+            host.systemd.daemon_reload().await.map_err(err)?;
+            host.systemd.reset_failed(&unit).await.map_err(err)?;
+            host.systemd.queue_restart(&unit).await.map_err(err)?;
+        }
+        let after = if !restored {
+            "nothing to roll back to (fresh install)".to_owned()
+        } else {
+            match health::wait_healthy(self.probe(role), host.systemd.as_ref(), &unit, timeout).await {
+                Ok(_) => format!("rolled back to {}, healthy", j.from.as_ref().map(|f| f.version.as_str()).unwrap_or("?")),
+                Err(e) => format!("rolled back, but still unhealthy: {e}"),
+            }
+        };
+        journal::save_state(&host.fs, &state).map_err(err)?;
+        journal::clear_journal(&host.fs).map_err(err)?;
+        let message = format!("upgrade to {} failed: {reason}; {after}", j.to.version);
+        self.link.result("k3s-install", false, message.clone(), j.generation);
+        Err(err(message))
+    }
+
+    /// Settles an operation a crash interrupted.
+    async fn recover(&self, host: &Host, mut j: Journal, role: K3sRole, timeout: Duration) -> Result<(), StepError> {
+        tracing::warn!(to = %j.to.version, phase = ?j.phase, "found an interrupted K3s operation; settling it");
+        let unit = role.unit_name();
+        let current = hash_node_file(&host.fs, &self.binary()).await.map_err(err)?.map(|d| d.to_string());
+        match j.phase {
+            Phase::Swapping if current.as_deref() != Some(j.to.sha256.as_str()) => {
+                // The swap never happened: forget the operation; the next pass redoes it.
+                journal::clear_journal(&host.fs).map_err(err)
+            }
+            Phase::Swapping | Phase::Restarting => {
+                host.systemd.reset_failed(&unit).await.map_err(err)?;
+                host.systemd.queue_restart(&unit).await.map_err(err)?;
+                match health::wait_healthy(self.probe(role), host.systemd.as_ref(), &unit, timeout).await {
+                    Ok(_) => {
+                        self.finish(host, &j.to, j.generation)?;
+                        self.report_token(host, role, Some(&j.to));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        j.phase = Phase::RollingBack;
+                        j.reason = Some(e.to_string());
+                        journal::save_journal(&host.fs, &j).map_err(err)?;
+                        self.rollback(host, j, role, timeout).await
+                    }
+                }
+            }
+            Phase::RollingBack => self.rollback(host, j, role, timeout).await,
+        }
+    }
+}
