@@ -130,7 +130,7 @@ pub async fn ensure_k3s_binary(
     let url = release.binary_url(version)?;
     let verified = fetcher.download_verified(fs, &url, &target, &expected, progress).await?;
     let (bytes, resumed_from) = (verified.bytes, verified.resumed_from);
-    let previous = Some(super::k3s_binary::previous_path(&target));
+    let previous = keep_previous(fs, &target)?;
     verified.commit()?;
     tracing::info!(sha256 = %expected, bytes, resumed_from, "k3s installed");
     Ok(BinaryOutcome::Installed { sha256: expected, bytes, resumed_from, previous })

@@ -436,6 +436,7 @@ impl elysium_agent::agent::reconcile::Step for MotdStep {
     async fn observe(
         &self,
         host: &elysium_host::Host,
+        _: &elysium_agent::agent::reconcile::Desired,
     ) -> Result<Self::Observed, elysium_agent::agent::reconcile::StepError> {
         Ok(host.fs.read_optional("/etc/motd").unwrap())
     }

@@ -112,7 +112,8 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
     };
     // The channel is empty: these cannot block.
     let _ = out.send(hello).await;
-    if let Some(report) = ctx.link.k3s.borrow_and_update().clone() {
+    let report = ctx.link.k3s.borrow_and_update().clone();
+    if let Some(report) = report {
         let _ = out.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::K3s(report)) }).await;
     }
     let mut inbound =
@@ -179,7 +180,8 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
             // A pattern, not a binding: when no step holds the sender, `changed`
             // fails at once, and the pattern disables the branch instead of spinning.
             Ok(()) = ctx.link.k3s.changed() => {
-                if let Some(report) = ctx.link.k3s.borrow_and_update().clone() {
+                let report = ctx.link.k3s.borrow_and_update().clone();
+                if let Some(report) = report {
                     let msg = pb::AgentMessage { msg: Some(pb::agent_message::Msg::K3s(report)) };
                     if out.send(msg).await.is_err() {
                         return Ok(());
