@@ -101,7 +101,9 @@ fn parent() {
     let mut elapsed = Vec::new();
     for _ in 0..DOWNLOAD_RUNS {
         let node = tempfile::tempdir().unwrap();
-        let out = run_child(Command::new(&exe).arg("--child-download").arg(&url).arg(node.path()).arg(expected.to_string()));
+        let out = run_child(
+            Command::new(&exe).arg("--child-download").arg(&url).arg(node.path()).arg(expected.to_string()),
+        );
         let (kib, took) = parse_child(&out);
         hwm.push(kib);
         elapsed.push(took);

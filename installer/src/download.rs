@@ -52,7 +52,11 @@ pub struct HttpOptions {
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        HttpOptions { connect_timeout: Duration::from_secs(15), read_timeout: Duration::from_secs(30), max_redirects: 10 }
+        HttpOptions {
+            connect_timeout: Duration::from_secs(15),
+            read_timeout: Duration::from_secs(30),
+            max_redirects: 10,
+        }
     }
 }
 
@@ -72,7 +76,9 @@ pub enum DownloadError {
     Client(#[source] reqwest::Error),
     #[error("{url}: only http://, https:// and file:// URLs are supported")]
     UnsupportedScheme { url: String },
-    #[error("could not connect to fetch {url}; check that the server is up and reachable from this node, and the URL")]
+    #[error(
+        "could not connect to fetch {url}; check that the server is up and reachable from this node, and the URL"
+    )]
     Connect {
         url: String,
         #[source]
@@ -162,7 +168,8 @@ impl Fetcher {
     pub fn new(options: &HttpOptions) -> Result<Fetcher, DownloadError> {
         let max = options.max_redirects;
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            let downgrade = attempt.previous().iter().any(|u| u.scheme() == "https") && attempt.url().scheme() == "http";
+            let downgrade =
+                attempt.previous().iter().any(|u| u.scheme() == "https") && attempt.url().scheme() == "http";
             if downgrade {
                 let to = attempt.url().clone();
                 attempt.error(RedirectRefused::Downgrade { to })
@@ -248,7 +255,10 @@ impl Fetcher {
                         let kept = state.len;
                         return VerifiedDownload::finish(state, target, real_target, *expected, kept).await;
                     }
-                    tracing::warn!(bytes = state.len, "server has nothing past the partial file; starting over");
+                    tracing::warn!(
+                        bytes = state.len,
+                        "server has nothing past the partial file; starting over"
+                    );
                     state = state.restart(target)?;
                     continue;
                 }
@@ -259,7 +269,10 @@ impl Fetcher {
                     state = state.restart(target)?;
                     continue;
                 }
-                tracing::warn!(bytes = state.len, "server ignored the Range request; downloading from the start");
+                tracing::warn!(
+                    bytes = state.len,
+                    "server ignored the Range request; downloading from the start"
+                );
                 state = state.restart(target)?;
             }
             let kept = state.len;
@@ -275,7 +288,11 @@ impl Fetcher {
             let was_resumed = state.resumed;
             state.discard(target)?;
             if !was_resumed {
-                return Err(DownloadError::HashMismatch { url: url.to_string(), expected: *expected, actual });
+                return Err(DownloadError::HashMismatch {
+                    url: url.to_string(),
+                    expected: *expected,
+                    actual,
+                });
             }
             tracing::warn!(%actual, %expected, "resumed download does not verify; starting over");
             state = PartState::fresh(&part);
@@ -287,7 +304,8 @@ impl Fetcher {
     async fn open_from(&self, url: &Url, offset: u64) -> Result<Opened, DownloadError> {
         if url.scheme() == "file" {
             let path = local_path(url)?;
-            let local = |source| DownloadError::LocalFile { url: url.to_string(), path: path.clone(), source };
+            let local =
+                |source| DownloadError::LocalFile { url: url.to_string(), path: path.clone(), source };
             let mut file = tokio::fs::File::open(&path).await.map_err(local)?;
             let len = file.metadata().await.map_err(local)?.len();
             let start = if offset <= len { offset } else { 0 };
@@ -306,7 +324,8 @@ impl Fetcher {
             return Err(DownloadError::Status { url: url.to_string(), status });
         }
         let (start, total) = if status == StatusCode::PARTIAL_CONTENT {
-            let range = response.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).and_then(content_range);
+            let range =
+                response.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).and_then(content_range);
             match range {
                 Some((start, total)) => (start, total.or(response.content_length().map(|n| start + n))),
                 // A 206 without a usable Content-Range cannot be placed; treat it
@@ -378,7 +397,11 @@ pub fn part_path(real_target: &Path, expected: &Sha256Digest) -> PathBuf {
 }
 
 enum Opened {
-    Body { source: Source, start: u64, total: Option<u64> },
+    Body {
+        source: Source,
+        start: u64,
+        total: Option<u64>,
+    },
     /// 416 to a Range request, or a `file://` source no longer than the part.
     NothingLeft,
 }
@@ -441,7 +464,10 @@ impl PartState {
         match hashed {
             Ok((hasher, len)) => Ok(PartState { path: path.to_path_buf(), len, hasher, resumed: len > 0 }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PartState::fresh(path)),
-            Err(source) => Err(FsError { op: "read the partial download of", path: node_target.to_path_buf(), source }.into()),
+            Err(source) => {
+                Err(FsError { op: "read the partial download of", path: node_target.to_path_buf(), source }
+                    .into())
+            }
         }
     }
 
@@ -449,7 +475,9 @@ impl PartState {
         match std::fs::remove_file(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(FsError { op: "delete the partial download of", path: node_target.to_path_buf(), source }),
+            Err(source) => {
+                Err(FsError { op: "delete the partial download of", path: node_target.to_path_buf(), source })
+            }
         }
     }
 
@@ -511,7 +539,8 @@ async fn stream_to_part(
         }
     };
     drop(tx);
-    let written = writer.await.map_err(|source| DownloadError::Worker { path: node_target.to_path_buf(), source })?;
+    let written =
+        writer.await.map_err(|source| DownloadError::Worker { path: node_target.to_path_buf(), source })?;
     let (hasher, written) = written.map_err(|e| fs_err("write the partial download of", e))?;
     read_result?;
     Ok(PartState { path, len: len + written, hasher, resumed })
@@ -538,10 +567,15 @@ impl VerifiedDownload {
         resumed_from: u64,
     ) -> Result<VerifiedDownload, DownloadError> {
         let part = state.path.clone();
-        let synced = tokio::task::spawn_blocking(move || std::fs::File::open(&part).and_then(|f| f.sync_all()))
-            .await
-            .map_err(|source| DownloadError::Worker { path: node_target.to_path_buf(), source })?;
-        synced.map_err(|source| FsError { op: "sync the download of", path: node_target.to_path_buf(), source })?;
+        let synced =
+            tokio::task::spawn_blocking(move || std::fs::File::open(&part).and_then(|f| f.sync_all()))
+                .await
+                .map_err(|source| DownloadError::Worker { path: node_target.to_path_buf(), source })?;
+        synced.map_err(|source| FsError {
+            op: "sync the download of",
+            path: node_target.to_path_buf(),
+            source,
+        })?;
         Ok(VerifiedDownload {
             part: state.path,
             real_target,
@@ -641,7 +675,8 @@ mod tests {
 
     #[test]
     fn part_file_is_hidden_next_to_the_target_and_named_by_hash() {
-        let digest: Sha256Digest = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".parse().unwrap();
+        let digest: Sha256Digest =
+            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".parse().unwrap();
         assert_eq!(
             part_path(Path::new("/root/usr/local/bin/k3s"), &digest),
             Path::new("/root/usr/local/bin/.k3s.0011223344556677.part")

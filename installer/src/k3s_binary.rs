@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use elysium_host::{FsError, RootFs};
 
 use crate::download::{DownloadError, Fetcher, Progress, TEXT_LIMIT, hash_node_file};
-use crate::k3s_release::{HashFileError, K3sRelease, Sha256Digest, UrlError, VersionSelector, parse_hash_file};
+use crate::k3s_release::{
+    HashFileError, K3sRelease, Sha256Digest, UrlError, VersionSelector, parse_hash_file,
+};
 use crate::k3s_version::{K3sVersion, VersionError};
 
 /// The installed binary's file name; install.sh installs every architecture's
@@ -43,7 +45,9 @@ pub enum K3sArtifactError {
          mirror pin `version` instead"
     )]
     ChannelNeedsHttp { channel: String, url: String },
-    #[error("the channel server sent {channel:?} from {url} to {final_url}, which does not end in a K3s version")]
+    #[error(
+        "the channel server sent {channel:?} from {url} to {final_url}, which does not end in a K3s version"
+    )]
     ChannelAnswer {
         channel: String,
         url: String,
@@ -69,7 +73,10 @@ pub enum BinaryOutcome {
 /// `{channel_url}/{channel}`; it redirects to `.../releases/tag/<version>`, and
 /// the last path segment of the final URL, percent-decoded, is the version.
 #[tracing::instrument(skip_all, fields(version = ?release.version))]
-pub async fn resolve_version(fetcher: &Fetcher, release: &K3sRelease) -> Result<K3sVersion, K3sArtifactError> {
+pub async fn resolve_version(
+    fetcher: &Fetcher,
+    release: &K3sRelease,
+) -> Result<K3sVersion, K3sArtifactError> {
     let channel = match &release.version {
         VersionSelector::Pinned(v) => return Ok(v.clone()),
         VersionSelector::Channel(c) => c,
@@ -100,7 +107,8 @@ pub async fn published_hash(
 ) -> Result<Sha256Digest, K3sArtifactError> {
     let url = release.hash_file_url(version)?;
     let text = fetcher.fetch_text(&url, TEXT_LIMIT).await?;
-    parse_hash_file(&text, &release.arch.binary_name()).map_err(|source| K3sArtifactError::HashFile { url: url.to_string(), source })
+    parse_hash_file(&text, &release.arch.binary_name())
+        .map_err(|source| K3sArtifactError::HashFile { url: url.to_string(), source })
 }
 
 /// Makes `{bin_dir}/k3s` the published binary of `version`: skips the download
@@ -228,7 +236,9 @@ fn ensure_symlink(fs: &RootFs, node_path: &Path, policy: SymlinkPolicy) -> Resul
         Err(e) => return Err(err("inspect", e)),
         Ok(meta) if meta.file_type().is_symlink() => {
             let points_to = std::fs::read_link(&real).map_err(|e| err("read the link", e))?;
-            if points_to == Path::new(BINARY_NAME) || points_to == fs.resolve(node_path.with_file_name(BINARY_NAME)) {
+            if points_to == Path::new(BINARY_NAME)
+                || points_to == fs.resolve(node_path.with_file_name(BINARY_NAME))
+            {
                 return Ok(SymlinkAction::Unchanged);
             }
             if policy == SymlinkPolicy::Force { SymlinkAction::Replaced } else { SymlinkAction::KeptExisting }
@@ -313,7 +323,10 @@ mod tests {
         assert!(!fs.exists("/usr/local/bin/ctr"));
         assert_eq!(actions(SymlinkPolicy::Create), [KeptExisting, KeptExisting, Created]);
         assert_eq!(fs.read("/usr/local/bin/kubectl").unwrap(), b"a real kubectl");
-        assert_eq!(std::fs::read_link(fs.resolve("/usr/local/bin/crictl")).unwrap(), Path::new("/opt/crictl"));
+        assert_eq!(
+            std::fs::read_link(fs.resolve("/usr/local/bin/crictl")).unwrap(),
+            Path::new("/opt/crictl")
+        );
         assert_eq!(std::fs::read_link(fs.resolve("/usr/local/bin/ctr")).unwrap(), Path::new("k3s"));
         assert_eq!(fs.read("/usr/local/bin/ctr").unwrap(), b"k3s");
         assert_eq!(actions(SymlinkPolicy::Create), [KeptExisting, KeptExisting, Unchanged]);

@@ -318,7 +318,10 @@ mod tests {
     #[test]
     fn refuses_a_bad_or_ambiguous_line_for_the_wanted_name() {
         let short = format!("{H1}  k3s-arm64\n{}  k3s\n", &H2[..63]);
-        assert_eq!(parse_hash_file(&short, "k3s"), Err(HashFileError::Malformed { name: "k3s".into(), line: 2 }));
+        assert_eq!(
+            parse_hash_file(&short, "k3s"),
+            Err(HashFileError::Malformed { name: "k3s".into(), line: 2 })
+        );
         let not_hex = format!("{}zz  k3s\n", &H2[..62]);
         assert!(matches!(parse_hash_file(&not_hex, "k3s"), Err(HashFileError::Malformed { .. })));
         let twice = format!("{H1}  k3s\n{H2}  k3s\n");

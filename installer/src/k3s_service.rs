@@ -29,7 +29,9 @@ pub const SYSTEMD_DIR: &str = "/etc/systemd/system";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum K3sRole {
     /// A control-plane node; the first one initialises the cluster (`cluster-init`).
-    Server { cluster_init: bool },
+    Server {
+        cluster_init: bool,
+    },
     Agent,
 }
 
@@ -109,9 +111,13 @@ pub const DISABLE_VALUES: &[&str] = &["coredns", "servicelb", "traefik", "local-
 /// A configuration that K3s would reject or that would break our guarantees.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("k3s extra config key `{0}` is managed by elysium-node; set it through its own field of the [k3s] spec")]
+    #[error(
+        "k3s extra config key `{0}` is managed by elysium-node; set it through its own field of the [k3s] spec"
+    )]
     ManagedKey(String),
-    #[error("k3s `disable` value `{0}` is not one of coredns, servicelb, traefik, local-storage, metrics-server")]
+    #[error(
+        "k3s `disable` value `{0}` is not one of coredns, servicelb, traefik, local-storage, metrics-server"
+    )]
     BadDisable(String),
     #[error("a K3s agent needs a server URL (https://SERVER:6443)")]
     AgentWithoutServer,
@@ -131,7 +137,9 @@ impl K3sConfig {
         }
         match (&self.role, &self.server_url) {
             (K3sRole::Agent, None) => return Err(ConfigError::AgentWithoutServer),
-            (_, Some(url)) if !url.starts_with("https://") => return Err(ConfigError::BadServerUrl(url.clone())),
+            (_, Some(url)) if !url.starts_with("https://") => {
+                return Err(ConfigError::BadServerUrl(url.clone()));
+            }
             _ => {}
         }
         if self.role == K3sRole::Agent && (!self.disable.is_empty() || !self.tls_san.is_empty()) {
@@ -234,7 +242,8 @@ pub fn render_unit(role: K3sRole) -> String {
 /// The environment file (0600). Everything is in `config.yaml`; the file exists
 /// because the unit names it and operators expect it, and carries proxy settings.
 pub fn render_env(proxy: &BTreeMap<String, String>) -> String {
-    let mut out = String::from("# Managed by elysium-node. Settings belong in /etc/rancher/k3s/config.yaml.\n");
+    let mut out =
+        String::from("# Managed by elysium-node. Settings belong in /etc/rancher/k3s/config.yaml.\n");
     for (k, v) in proxy {
         let _ = writeln!(out, "{k}={v}");
     }

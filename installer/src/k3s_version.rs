@@ -57,7 +57,9 @@ impl K3sVersion {
             .lines()
             .next()
             .and_then(|line| {
-                line.split_whitespace().find(|w| w.strip_prefix('v').is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit())))
+                line.split_whitespace().find(|w| {
+                    w.strip_prefix('v').is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+                })
             })
             .unwrap_or(output.trim());
         word.parse()
@@ -70,7 +72,8 @@ impl FromStr for K3sVersion {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let fail = |reason| VersionError { text: text.to_string(), reason };
         let rest = text.strip_prefix('v').ok_or_else(|| fail("it must start with v"))?;
-        let (core_and_pre, build) = rest.split_once('+').ok_or_else(|| fail("the +k3sN suffix is missing"))?;
+        let (core_and_pre, build) =
+            rest.split_once('+').ok_or_else(|| fail("the +k3sN suffix is missing"))?;
         let k3s = build
             .strip_prefix("k3s")
             .and_then(number)
@@ -328,14 +331,17 @@ mod tests {
         let check = |server, agent| check_agent_skew(&v(server), &v(agent));
         assert_eq!(check("v1.31.4+k3s1", "v1.31.4+k3s1"), Ok(()));
         assert_eq!(check("v1.31.4+k3s1", "v1.28.0+k3s1"), Ok(()));
-        assert!(matches!(check("v1.31.4+k3s1", "v1.27.9+k3s1"), Err(SkewError::AgentTooOld { behind: 4, .. })));
+        assert!(matches!(
+            check("v1.31.4+k3s1", "v1.27.9+k3s1"),
+            Err(SkewError::AgentTooOld { behind: 4, .. })
+        ));
         // Before 1.25 the window was two minor versions.
         assert_eq!(check("v1.26.0+k3s1", "v1.24.9+k3s1"), Ok(()));
-        assert!(matches!(check("v1.27.0+k3s1", "v1.24.9+k3s1"), Err(SkewError::AgentTooOld { allowed: 2, .. })));
         assert!(matches!(
-            check("v1.30.8+k3s1", "v1.31.0+k3s1"),
-            Err(SkewError::AgentNewerThanServer { .. })
+            check("v1.27.0+k3s1", "v1.24.9+k3s1"),
+            Err(SkewError::AgentTooOld { allowed: 2, .. })
         ));
+        assert!(matches!(check("v1.30.8+k3s1", "v1.31.0+k3s1"), Err(SkewError::AgentNewerThanServer { .. })));
         // A newer patch on the agent is within the policy (it is about minor versions).
         assert_eq!(check("v1.31.4+k3s1", "v1.31.5+k3s1"), Ok(()));
     }

@@ -114,7 +114,8 @@ async fn install(
 ) -> (Result<BinaryOutcome, K3sArtifactError>, Vec<Progress>) {
     let mut progress = Vec::new();
     let result =
-        ensure_k3s_binary(fetcher, &node.fs, release, &version(), Path::new(BIN_DIR), |p| progress.push(p)).await;
+        ensure_k3s_binary(fetcher, &node.fs, release, &version(), Path::new(BIN_DIR), |p| progress.push(p))
+            .await;
     (result, progress)
 }
 
@@ -134,7 +135,12 @@ async fn fresh_download_is_verified_and_installed() {
     let outcome = result.unwrap();
     assert_eq!(
         outcome,
-        BinaryOutcome::Installed { sha256: sha(&data), bytes: data.len() as u64, resumed_from: 0, previous: None }
+        BinaryOutcome::Installed {
+            sha256: sha(&data),
+            bytes: data.len() as u64,
+            resumed_from: 0,
+            previous: None
+        }
     );
     assert_eq!(node.fs.read(K3S).unwrap(), data);
     assert_eq!(node.fs.mode(K3S).unwrap(), 0o755);
@@ -189,7 +195,9 @@ async fn corrupted_artifact_is_refused_and_nothing_on_disk_changes() {
     assert!(url.ends_with(BINARY_PATH), "{url}");
     assert_eq!((*expected, *actual), (sha(&good), sha(&served)));
     let message = err.to_string();
-    for needle in [url.as_str(), &expected.to_string(), &actual.to_string(), "Run again", "nothing was installed"] {
+    for needle in
+        [url.as_str(), &expected.to_string(), &actual.to_string(), "Run again", "nothing was installed"]
+    {
         assert!(message.contains(needle), "{needle:?} missing from: {message}");
     }
     assert_eq!(snapshot(&node.fs), before, "the bin dir must be exactly as it was");
@@ -235,7 +243,10 @@ async fn interrupted_download_resumes_with_a_range_request() {
     let ranges: Vec<_> = binary_requests(&mirror).into_iter().map(|s| s.range).collect();
     assert_eq!(ranges, [None, Some(format!("bytes={kept}-"))]);
     assert_eq!(progress.first().map(|p| p.downloaded), Some(kept));
-    assert_eq!(progress.last(), Some(&Progress { downloaded: data.len() as u64, total: Some(data.len() as u64) }));
+    assert_eq!(
+        progress.last(),
+        Some(&Progress { downloaded: data.len() as u64, total: Some(data.len() as u64) })
+    );
     assert_eq!(node.fs.read(K3S).unwrap(), data);
     assert_eq!(node.fs.read("/usr/local/bin/k3s.previous").unwrap(), b"the old k3s");
     assert!(part_files(&node.fs).is_empty());
@@ -363,7 +374,8 @@ async fn file_mirror_works_offline() {
 
     // A version the mirror lacks names the missing file.
     let missing: K3sVersion = "v1.31.5+k3s1".parse().unwrap();
-    let err = ensure_k3s_binary(&fetcher, &node.fs, &rel, &missing, Path::new(BIN_DIR), |_| ()).await.unwrap_err();
+    let err =
+        ensure_k3s_binary(&fetcher, &node.fs, &rel, &missing, Path::new(BIN_DIR), |_| ()).await.unwrap_err();
     assert!(err.to_string().contains("download/v1.31.5+k3s1/sha256sum-amd64.txt"), "{err}");
 }
 

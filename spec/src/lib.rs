@@ -203,7 +203,9 @@ impl K3sSection {
             (Some(_), Some(_)) | (None, None) => {
                 return Err(SpecError::Invalid {
                     field: "k3s.version",
-                    problem: "set exactly one of `version` (e.g. \"v1.31.4+k3s1\") and `channel` (e.g. \"stable\")".into(),
+                    problem:
+                        "set exactly one of `version` (e.g. \"v1.31.4+k3s1\") and `channel` (e.g. \"stable\")"
+                            .into(),
                 });
             }
             (Some(v), None) if !looks_like_k3s_version(v) => {
@@ -216,13 +218,19 @@ impl K3sSection {
         }
         for (field, url) in [("k3s.channel_url", &self.channel_url), ("k3s.release_url", &self.release_url)] {
             if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("file://")) {
-                return Err(SpecError::Invalid { field, problem: format!("must be an http(s):// or file:// URL, got {url:?}") });
+                return Err(SpecError::Invalid {
+                    field,
+                    problem: format!("must be an http(s):// or file:// URL, got {url:?}"),
+                });
             }
         }
         if let Some(url) = &self.server_url
             && !url.starts_with("https://")
         {
-            return Err(SpecError::Invalid { field: "k3s.server_url", problem: format!("must start with https://, got {url:?}") });
+            return Err(SpecError::Invalid {
+                field: "k3s.server_url",
+                problem: format!("must start with https://, got {url:?}"),
+            });
         }
         if !(30..=3600).contains(&self.health_timeout_seconds) {
             return Err(SpecError::Invalid {
@@ -238,7 +246,8 @@ impl K3sSection {
 fn looks_like_k3s_version(v: &str) -> bool {
     let Some(rest) = v.strip_prefix('v') else { return false };
     let core = rest.split(['+', '-']).next().unwrap_or("");
-    core.split('.').count() == 3 && core.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    core.split('.').count() == 3
+        && core.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -279,7 +288,8 @@ mod tests {
 
     #[test]
     fn k3s_section() {
-        let spec = ClusterSpec::parse("[k3s]\nversion = \"v1.31.4+k3s1\"\ndisable = [\"traefik\"]\n").expect("parses");
+        let spec = ClusterSpec::parse("[k3s]\nversion = \"v1.31.4+k3s1\"\ndisable = [\"traefik\"]\n")
+            .expect("parses");
         let k3s = spec.k3s.expect("k3s section");
         assert_eq!(k3s.release_url, "https://github.com/k3s-io/k3s/releases");
         assert_eq!(k3s.health_timeout_seconds, 120);

@@ -102,7 +102,8 @@ pub async fn run(
         trigger.clone(),
     ));
 
-    let ctx = session::SessionContext { host, target, tls, spec_tx, spec_rx, status_rx, trigger, options, link };
+    let ctx =
+        session::SessionContext { host, target, tls, spec_tx, spec_rx, status_rx, trigger, options, link };
     tokio::select! {
         () = session::run(ctx) => {}
         () = shutdown => {}

@@ -56,7 +56,11 @@ pub trait Step: Send + Sync {
     fn name(&self) -> &'static str;
     /// Reads what is on the node (and, where the desired state names something
     /// outside the node, such as a release, what that resolves to).
-    fn observe(&self, host: &Host, desired: &Desired) -> impl Future<Output = Result<Self::Observed, StepError>> + Send;
+    fn observe(
+        &self,
+        host: &Host,
+        desired: &Desired,
+    ) -> impl Future<Output = Result<Self::Observed, StepError>> + Send;
     /// Pure: no I/O.
     fn plan(&self, desired: &Desired, observed: &Self::Observed) -> Vec<Self::Action>;
     fn apply(&self, host: &Host, action: &Self::Action)

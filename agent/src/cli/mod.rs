@@ -92,7 +92,7 @@ so a copied or captured tree can be inspected from another machine. GuC/HuC stat
 from debugfs, which needs root. MAC addresses and serial numbers are never read.
 
 Global option:
-      --root <DIR>  Treat DIR as the machine's / [default: /]
+      --root <DIR>  Treat DIR as the machine's / [env: ELYSIUM_ROOT] [default: /]
 
 Examples:
   elysium-node inventory

@@ -84,6 +84,7 @@ pub async fn agent(root: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
     let config = AgentConfig::load(&host.fs, &args.config)?;
     let (step_link, session_link) = agent::link::link();
     let reconciler = crate::steps::reconciler(&config.node_name, step_link)?;
-    agent::run(host, config, reconciler, session_link, AgentOptions::default(), super::shutdown_signal()).await?;
+    agent::run(host, config, reconciler, session_link, AgentOptions::default(), super::shutdown_signal())
+        .await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,7 @@
 //! Intel GPU detection, as precise as the Intel GPU device plugin and node-feature-discovery
 //! (NFD) together, plus a verdict per GPU: would the plugin hand it to pods on this node?
 //!
-//! What each of them checks (see docs: reference §4):
+//! What each of them checks, from their sources:
 //! - NFD's `intel.gpu` NodeFeatureRule (intel-device-plugins-for-kubernetes:
 //!   deployments/nfd/overlays/node-feature-rules/node-feature-rules.yaml) labels the node
 //!   `intel.feature.node.kubernetes.io/gpu=true` when some PCI device has vendor `8086` and

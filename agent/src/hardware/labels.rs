@@ -1,10 +1,11 @@
 //! Node labels derived from the detected GPUs, and the difference between those and the
 //! labels a Node carries.
 //!
-//! K3s applies `node-label` only when the node registers (reference §1.4); after that the
-//! hardware can change (a GPU added, firmware fixed, a driver switched to xe) while the
-//! labels stay. [`label_drift`] names each difference so the caller can fix it through
-//! the API. Only keys under `elysium.io/gpu` are compared: other labels belong to others.
+//! K3s applies `node-label` only when the node registers (k3s-io/docs: docs/cli/agent.md,
+//! "Node Labels and Taints for Agents"); after that the hardware can change (a GPU added,
+//! firmware fixed, a driver switched to xe) while the labels stay. [`label_drift`] names
+//! each difference so the caller can fix it through the API. Only keys under
+//! `elysium.io/gpu` are compared: other labels belong to others.
 
 use std::collections::BTreeMap;
 

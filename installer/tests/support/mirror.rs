@@ -57,8 +57,11 @@ pub struct Mirror {
 impl Mirror {
     /// Serves `root` on an ephemeral port of 127.0.0.1.
     pub async fn start(root: &Path) -> Mirror {
-        let shared =
-            Arc::new(Shared { root: root.to_path_buf(), seen: Mutex::default(), behaviour: Mutex::default() });
+        let shared = Arc::new(Shared {
+            root: root.to_path_buf(),
+            seen: Mutex::default(),
+            behaviour: Mutex::default(),
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("local address");
         let app = axum::Router::new().fallback(serve).with_state(shared.clone());
@@ -129,13 +132,14 @@ async fn serve(State(shared): State<Arc<Shared>>, request: Request) -> Response 
     }
     let len = meta.len();
 
-    let start = match range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.strip_suffix('-')) {
-        Some(n) if !ignore_range => match n.parse::<u64>() {
-            Ok(n) => Some(n),
-            Err(_) => return status(StatusCode::BAD_REQUEST),
-        },
-        _ => None,
-    };
+    let start =
+        match range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.strip_suffix('-')) {
+            Some(n) if !ignore_range => match n.parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => return status(StatusCode::BAD_REQUEST),
+            },
+            _ => None,
+        };
     let mut response = match start {
         Some(n) if n >= len => {
             let mut r = status(StatusCode::RANGE_NOT_SATISFIABLE);
@@ -159,7 +163,8 @@ async fn serve(State(shared): State<Arc<Shared>>, request: Request) -> Response 
     // the hash file still arrive whole.
     let (cut, stall) = {
         let mut b = shared.behaviour.lock().expect("lock");
-        let cut = if b.cut_once_after.is_some_and(|n| n < remaining) { b.cut_once_after.take() } else { None };
+        let cut =
+            if b.cut_once_after.is_some_and(|n| n < remaining) { b.cut_once_after.take() } else { None };
         (cut, b.stall_after.filter(|n| *n < remaining))
     };
     response.headers_mut().insert(header::CONTENT_LENGTH, remaining.into());
@@ -170,7 +175,9 @@ async fn serve(State(shared): State<Arc<Shared>>, request: Request) -> Response 
             // n bytes, then an error: hyper aborts the connection mid-body,
             // which the client sees as a transfer that broke off.
             let head = ReaderStream::new(file.take(n));
-            let broken = tokio_stream::once(Err::<bytes::Bytes, _>(std::io::Error::other("cut off by the test mirror")));
+            let broken = tokio_stream::once(Err::<bytes::Bytes, _>(std::io::Error::other(
+                "cut off by the test mirror",
+            )));
             Body::from_stream(head.chain(broken))
         }
         (None, Some(n)) => {

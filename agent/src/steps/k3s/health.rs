@@ -57,7 +57,8 @@ fn client() -> Result<reqwest::Client, String> {
 
 /// One probe: `Ok` when the endpoint answers 200 with the expected body.
 pub async fn probe_once(probe: &Probe) -> Result<(), String> {
-    let response = client()?.get(&probe.url).send().await.map_err(|e| format!("{} unreachable: {e}", probe.url))?;
+    let response =
+        client()?.get(&probe.url).send().await.map_err(|e| format!("{} unreachable: {e}", probe.url))?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     if status.is_success() && body.trim() == probe.expect {

@@ -95,7 +95,10 @@ fn err(message: impl std::fmt::Display) -> StepError {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// What observe found, plus the desired state it resolved (the release behind a
@@ -104,14 +107,18 @@ fn now() -> i64 {
 pub enum Observation {
     /// The spec has no `[k3s]` section.
     Unmanaged,
-    Managed { desired: Box<DesiredK3s>, observed: Box<ObservedK3s>, timeout: Duration },
+    Managed {
+        desired: Box<DesiredK3s>,
+        observed: Box<ObservedK3s>,
+        timeout: Duration,
+    },
     Blocked(Blocked),
 }
 
 /// The step's one action: see [`K3sPlan`] for why it is one.
 #[derive(Debug)]
 pub enum K3sAction {
-    Converge { plan: K3sPlan, desired: Box<DesiredK3s>, timeout: Duration },
+    Converge { plan: Box<K3sPlan>, desired: Box<DesiredK3s>, timeout: Duration },
     Blocked(Blocked),
 }
 
@@ -170,10 +177,25 @@ impl K3sStep {
         };
         let yaml = k3s_service::render_config(&config).map_err(|e| Blocked::Refused(e.to_string()))?;
         Ok(vec![
-            FileSpec { path: k3s_service::TOKEN_PATH.into(), contents: format!("{token}\n"), mode: 0o600, secret: true },
-            FileSpec { path: role.env_path(), contents: k3s_service::render_env(&Default::default()), mode: 0o600, secret: false },
+            FileSpec {
+                path: k3s_service::TOKEN_PATH.into(),
+                contents: format!("{token}\n"),
+                mode: 0o600,
+                secret: true,
+            },
+            FileSpec {
+                path: role.env_path(),
+                contents: k3s_service::render_env(&Default::default()),
+                mode: 0o600,
+                secret: false,
+            },
             FileSpec { path: k3s_service::CONFIG_PATH.into(), contents: yaml, mode: 0o600, secret: false },
-            FileSpec { path: role.unit_path(), contents: k3s_service::render_unit(role), mode: 0o644, secret: false },
+            FileSpec {
+                path: role.unit_path(),
+                contents: k3s_service::render_unit(role),
+                mode: 0o644,
+                secret: false,
+            },
         ])
     }
 
@@ -204,8 +226,11 @@ impl K3sStep {
             let url = release.binary_url(v).map(|u| u.to_string()).unwrap_or_default();
             return Ok((installed.clone(), url));
         }
-        let version = k3s_binary::resolve_version(&self.fetcher, &release).await.map_err(|e| error_chain(&e))?;
-        let sha = k3s_binary::published_hash(&self.fetcher, &release, &version).await.map_err(|e| error_chain(&e))?;
+        let version =
+            k3s_binary::resolve_version(&self.fetcher, &release).await.map_err(|e| error_chain(&e))?;
+        let sha = k3s_binary::published_hash(&self.fetcher, &release, &version)
+            .await
+            .map_err(|e| error_chain(&e))?;
         let url = release.binary_url(&version).map_err(|e| e.to_string())?;
         let _ = host;
         Ok((Installed { version: version.to_string(), sha256: sha.to_string() }, url.to_string()))
@@ -269,10 +294,11 @@ impl Step for K3sStep {
 
         let state = journal::load_state(&host.fs);
         let binary_sha = hash_node_file(&host.fs, &self.binary()).await.map_err(err)?.map(|d| d.to_string());
-        let (target, target_error, binary_url) = match self.target(host, section, &state, binary_sha.as_deref()).await {
-            Ok((t, url)) => (Some(t), None, url),
-            Err(e) => (None, Some(e), String::new()),
-        };
+        let (target, target_error, binary_url) =
+            match self.target(host, section, &state, binary_sha.as_deref()).await {
+                Ok((t, url)) => (Some(t), None, url),
+                Err(e) => (None, Some(e), String::new()),
+            };
         let mut current = Vec::new();
         for f in &files {
             let bytes = host.fs.read_optional(&f.path).map_err(err)?;
@@ -311,7 +337,7 @@ impl Step for K3sStep {
             Observation::Blocked(b) => vec![K3sAction::Blocked(b.clone())],
             Observation::Managed { desired, observed, timeout } => match plan::plan(desired, observed) {
                 Ok(p) if p.is_empty() => vec![],
-                Ok(p) => vec![K3sAction::Converge { plan: p, desired: desired.clone(), timeout: *timeout }],
+                Ok(p) => vec![K3sAction::Converge { plan: Box::new(p), desired: desired.clone(), timeout: *timeout }],
                 Err(b) => vec![K3sAction::Blocked(b)],
             },
         }
@@ -320,14 +346,22 @@ impl Step for K3sStep {
     async fn apply(&self, host: &Host, action: &K3sAction) -> Result<(), StepError> {
         match action {
             K3sAction::Blocked(b) => Err(err(b)),
-            K3sAction::Converge { plan, desired, timeout } => self.converge(host, plan, desired, *timeout).await,
+            K3sAction::Converge { plan, desired, timeout } => {
+                self.converge(host, plan, desired, *timeout).await
+            }
         }
     }
 }
 
 impl K3sStep {
     #[tracing::instrument(skip_all, fields(node = %self.node_name))]
-    async fn converge(&self, host: &Host, plan: &K3sPlan, desired: &DesiredK3s, timeout: Duration) -> Result<(), StepError> {
+    async fn converge(
+        &self,
+        host: &Host,
+        plan: &K3sPlan,
+        desired: &DesiredK3s,
+        timeout: Duration,
+    ) -> Result<(), StepError> {
         let role = desired.role;
         let unit = role.unit_name();
         if let Some(j) = &plan.recover {
@@ -362,8 +396,13 @@ impl K3sStep {
             journal::save_journal(&host.fs, &j).map_err(err)?;
         }
         for w in &plan.writes {
-            elysium_installer::ensure_file(&host.fs, Path::new(&w.file.path), w.file.contents.as_bytes(), w.file.mode)
-                .map_err(err)?;
+            elysium_installer::ensure_file(
+                &host.fs,
+                Path::new(&w.file.path),
+                w.file.contents.as_bytes(),
+                w.file.mode,
+            )
+            .map_err(err)?;
         }
         if plan.remove_other_unit {
             let other = other_role_unit(role);
@@ -387,7 +426,12 @@ impl K3sStep {
                 tracing::info!(unit = %unit, ?took, "K3s healthy");
                 if let Some(install) = &plan.install {
                     self.finish(host, &install.to, desired.generation)?;
-                    self.link.result("k3s-install", true, format!("K3s {} healthy after {took:?}", install.to.version), desired.generation);
+                    self.link.result(
+                        "k3s-install",
+                        true,
+                        format!("K3s {} healthy after {took:?}", install.to.version),
+                        desired.generation,
+                    );
                 }
                 self.report_token(host, role, plan.install.as_ref().map(|i| &i.to));
                 Ok(())
@@ -420,8 +464,14 @@ impl K3sStep {
                         // A configuration change broke it: the old files are back.
                         host.systemd.daemon_reload().await.map_err(err)?;
                         host.systemd.queue_restart(&unit).await.map_err(err)?;
-                        let again = health::wait_healthy(self.probe(role), host.systemd.as_ref(), &unit, timeout).await;
-                        let after = if again.is_ok() { "restored the previous configuration; healthy again" } else { "restored the previous configuration, still unhealthy" };
+                        let again =
+                            health::wait_healthy(self.probe(role), host.systemd.as_ref(), &unit, timeout)
+                                .await;
+                        let after = if again.is_ok() {
+                            "restored the previous configuration; healthy again"
+                        } else {
+                            "restored the previous configuration, still unhealthy"
+                        };
                         Err(err(format!("{reason}; {after}")))
                     }
                 }
@@ -429,17 +479,29 @@ impl K3sStep {
         }
     }
 
-    async fn download(&self, host: &Host, install: &plan::Install) -> Result<elysium_installer::download::VerifiedDownload, StepError> {
-        let url = url::Url::parse(&install.url).map_err(|e| err(format!("bad release URL {}: {e}", install.url)))?;
-        let expected: Sha256Digest = install.to.sha256.parse().map_err(|e| err(format!("bad published hash: {e}")))?;
+    async fn download(
+        &self,
+        host: &Host,
+        install: &plan::Install,
+    ) -> Result<elysium_installer::download::VerifiedDownload, StepError> {
+        let url = url::Url::parse(&install.url)
+            .map_err(|e| err(format!("bad release URL {}: {e}", install.url)))?;
+        let expected: Sha256Digest =
+            install.to.sha256.parse().map_err(|e| err(format!("bad published hash: {e}")))?;
         let link = self.link.clone();
         let version = install.to.version.clone();
         let mut last_percent = -1i32;
         let progress = move |p: elysium_installer::download::Progress| {
-            let percent = p.total.map(|t| if t == 0 { 100 } else { (p.downloaded * 100 / t) as i32 }).unwrap_or(-1);
+            let percent =
+                p.total.map(|t| (p.downloaded * 100).checked_div(t).map_or(100, |v| v as i32)).unwrap_or(-1);
             if percent != last_percent && (percent % 10 == 0 || percent < 0) {
                 last_percent = percent;
-                link.progress("k3s-install", "download", format!("K3s {version}: {} bytes", p.downloaded), percent);
+                link.progress(
+                    "k3s-install",
+                    "download",
+                    format!("K3s {version}: {} bytes", p.downloaded),
+                    percent,
+                );
             }
         };
         self.fetcher
@@ -462,7 +524,13 @@ impl K3sStep {
 
     /// Puts the previous binary back, restarts it and checks it; records the
     /// failed version so it is not retried in a loop.
-    async fn rollback(&self, host: &Host, j: Journal, role: K3sRole, timeout: Duration) -> Result<(), StepError> {
+    async fn rollback(
+        &self,
+        host: &Host,
+        j: Journal,
+        role: K3sRole,
+        timeout: Duration,
+    ) -> Result<(), StepError> {
         let unit = role.unit_name();
         let reason = j.reason.clone().unwrap_or_else(|| "interrupted".into());
         let binary = self.binary();
@@ -480,7 +548,12 @@ impl K3sStep {
         };
         let mut state = journal::load_state(&host.fs);
         state.installed = j.from.clone();
-        state.last_failed = Some(Failed { version: j.to.version.clone(), reason: reason.clone(), unix: now(), generation: j.generation });
+        state.last_failed = Some(Failed {
+            version: j.to.version.clone(),
+            reason: reason.clone(),
+            unix: now(),
+            generation: j.generation,
+        });
         if restored {
             host.systemd.daemon_reload().await.map_err(err)?;
             host.systemd.reset_failed(&unit).await.map_err(err)?;
@@ -490,7 +563,10 @@ impl K3sStep {
             "nothing to roll back to (fresh install)".to_owned()
         } else {
             match health::wait_healthy(self.probe(role), host.systemd.as_ref(), &unit, timeout).await {
-                Ok(_) => format!("rolled back to {}, healthy", j.from.as_ref().map(|f| f.version.as_str()).unwrap_or("?")),
+                Ok(_) => format!(
+                    "rolled back to {}, healthy",
+                    j.from.as_ref().map(|f| f.version.as_str()).unwrap_or("?")
+                ),
                 Err(e) => format!("rolled back, but still unhealthy: {e}"),
             }
         };
@@ -502,7 +578,13 @@ impl K3sStep {
     }
 
     /// Settles an operation a crash interrupted.
-    async fn recover(&self, host: &Host, mut j: Journal, role: K3sRole, timeout: Duration) -> Result<(), StepError> {
+    async fn recover(
+        &self,
+        host: &Host,
+        mut j: Journal,
+        role: K3sRole,
+        timeout: Duration,
+    ) -> Result<(), StepError> {
         tracing::warn!(to = %j.to.version, phase = ?j.phase, "found an interrupted K3s operation; settling it");
         let unit = role.unit_name();
         let current = hash_node_file(&host.fs, &self.binary()).await.map_err(err)?.map(|d| d.to_string());

@@ -86,7 +86,9 @@ pub struct Install {
 pub enum Blocked {
     #[error("waiting for the cluster token: the first server has not reported it yet")]
     WaitingForToken,
-    #[error("waiting for the first server's address (set [k3s] server_url, or wait for the first server to connect)")]
+    #[error(
+        "waiting for the first server's address (set [k3s] server_url, or wait for the first server to connect)"
+    )]
     WaitingForServer,
     #[error("the K3s release to run is unknown: {0}")]
     NoTarget(String),
@@ -112,11 +114,21 @@ impl fmt::Display for K3sPlan {
         }
         if let Some(i) = &self.install {
             let from = i.from.as_ref().map(|f| format!(" (replacing {})", f.version)).unwrap_or_default();
-            parts.push(format!("install K3s {}{from} from {}, sha256 {}…", i.to.version, i.url, &i.to.sha256[..12.min(i.to.sha256.len())]));
+            parts.push(format!(
+                "install K3s {}{from} from {}, sha256 {}…",
+                i.to.version,
+                i.url,
+                &i.to.sha256[..12.min(i.to.sha256.len())]
+            ));
         }
         for w in &self.writes {
             let verb = if w.created { "create" } else { "update" };
-            parts.push(format!("{verb} {} ({:04o}{})", w.file.path, w.file.mode, if w.file.secret { ", secret" } else { "" }));
+            parts.push(format!(
+                "{verb} {} ({:04o}{})",
+                w.file.path,
+                w.file.mode,
+                if w.file.secret { ", secret" } else { "" }
+            ));
         }
         if self.remove_other_unit {
             parts.push("remove the unit of the node's previous role".into());
@@ -160,13 +172,18 @@ pub fn plan(desired: &DesiredK3s, observed: &ObservedK3s) -> Result<K3sPlan, Blo
             && failed.version == target.version
             && failed.generation >= desired.generation
         {
-            return Err(Blocked::FailedBefore { version: failed.version.clone(), reason: failed.reason.clone() });
+            return Err(Blocked::FailedBefore {
+                version: failed.version.clone(),
+                reason: failed.reason.clone(),
+            });
         }
         if let Some(installed) = &observed.installed {
             let (from, to) = (parse(&installed.version)?, parse(&target.version)?);
-            check_upgrade(&from, &to, desired.allow_downgrade).map_err(|e| Blocked::Refused(e.to_string()))?;
+            check_upgrade(&from, &to, desired.allow_downgrade)
+                .map_err(|e| Blocked::Refused(e.to_string()))?;
         }
-        plan.install = Some(Install { from: observed.installed.clone(), to: target, url: desired.binary_url.clone() });
+        plan.install =
+            Some(Install { from: observed.installed.clone(), to: target, url: desired.binary_url.clone() });
     }
 
     let mut unit_changed = false;
@@ -213,8 +230,18 @@ mod tests {
             target_error: None,
             binary_url: format!("http://mirror/download/{v}/k3s"),
             files: vec![
-                FileSpec { path: "/etc/rancher/k3s/config.yaml".into(), contents: "a".into(), mode: 0o600, secret: false },
-                FileSpec { path: "/etc/systemd/system/k3s.service".into(), contents: "u".into(), mode: 0o644, secret: false },
+                FileSpec {
+                    path: "/etc/rancher/k3s/config.yaml".into(),
+                    contents: "a".into(),
+                    mode: 0o600,
+                    secret: false,
+                },
+                FileSpec {
+                    path: "/etc/systemd/system/k3s.service".into(),
+                    contents: "u".into(),
+                    mode: 0o644,
+                    secret: false,
+                },
             ],
             allow_downgrade: false,
             generation: 3,
@@ -279,8 +306,12 @@ mod tests {
     #[test]
     fn a_failed_version_is_not_retried_until_the_spec_changes() {
         let mut obs = converged("v1.31.4+k3s1", "aa");
-        obs.last_failed =
-            Some(Failed { version: "v1.31.5+k3s1".into(), reason: "never ready".into(), unix: 1, generation: 3 });
+        obs.last_failed = Some(Failed {
+            version: "v1.31.5+k3s1".into(),
+            reason: "never ready".into(),
+            unix: 1,
+            generation: 3,
+        });
         let err = plan(&desired("v1.31.5+k3s1", "bb"), &obs).unwrap_err();
         assert!(matches!(err, Blocked::FailedBefore { .. }), "{err}");
         let mut newer = desired("v1.31.5+k3s1", "bb");

@@ -1,0 +1,265 @@
+//! The K3s step against a temporary root and the fake systemd, with a real HTTP
+//! mirror (the release layout, real hashes) and a health endpoint the test turns
+//! on and off: install, no-op re-run, upgrade, automatic rollback, refusal of a
+//! corrupted artifact, no retry loop, and recovery from a crash mid-upgrade.
+
+use std::net::TcpListener;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use elysium_agent::agent::link;
+use elysium_agent::agent::reconcile::{Desired, Reconciler, Report};
+use elysium_agent::agent::state::{HeldSpec, K3sAssignment};
+use elysium_agent::steps::k3s::health::Probe;
+use elysium_agent::steps::k3s::journal::{self, Installed, Journal, Phase};
+use elysium_agent::steps::k3s::{K3sStep, Probes};
+use elysium_host::{FakeSystemd, Host, RootFs};
+use k3s_standin::{Behaviour, MirrorServer, build_mirror};
+
+/// A kubelet-healthz stand-in on 127.0.0.1 answering `ok` while `healthy`.
+fn health_server(healthy: Arc<AtomicBool>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let reply = if healthy.load(Ordering::SeqCst) {
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            } else {
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot ready"
+            };
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+    url
+}
+
+struct Fixture {
+    _root: tempfile::TempDir,
+    _mirror_dir: tempfile::TempDir,
+    mirror: MirrorServer,
+    host: Host,
+    systemd: Arc<FakeSystemd>,
+    healthy: Arc<AtomicBool>,
+    reconciler: Reconciler,
+    _session: link::SessionLink,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let mirror_dir = tempfile::tempdir().unwrap();
+        // Any file stands for the binary: the stamp makes each version distinct.
+        let base = mirror_dir.path().join("base");
+        std::fs::write(&base, vec![7u8; 64 * 1024]).unwrap();
+        build_mirror(
+            mirror_dir.path(),
+            &base,
+            &[
+                ("v1.31.4+k3s1", Behaviour::Healthy),
+                ("v1.31.5+k3s1", Behaviour::Healthy),
+                ("v1.31.6+k3s1", Behaviour::NeverReady),
+                ("v1.31.7+k3s1", Behaviour::Healthy),
+            ],
+        )
+        .unwrap();
+        // v1.31.7: the served binary does not match its published hash.
+        std::fs::write(mirror_dir.path().join("download/v1.31.7+k3s1/k3s"), b"tampered").unwrap();
+        let mirror = MirrorServer::start(mirror_dir.path()).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let fs = RootFs::new(root.path());
+        let systemd = Arc::new(FakeSystemd::new(fs.clone()));
+        let host = Host { fs, systemd: systemd.clone() };
+        let healthy = Arc::new(AtomicBool::new(true));
+        let url = health_server(healthy.clone());
+        let (step_link, session) = link::link();
+        let probes =
+            Probes { server: Probe { url: url.clone(), expect: "ok" }, agent: Probe { url, expect: "ok" } };
+        let step = K3sStep::new("node1", step_link).unwrap().with_probes(probes);
+        Self {
+            _root: root,
+            _mirror_dir: mirror_dir,
+            mirror,
+            host,
+            systemd,
+            healthy,
+            reconciler: Reconciler::default().with_step(step),
+            _session: session,
+        }
+    }
+
+    fn desired(&self, version: &str, generation: u64) -> Desired {
+        let toml = format!(
+            "[k3s]\nversion = \"{version}\"\nrelease_url = \"{}\"\nhealth_timeout_seconds = 30\n",
+            self.mirror.url()
+        );
+        Desired::from_held(&HeldSpec {
+            generation,
+            cluster_spec_toml: toml,
+            role: "agent".into(),
+            labels: Default::default(),
+            k3s: Some(K3sAssignment {
+                role: "agent".into(),
+                server_url: "https://10.0.0.1:6443".into(),
+                token: "K10abc::server:secret".into(),
+            }),
+        })
+        .unwrap()
+    }
+
+    async fn run(&self, version: &str, generation: u64) -> Report {
+        self.reconciler.reconcile(&self.host, &self.desired(version, generation), false).await
+    }
+
+    fn binary(&self) -> Vec<u8> {
+        self.host.fs.read("/usr/local/bin/k3s").unwrap()
+    }
+
+    fn served(&self, version: &str) -> Vec<u8> {
+        std::fs::read(self._mirror_dir.path().join(format!("download/{version}/k3s"))).unwrap()
+    }
+
+    fn installed(&self) -> Option<Installed> {
+        journal::load_state(&self.host.fs).installed
+    }
+}
+
+fn error(report: &Report) -> String {
+    report.first_error().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn install_upgrade_rollback_and_refusals() {
+    let f = Fixture::new();
+
+    // Fresh install.
+    let r = f.run("v1.31.4+k3s1", 1).await;
+    assert!(r.ok(), "{}", error(&r));
+    assert_eq!(f.binary(), f.served("v1.31.4+k3s1"));
+    assert_eq!(f.installed().unwrap().version, "v1.31.4+k3s1");
+    let fs = &f.host.fs;
+    assert_eq!(fs.mode("/etc/rancher/k3s/elysium-token").unwrap(), 0o600);
+    assert_eq!(fs.read_to_string("/etc/rancher/k3s/elysium-token").unwrap(), "K10abc::server:secret\n");
+    assert!(
+        fs.read_to_string("/etc/rancher/k3s/config.yaml")
+            .unwrap()
+            .contains("server: \"https://10.0.0.1:6443\"")
+    );
+    assert!(fs.read_to_string("/etc/systemd/system/k3s-agent.service").unwrap().contains("Delegate=yes"));
+    assert_eq!(fs.mode("/etc/systemd/system/k3s-agent.service.env").unwrap(), 0o600);
+    assert!(std::fs::read_link(fs.resolve("/usr/local/bin/kubectl")).is_ok());
+    let calls = f.systemd.calls();
+    assert!(calls.contains(&"enable k3s-agent.service".to_string()), "{calls:?}");
+    assert!(calls.contains(&"restart k3s-agent.service".to_string()), "{calls:?}");
+
+    // Nothing changed: no action, no restart.
+    let before = f.systemd.calls().len();
+    let r = f.run("v1.31.4+k3s1", 2).await;
+    assert!(r.ok() && r.steps[0].actions.is_empty(), "{r:?}");
+    assert_eq!(f.systemd.calls().len(), before, "a converged node must not be touched");
+
+    // Upgrade.
+    let r = f.run("v1.31.5+k3s1", 3).await;
+    assert!(r.ok(), "{}", error(&r));
+    assert_eq!(f.binary(), f.served("v1.31.5+k3s1"));
+    assert_eq!(fs.read("/usr/local/bin/k3s.previous").unwrap(), f.served("v1.31.4+k3s1"));
+
+    // An upgrade that never becomes healthy is rolled back by itself.
+    f.healthy.store(false, Ordering::SeqCst);
+    let flip = {
+        let healthy = f.healthy.clone();
+        let systemd = f.systemd.clone();
+        // The old version is healthy again once it is restarted after the rollback:
+        // turn health back on when the second restart of the upgrade is queued.
+        tokio::spawn(async move {
+            let count = |s: &FakeSystemd| s.calls().iter().filter(|c| c.starts_with("restart")).count();
+            let start = count(&systemd);
+            while count(&systemd) < start + 2 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            healthy.store(true, Ordering::SeqCst);
+        })
+    };
+    let r = f.run("v1.31.6+k3s1", 4).await;
+    flip.await.unwrap();
+    let message = error(&r);
+    assert!(message.contains("upgrade to v1.31.6+k3s1 failed"), "{message}");
+    assert!(message.contains("rolled back to v1.31.5+k3s1, healthy"), "{message}");
+    assert_eq!(f.binary(), f.served("v1.31.5+k3s1"), "the previous binary must be back");
+    assert_eq!(f.installed().unwrap().version, "v1.31.5+k3s1");
+    assert!(journal::load_journal(fs).is_none());
+    assert_eq!(journal::load_state(fs).last_failed.unwrap().version, "v1.31.6+k3s1");
+
+    // Not retried in a loop under the same generation; no download happens.
+    let r = f.run("v1.31.6+k3s1", 4).await;
+    assert!(error(&r).contains("failed its health gate"), "{}", error(&r));
+    assert_eq!(f.binary(), f.served("v1.31.5+k3s1"));
+
+    // A corrupted artifact is refused and nothing changes.
+    let config = fs.read("/etc/rancher/k3s/config.yaml").unwrap();
+    let r = f.run("v1.31.7+k3s1", 5).await;
+    let message = error(&r);
+    assert!(message.contains("SHA-256") && message.contains("was published for it"), "{message}");
+    assert_eq!(f.binary(), f.served("v1.31.5+k3s1"));
+    assert_eq!(fs.read("/etc/rancher/k3s/config.yaml").unwrap(), config);
+    let stray: Vec<_> = std::fs::read_dir(fs.resolve("/usr/local/bin"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') && !n.ends_with(".part"))
+        .collect();
+    assert!(stray.is_empty(), "temporary files left behind: {stray:?}");
+}
+
+#[tokio::test]
+async fn a_crash_mid_upgrade_converges() {
+    let f = Fixture::new();
+    assert!(f.run("v1.31.4+k3s1", 1).await.ok());
+    let v1 = f.installed().unwrap();
+
+    // Simulate a crash right after the swap to v1.31.5: new binary in place, old one
+    // kept, journal says "restarting".
+    let fs = &f.host.fs;
+    let v2_bytes = f.served("v1.31.5+k3s1");
+    std::fs::copy(fs.resolve("/usr/local/bin/k3s"), fs.resolve("/usr/local/bin/k3s.previous")).unwrap();
+    fs.write_atomic("/usr/local/bin/k3s", &v2_bytes, 0o755).unwrap();
+    let v2 = Installed { version: "v1.31.5+k3s1".into(), sha256: elysium_installer::sha256_hex(&v2_bytes) };
+    let j = Journal {
+        phase: Phase::Restarting,
+        from: Some(v1.clone()),
+        to: v2.clone(),
+        started_unix: 0,
+        generation: 2,
+        reason: None,
+    };
+    journal::save_journal(fs, &j).unwrap();
+
+    // Healthy: the interrupted upgrade completes.
+    let r = f.run("v1.31.5+k3s1", 2).await;
+    assert!(r.ok(), "{}", error(&r));
+    assert_eq!(f.installed().unwrap(), v2);
+    assert!(journal::load_journal(fs).is_none());
+
+    // Same crash, but the new version never gets healthy: rolled back.
+    std::fs::copy(fs.resolve("/usr/local/bin/k3s"), fs.resolve("/usr/local/bin/k3s.previous")).unwrap();
+    let v3_bytes = f.served("v1.31.6+k3s1");
+    fs.write_atomic("/usr/local/bin/k3s", &v3_bytes, 0o755).unwrap();
+    let v3 = Installed { version: "v1.31.6+k3s1".into(), sha256: elysium_installer::sha256_hex(&v3_bytes) };
+    let j = Journal {
+        phase: Phase::RollingBack,
+        from: Some(v2.clone()),
+        to: v3,
+        started_unix: 0,
+        generation: 3,
+        reason: Some("test".into()),
+    };
+    journal::save_journal(fs, &j).unwrap();
+    let r = f.run("v1.31.6+k3s1", 3).await;
+    assert!(error(&r).contains("rolled back"), "{}", error(&r));
+    assert_eq!(f.binary(), v2_bytes);
+    assert_eq!(f.installed().unwrap(), v2);
+    assert!(journal::load_journal(fs).is_none());
+}
