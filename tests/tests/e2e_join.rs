@@ -106,6 +106,9 @@ fn scenario(ctx: &Ctx<'_>, coord: &mut Coordinator, nodes: &mut Vec<TestNode>) -
     let record = coord.admin_json(&["nodes", "get", "node1", "-o", "json"])?;
     let os = record["inventory"]["os"].as_str().unwrap_or_default();
     ensure!(os.contains("Debian"), "node1's inventory os is {os:?}, want Debian: {record:#}");
+    // The agent's hardware inventory (read from the node's /sys) reaches `nodes get`.
+    let pci = record["hardware"]["pci"].as_array().map(Vec::len).unwrap_or(0);
+    ensure!(pci > 0, "node1's hardware inventory has no PCI devices: {:#}", record["hardware"]);
 
     // --- 6. The token is a secret: not in the node's journal, not in the coordinator's log. ---
     let journal = node1.exec_ok(&["journalctl", "--no-pager"])?;

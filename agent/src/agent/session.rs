@@ -107,7 +107,7 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
             inventory: Some(inventory::collect(&ctx.host.fs)),
             held_generation,
             applied_generation: status.applied_generation,
-            hardware_json: String::new(),
+            hardware_json: hardware_json(&ctx.host),
         })),
     };
     // The channel is empty: these cannot block.
@@ -199,6 +199,18 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// The hardware inventory for `nodes get`; a node whose sysfs cannot be read
+/// still connects (the error is logged, the field left empty).
+fn hardware_json(host: &Host) -> String {
+    match crate::hardware::collect(&host.fs) {
+        Ok(inventory) => serde_json::to_string(&inventory).unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not collect the hardware inventory");
+            String::new()
         }
     }
 }

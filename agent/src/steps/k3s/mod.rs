@@ -150,14 +150,22 @@ impl K3sStep {
     /// Renders the files K3s needs for this node.
     fn files(
         &self,
+        host: &Host,
         desired: &Desired,
         section: &elysium_spec::K3sSection,
         role: K3sRole,
         server_url: Option<String>,
         token: &str,
     ) -> Result<Vec<FileSpec>, Blocked> {
+        // Cluster-wide labels, then the node's own (from its join token), then
+        // what its hardware says (Intel GPUs), which the Intel device plugin's
+        // scheduling relies on.
         let mut labels = section.node_labels.clone();
         labels.extend(desired.labels.clone());
+        match crate::hardware::detect_gpus(&host.fs) {
+            Ok(report) => labels.extend(crate::hardware::gpu_labels(&report.gpus)),
+            Err(e) => tracing::warn!(error = %e, "GPU detection failed; registering without GPU labels"),
+        }
         let config = K3sConfig {
             role,
             node_name: self.node_name.clone(),
@@ -287,7 +295,7 @@ impl Step for K3sStep {
         if !matches!(role, K3sRole::Server { cluster_init: true }) && server_url.is_none() {
             return Ok(Observation::Blocked(Blocked::WaitingForServer));
         }
-        let files = match self.files(desired, section, role, server_url, &assignment.token) {
+        let files = match self.files(host, desired, section, role, server_url, &assignment.token) {
             Ok(files) => files,
             Err(b) => return Ok(Observation::Blocked(b)),
         };
