@@ -5,6 +5,7 @@
 mod admin;
 mod coordinator;
 mod inventory;
+mod k3s;
 mod node;
 
 use std::path::PathBuf;
@@ -79,6 +80,13 @@ pub enum Command {
     Spec(SpecCommand),
     /// Show the coordinator's event log.
     Events(EventsArgs),
+    /// K3s on this node.
+    #[command(subcommand)]
+    K3s(K3sCommand),
+    /// Take K3s off this node (k3s-killall.sh + uninstall): stop units, kill
+    /// container shims, unmount, delete CNI interfaces, remove files and data.
+    #[command(after_help = "Examples:\n  elysium-node reset --dry-run\n  elysium-node reset --yes")]
+    Reset(ResetArgs),
     /// Show this machine's hardware: CPU, memory, disks, NICs, PCI devices, and the Intel
     /// GPUs with whether the Intel GPU plugin would offer them and the node labels they
     /// call for.
@@ -282,6 +290,25 @@ pub enum SpecCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum K3sCommand {
+    /// Installed version, unit state and health of K3s on this node.
+    Status {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// Print what would be removed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do it without asking (there is no undo: the cluster data on this node is deleted).
+    #[arg(long)]
+    pub yes: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct EventsArgs {
     /// Only events after this sequence number.
@@ -330,6 +357,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Nodes(args) => admin::nodes(args).await,
         Command::Spec(cmd) => admin::spec(cmd).await,
         Command::Events(args) => admin::events(args).await,
+        Command::K3s(K3sCommand::Status { output }) => k3s::status(&root, output).await,
+        Command::Reset(args) => k3s::reset(&root, args).await,
         Command::Inventory(args) => inventory::run(&root, args),
     }
 }

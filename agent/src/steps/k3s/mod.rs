@@ -7,6 +7,7 @@
 pub mod health;
 pub mod journal;
 pub mod plan;
+pub mod reset;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -345,7 +346,11 @@ impl Step for K3sStep {
             Observation::Blocked(b) => vec![K3sAction::Blocked(b.clone())],
             Observation::Managed { desired, observed, timeout } => match plan::plan(desired, observed) {
                 Ok(p) if p.is_empty() => vec![],
-                Ok(p) => vec![K3sAction::Converge { plan: Box::new(p), desired: desired.clone(), timeout: *timeout }],
+                Ok(p) => vec![K3sAction::Converge {
+                    plan: Box::new(p),
+                    desired: desired.clone(),
+                    timeout: *timeout,
+                }],
                 Err(b) => vec![K3sAction::Blocked(b)],
             },
         }
