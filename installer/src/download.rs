@@ -164,19 +164,27 @@ enum RedirectRefused {
     TooMany(usize),
 }
 
+/// Whether to follow a redirect to `next` after visiting `previous` (the
+/// original URL first). Never from https down to http: the hash file and the
+/// binary would then both travel unprotected, and a matching pair could be
+/// forged in transit.
+fn redirect_verdict(previous: &[Url], next: &Url, max: usize) -> Result<(), RedirectRefused> {
+    if previous.iter().any(|u| u.scheme() == "https") && next.scheme() == "http" {
+        return Err(RedirectRefused::Downgrade { to: next.clone() });
+    }
+    if previous.len() > max {
+        return Err(RedirectRefused::TooMany(max));
+    }
+    Ok(())
+}
+
 impl Fetcher {
     pub fn new(options: &HttpOptions) -> Result<Fetcher, DownloadError> {
         let max = options.max_redirects;
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            let downgrade =
-                attempt.previous().iter().any(|u| u.scheme() == "https") && attempt.url().scheme() == "http";
-            if downgrade {
-                let to = attempt.url().clone();
-                attempt.error(RedirectRefused::Downgrade { to })
-            } else if attempt.previous().len() > max {
-                attempt.error(RedirectRefused::TooMany(max))
-            } else {
-                attempt.follow()
+            match redirect_verdict(attempt.previous(), attempt.url(), max) {
+                Ok(()) => attempt.follow(),
+                Err(refused) => attempt.error(refused),
             }
         });
         let client = reqwest::Client::builder()
@@ -244,8 +252,10 @@ impl Fetcher {
         if state.len > 0 {
             tracing::info!(bytes = state.len, part = %part.display(), "found a partial download");
         }
-        // Each round either finishes or restarts from zero for a reason that cannot
-        // recur (the part is gone afterwards); three rounds cover every combination.
+        // Each round finishes, fails, or deletes the part and goes again from byte 0.
+        // From byte 0 only a server that contradicts itself (a 206 for a range never
+        // asked for) can cause another round, so three rounds are enough for every
+        // honest server and the limit turns a confused one into an error.
         for _round in 0..3 {
             let (mut source, start, total) = match self.open_from(url, state.len).await? {
                 Opened::Body { source, start, total } => (source, start, total),
@@ -664,6 +674,23 @@ pub async fn hash_node_file(fs: &RootFs, path: &Path) -> Result<Option<Sha256Dig
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects_never_downgrade_to_http_and_are_bounded() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let github = u("https://github.com/k3s-io/k3s/releases/download/v1.31.4%2Bk3s1/k3s");
+        let storage = u("https://objects.githubusercontent.com/x");
+        assert!(redirect_verdict(std::slice::from_ref(&github), &storage, 10).is_ok());
+        let err =
+            redirect_verdict(std::slice::from_ref(&github), &u("http://objects.example/x"), 10).unwrap_err();
+        assert!(err.to_string().contains("from https to http"), "{err}");
+        // Plain http mirrors may redirect within http (or up to https).
+        let mirror = u("http://mirror.lan/k3s");
+        assert!(redirect_verdict(std::slice::from_ref(&mirror), &u("http://mirror.lan/other"), 10).is_ok());
+        assert!(redirect_verdict(std::slice::from_ref(&mirror), &storage, 10).is_ok());
+        let many = vec![storage.clone(); 11];
+        assert!(matches!(redirect_verdict(&many, &storage, 10), Err(RedirectRefused::TooMany(10))));
+    }
 
     #[test]
     fn content_range_header() {

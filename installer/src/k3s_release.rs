@@ -97,7 +97,8 @@ pub struct K3sRelease {
     /// Base of the channel server; `{channel_url}/{channel}` redirects to the release.
     pub channel_url: String,
     /// Base of the release files: `{release_url}/download/{version}/...`. May be an
-    /// `http(s)://` mirror or a `file://` directory with the same layout.
+    /// `http(s)://` mirror or a `file://` directory with the same layout (a path on
+    /// the machine the agent runs on, not below the node's root).
     pub release_url: String,
     pub arch: Arch,
 }
