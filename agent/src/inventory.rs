@@ -1,9 +1,11 @@
 //! What a node says about itself when it joins and on every session: identity,
-//! OS, kernel, CPU and memory, read through the host seam's root so a fixture
-//! directory can stand in for `/`.
+//! OS, kernel, CPU and memory (parsed by [`crate::hardware`]), read through the
+//! host seam's root so a fixture directory can stand in for `/`.
 
 use elysium_host::RootFs;
 use elysium_proto::v1 as pb;
+
+use crate::hardware::system;
 
 /// Collects the inventory. Missing files leave their fields empty rather than
 /// failing: a node with an odd `/proc` should still be able to join.
@@ -12,20 +14,17 @@ pub fn collect(fs: &RootFs) -> pb::NodeInventory {
     let hostname = Some(read("/proc/sys/kernel/hostname"))
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| read("/etc/hostname"));
-    let os_release =
-        fs.read_to_string("/etc/os-release").or_else(|_| fs.read_to_string("/usr/lib/os-release"));
-    let cpuinfo = fs.read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let (cpu_model, cpu_cores, cpu_threads) = parse_cpuinfo(&cpuinfo);
+    let cpu = system::cpu(fs).unwrap_or_default();
     pb::NodeInventory {
         hostname,
         machine_id: read("/etc/machine-id"),
-        os: os_release.map(|t| pretty_name(&t)).unwrap_or_default(),
-        kernel: read("/proc/sys/kernel/osrelease"),
+        os: system::os_release(fs).ok().flatten().map(|o| o.pretty_name).unwrap_or_default(),
+        kernel: system::kernel_release(fs).ok().flatten().unwrap_or_default(),
         arch: go_arch(std::env::consts::ARCH).to_owned(),
-        cpu_model,
-        cpu_cores,
-        cpu_threads,
-        memory_bytes: parse_meminfo_total(&fs.read_to_string("/proc/meminfo").unwrap_or_default()),
+        cpu_model: cpu.model,
+        cpu_cores: cpu.cores,
+        cpu_threads: cpu.threads,
+        memory_bytes: system::memory_bytes(fs).unwrap_or(0),
         // Interfaces are kernel state, not files: they come from the running
         // machine even when the files come from a fixture root.
         addresses: elysium_host::net::interface_addresses().iter().map(|ip| ip.to_string()).collect(),
@@ -41,49 +40,6 @@ pub fn go_arch(rust_arch: &str) -> &str {
         "s390x" => "s390x",
         other => other,
     }
-}
-
-/// `PRETTY_NAME` from os-release (falls back to `NAME`).
-fn pretty_name(os_release: &str) -> String {
-    let field = |key: &str| {
-        os_release
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .map(|v| v.trim().trim_matches('"').to_owned())
-    };
-    field("PRETTY_NAME").or_else(|| field("NAME")).unwrap_or_default()
-}
-
-/// (model, physical cores, hardware threads).
-fn parse_cpuinfo(text: &str) -> (String, u32, u32) {
-    let mut model = String::new();
-    let mut threads = 0u32;
-    let mut cores = std::collections::BTreeSet::new();
-    let mut physical = String::new();
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else { continue };
-        let (key, value) = (key.trim(), value.trim());
-        match key {
-            "processor" => threads += 1,
-            "model name" if model.is_empty() => model = value.to_owned(),
-            "physical id" => physical = value.to_owned(),
-            "core id" => {
-                cores.insert((physical.clone(), value.to_owned()));
-            }
-            _ => {}
-        }
-    }
-    // Without topology lines (VMs, ARM), count threads as cores.
-    let cores = if cores.is_empty() { threads } else { cores.len() as u32 };
-    (model, cores, threads)
-}
-
-fn parse_meminfo_total(text: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

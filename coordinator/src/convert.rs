@@ -35,6 +35,12 @@ pub fn inventory_from_pb(i: pb::NodeInventory) -> Inventory {
     }
 }
 
+impl From<pb::NodeInventory> for Inventory {
+    fn from(i: pb::NodeInventory) -> Self {
+        inventory_from_pb(i)
+    }
+}
+
 pub fn inventory_to_pb(i: &Inventory) -> pb::NodeInventory {
     pb::NodeInventory {
         hostname: i.hostname.clone(),

@@ -223,7 +223,7 @@ struct NodeView {
     labels: std::collections::BTreeMap<String, String>,
     certificate_sha256: String,
     token_id: String,
-    inventory: Option<InventoryView>,
+    inventory: Option<elysium_coordinator::store::Inventory>,
     conditions: Vec<ConditionView>,
     /// The hardware document as the agent reported it.
     hardware: Option<serde_json::Value>,
@@ -237,19 +237,6 @@ struct ConditionView {
     reason: String,
     message: String,
     since_unix: i64,
-}
-
-#[derive(Serialize)]
-struct InventoryView {
-    hostname: String,
-    machine_id: String,
-    os: String,
-    kernel: String,
-    arch: String,
-    cpu_model: String,
-    cpu_cores: u32,
-    cpu_threads: u32,
-    memory_bytes: u64,
 }
 
 impl From<&pb::NodeRecord> for NodeView {
@@ -268,17 +255,7 @@ impl From<&pb::NodeRecord> for NodeView {
             labels: n.labels.clone().into_iter().collect(),
             certificate_sha256: n.certificate_sha256.clone(),
             token_id: n.token_id.clone(),
-            inventory: n.inventory.as_ref().map(|i| InventoryView {
-                hostname: i.hostname.clone(),
-                machine_id: i.machine_id.clone(),
-                os: i.os.clone(),
-                kernel: i.kernel.clone(),
-                arch: i.arch.clone(),
-                cpu_model: i.cpu_model.clone(),
-                cpu_cores: i.cpu_cores,
-                cpu_threads: i.cpu_threads,
-                memory_bytes: i.memory_bytes,
-            }),
+            inventory: n.inventory.clone().map(Into::into),
             conditions: n
                 .conditions
                 .iter()

@@ -22,7 +22,7 @@ mod nics;
 pub mod pci;
 mod pci_ids;
 mod sysfs;
-mod system;
+pub(crate) mod system;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
