@@ -199,3 +199,107 @@ impl Drop for Coordinator {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Helpers shared by the end-to-end tests that drive whole clusters (e2e_k3s).
+// ---------------------------------------------------------------------------------------------------------
+
+/// Where join tokens are written inside nodes (0600; a token never goes on a command line).
+pub const NODE_TOKEN_FILE: &str = "/root/join-token";
+
+impl Coordinator {
+    /// `token create --role ROLE --ttl 10m` (`ROLE` is `server` or `agent`); stdout is the token only.
+    pub fn create_token(&self, role: &str) -> Result<String> {
+        let token = self.admin_ok(&["token", "create", "--ttl", "10m", "--role", role])?.trim().to_owned();
+        if !token.starts_with("ELY10") || token.contains(char::is_whitespace) {
+            bail!("`token create` printed an odd token: {token:?}");
+        }
+        Ok(token)
+    }
+
+    /// `spec set FILE`; returns the generation it printed.
+    pub fn set_spec(&self, file: &Path) -> Result<u64> {
+        let file = file.to_str().context("spec path is not UTF-8")?;
+        let out = self.admin_ok(&["spec", "set", file])?;
+        out.trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|g| g.parse().ok())
+            .with_context(|| format!("`spec set` printed no generation: {out:?}"))
+    }
+
+    /// `nodes get NAME -o json`.
+    pub fn node(&self, name: &str) -> Result<serde_json::Value> {
+        self.admin_json(&["nodes", "get", name, "-o", "json"])
+    }
+
+    /// `events -o json --limit 1000`, oldest first as the coordinator lists them.
+    pub fn events(&self) -> Result<Vec<serde_json::Value>> {
+        let events = self.admin_json(&["events", "-o", "json", "--limit", "1000"])?;
+        match events {
+            serde_json::Value::Array(list) => Ok(list),
+            other => bail!("`events -o json` is not a list: {other}"),
+        }
+    }
+}
+
+/// The condition of type `kind` in a `nodes get -o json` record.
+pub fn condition<'a>(record: &'a serde_json::Value, kind: &str) -> Option<&'a serde_json::Value> {
+    record["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
+}
+
+/// Writes `token` to [`NODE_TOKEN_FILE`] inside `node` (0600, through the node's root on the host) and runs
+/// `elysium-node join` there (90 s at most). Returns the join's output, successful or not.
+pub fn join_node(node: &crate::testnode::TestNode, coordinator_url: &str, token: &str) -> Result<Output> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = node.root().join(NODE_TOKEN_FILE.trim_start_matches('/'));
+    let _ = fs::remove_file(&path);
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    f.write_all(token.as_bytes())?;
+    f.write_all(b"\n")?;
+    drop(f);
+    node.exec_timeout(
+        &["elysium-node", "join", "--coordinator", coordinator_url, "--token-file", NODE_TOKEN_FILE],
+        Duration::from_secs(90),
+    )
+}
+
+/// `journalctl -u U1 -u U2 … --no-pager -n 200` inside `node`; best effort, for diagnostics.
+pub fn node_journal(node: &crate::testnode::TestNode, units: &[&str]) -> String {
+    let mut argv = vec!["journalctl"];
+    for u in units {
+        argv.extend(["-u", u]);
+    }
+    argv.extend(["--no-pager", "-n", "200"]);
+    match node.exec(&argv) {
+        Ok(out) => {
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        }
+        Err(e) => format!("<journal of {units:?} unavailable: {e:#}>"),
+    }
+}
+
+/// Like [`poll`] with a fixed pause between probes, for waits that are also measurements.
+pub fn poll_every<T>(
+    what: &str,
+    timeout: Duration,
+    pause: Duration,
+    mut probe: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match probe() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        if Instant::now() >= deadline {
+            return Err(match last {
+                Some(e) => e.context(format!("timed out after {timeout:?} waiting for {what}")),
+                None => anyhow!("timed out after {timeout:?} waiting for {what}"),
+            });
+        }
+        thread::sleep(pause);
+    }
+}

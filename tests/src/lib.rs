@@ -1,4 +1,4 @@
 pub mod e2e;
 pub mod harness;
-pub mod testnode;
 pub mod mirror;
+pub mod testnode;

@@ -147,7 +147,9 @@ impl Drop for FaultMirror {
 /// Takes the cut-after fault for `path`, if one is armed.
 fn take_cut(shared: &Shared, path: &str) -> Option<u64> {
     let mut faults = lock(&shared.faults);
-    let i = faults.iter().position(|f| matches!(f, Fault::CutAfter { path: p, times, .. } if p == path && *times > 0))?;
+    let i = faults
+        .iter()
+        .position(|f| matches!(f, Fault::CutAfter { path: p, times, .. } if p == path && *times > 0))?;
     let Fault::CutAfter { after, times, .. } = &mut faults[i];
     *times -= 1;
     let after = *after;
@@ -222,7 +224,11 @@ fn answer(
     let Some(mut file) = file else {
         record.status = 404;
         let body = b"Not Found\n";
-        write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+        write!(
+            stream,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )?;
         stream.write_all(body)?;
         record.body_bytes = body.len() as u64;
         return stream.shutdown(Shutdown::Both);
@@ -325,7 +331,10 @@ mod tests {
         assert_eq!(body, &data[..1000]);
 
         let (head, body) = get(m.addr(), path, Some("bytes=1000-"));
-        assert!(head.starts_with("HTTP/1.1 206") && head.contains("Content-Range: bytes 1000-99999/100000"), "{head}");
+        assert!(
+            head.starts_with("HTTP/1.1 206") && head.contains("Content-Range: bytes 1000-99999/100000"),
+            "{head}"
+        );
         assert_eq!(body, &data[1000..]);
         let (head, _) = get(m.addr(), path, Some("bytes=100000-"));
         assert!(head.starts_with("HTTP/1.1 416"), "{head}");
