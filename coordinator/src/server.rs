@@ -258,10 +258,12 @@ pub async fn run(
 
     // Ending all sessions at shutdown lets the server's graceful drain finish
     // instead of waiting for agents' streams that never end on their own.
+    let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
     let stop_sessions = {
         let coordinator = coordinator.clone();
         async move {
             shutdown.await;
+            let _ = fired_tx.send(());
             tracing::info!("shutting down: closing node sessions");
             for s in coordinator.live().values() {
                 s.end.notify_one();
@@ -270,7 +272,7 @@ pub async fn run(
     };
 
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    Server::builder()
+    let serve = Server::builder()
         .tls_config(tls_config)
         .map_err(ServeError::Tls)?
         .tcp_nodelay(true)
@@ -280,7 +282,24 @@ pub async fn run(
         .add_service(enrollment)
         .add_service(session)
         .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, stop_sessions)
-        .await
-        .map_err(ServeError::Serve)
+        .serve_with_incoming_shutdown(incoming, stop_sessions);
+    // The drain waits for every connection to close; a peer that vanished (a
+    // powered-off node) never answers GOAWAY. Bound the wait.
+    let grace = async {
+        if fired_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = serve => result.map_err(ServeError::Serve),
+        () = grace => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace period; stopping anyway");
+            Ok(())
+        }
+    }
 }
+
+/// How long shutdown waits for open connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

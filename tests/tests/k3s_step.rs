@@ -12,7 +12,7 @@ use elysium_agent::agent::link;
 use elysium_agent::agent::reconcile::{Desired, Reconciler, Report};
 use elysium_agent::agent::state::{HeldSpec, K3sAssignment};
 use elysium_agent::steps::k3s::health::Probe;
-use elysium_agent::steps::k3s::journal::{self, Installed, Journal, Phase};
+use elysium_agent::steps::k3s::journal::{self, FileBackup, Installed, Journal, Phase};
 use elysium_agent::steps::k3s::{K3sStep, Probes};
 use elysium_host::{FakeSystemd, Host, RootFs};
 use k3s_standin::{Behaviour, MirrorServer, build_mirror};
@@ -234,6 +234,7 @@ async fn a_crash_mid_upgrade_converges() {
         started_unix: 0,
         generation: 2,
         reason: None,
+        files: vec![],
     };
     journal::save_journal(fs, &j).unwrap();
 
@@ -255,11 +256,22 @@ async fn a_crash_mid_upgrade_converges() {
         started_unix: 0,
         generation: 3,
         reason: Some("test".into()),
+        // The config as it was before the interrupted upgrade wrote it.
+        files: vec![FileBackup {
+            path: "/etc/rancher/k3s/config.yaml".into(),
+            contents: Some("# before\n".into()),
+            mode: 0o600,
+        }],
     };
     journal::save_journal(fs, &j).unwrap();
     let r = f.run("v1.31.6+k3s1", 3).await;
     assert!(error(&r).contains("rolled back"), "{}", error(&r));
     assert_eq!(f.binary(), v2_bytes);
     assert_eq!(f.installed().unwrap(), v2);
+    assert_eq!(
+        fs.read_to_string("/etc/rancher/k3s/config.yaml").unwrap(),
+        "# before\n",
+        "files restored from the journal"
+    );
     assert!(journal::load_journal(fs).is_none());
 }

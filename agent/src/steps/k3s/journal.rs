@@ -62,6 +62,20 @@ pub struct Journal {
     /// Why a rollback started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What the operation's file writes replaced, to put back on rollback. Kept
+    /// here, not in memory, so a crash mid-operation can still restore them (the
+    /// token file among them: this file is 0600).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileBackup>,
+}
+
+/// A file as it was before an operation wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileBackup {
+    pub path: String,
+    /// `None`: the file did not exist (rollback removes it).
+    pub contents: Option<String>,
+    pub mode: u32,
 }
 
 pub fn load_state(fs: &RootFs) -> K3sState {
@@ -118,6 +132,7 @@ mod tests {
             started_unix: 5,
             generation: 2,
             reason: None,
+            files: vec![FileBackup { path: "/etc/x".into(), contents: None, mode: 0o600 }],
         };
         save_journal(&fs, &j).unwrap();
         assert_eq!(load_journal(&fs), Some(j));

@@ -23,7 +23,7 @@ use elysium_proto::v1 as pb;
 use crate::agent::link::StepLink;
 use crate::agent::reconcile::{Desired, Step, StepError};
 use health::Probe;
-use journal::{Failed, Installed, Journal, K3sState, Phase};
+use journal::{Failed, FileBackup, Installed, Journal, K3sState, Phase};
 use plan::{Blocked, DesiredK3s, FileSpec, K3sPlan, ObservedK3s};
 
 const STEP: &str = "K3s";
@@ -119,7 +119,7 @@ pub enum Observation {
 /// The step's one action: see [`K3sPlan`] for why it is one.
 #[derive(Debug)]
 pub enum K3sAction {
-    Converge { plan: Box<K3sPlan>, desired: Box<DesiredK3s>, timeout: Duration },
+    Converge { plan: Box<K3sPlan>, desired: Box<DesiredK3s>, installed: Option<Installed>, timeout: Duration },
     Blocked(Blocked),
 }
 
@@ -349,6 +349,7 @@ impl Step for K3sStep {
                 Ok(p) => vec![K3sAction::Converge {
                     plan: Box::new(p),
                     desired: desired.clone(),
+                    installed: observed.installed.clone(),
                     timeout: *timeout,
                 }],
                 Err(b) => vec![K3sAction::Blocked(b)],
@@ -359,8 +360,8 @@ impl Step for K3sStep {
     async fn apply(&self, host: &Host, action: &K3sAction) -> Result<(), StepError> {
         match action {
             K3sAction::Blocked(b) => Err(err(b)),
-            K3sAction::Converge { plan, desired, timeout } => {
-                self.converge(host, plan, desired, *timeout).await
+            K3sAction::Converge { plan, desired, installed, timeout } => {
+                self.converge(host, plan, desired, installed, *timeout).await
             }
         }
     }
@@ -373,6 +374,7 @@ impl K3sStep {
         host: &Host,
         plan: &K3sPlan,
         desired: &DesiredK3s,
+        installed: &Option<Installed>,
         timeout: Duration,
     ) -> Result<(), StepError> {
         let role = desired.role;
@@ -386,22 +388,35 @@ impl K3sStep {
             Some(install) => Some(self.download(host, install).await?),
             None => None,
         };
-        // What the writes replace, to restore if K3s does not come up healthy.
-        let mut backups = Vec::new();
-        for w in &plan.writes {
-            backups.push((w.file.clone(), host.fs.read_optional(&w.file.path).map_err(err)?));
-        }
-
-        if let (Some(install), Some(verified)) = (&plan.install, verified) {
-            let mut j = Journal {
-                phase: Phase::Swapping,
-                from: install.from.clone(),
-                to: install.to.clone(),
-                started_unix: now(),
-                generation: desired.generation,
-                reason: None,
-            };
+        // A transaction: the journal, with what the writes replace, goes to disk
+        // before the first change, so a health failure or a crash can undo it all.
+        let transaction = plan.install.is_some() || (!plan.writes.is_empty() && plan.restart.is_some());
+        let mut j = Journal {
+            phase: if plan.install.is_some() { Phase::Swapping } else { Phase::Restarting },
+            from: plan.install.as_ref().map_or_else(|| installed.clone(), |i| i.from.clone()),
+            to: match (&plan.install, installed) {
+                (Some(i), _) => i.to.clone(),
+                (None, Some(current)) => current.clone(),
+                // Unreachable by the plan (no install means something is installed).
+                (None, None) => Installed { version: String::new(), sha256: String::new() },
+            },
+            started_unix: now(),
+            generation: desired.generation,
+            reason: None,
+            files: Vec::new(),
+        };
+        if transaction {
+            for w in &plan.writes {
+                let contents = host
+                    .fs
+                    .read_optional(&w.file.path)
+                    .map_err(err)?
+                    .map(|b| String::from_utf8_lossy(&b).into_owned());
+                j.files.push(FileBackup { path: w.file.path.clone(), contents, mode: w.file.mode });
+            }
             journal::save_journal(&host.fs, &j).map_err(err)?;
+        }
+        if let Some(verified) = verified {
             k3s_binary::keep_previous(&host.fs, &self.binary()).map_err(err)?;
             verified.commit().map_err(err)?;
             k3s_binary::ensure_symlinks(&host.fs, &self.bin_dir, SymlinkPolicy::Create).map_err(err)?;
@@ -438,57 +453,27 @@ impl K3sStep {
             Ok(took) => {
                 tracing::info!(unit = %unit, ?took, "K3s healthy");
                 if let Some(install) = &plan.install {
-                    self.finish(host, &install.to, desired.generation)?;
+                    self.finish(host, &install.to)?;
                     self.link.result(
                         "k3s-install",
                         true,
                         format!("K3s {} healthy after {took:?}", install.to.version),
                         desired.generation,
                     );
+                } else if transaction {
+                    journal::clear_journal(&host.fs).map_err(err)?;
                 }
                 self.report_token(host, role, plan.install.as_ref().map(|i| &i.to));
                 Ok(())
             }
-            Err(unhealthy) => {
-                let reason = unhealthy.to_string();
-                tracing::warn!(unit = %unit, %reason, "K3s failed its health gate; rolling back");
-                for (file, before) in backups {
-                    match before {
-                        Some(bytes) => host.fs.write_atomic(&file.path, &bytes, file.mode).map_err(err)?,
-                        None => {
-                            host.fs.remove_file(&file.path).map_err(err)?;
-                        }
-                    }
-                }
-                match &plan.install {
-                    Some(install) => {
-                        let j = Journal {
-                            phase: Phase::RollingBack,
-                            from: install.from.clone(),
-                            to: install.to.clone(),
-                            started_unix: now(),
-                            generation: desired.generation,
-                            reason: Some(reason),
-                        };
-                        journal::save_journal(&host.fs, &j).map_err(err)?;
-                        self.rollback(host, j, role, timeout).await
-                    }
-                    None => {
-                        // A configuration change broke it: the old files are back.
-                        host.systemd.daemon_reload().await.map_err(err)?;
-                        host.systemd.queue_restart(&unit).await.map_err(err)?;
-                        let again =
-                            health::wait_healthy(self.probe(role), host.systemd.as_ref(), &unit, timeout)
-                                .await;
-                        let after = if again.is_ok() {
-                            "restored the previous configuration; healthy again"
-                        } else {
-                            "restored the previous configuration, still unhealthy"
-                        };
-                        Err(err(format!("{reason}; {after}")))
-                    }
-                }
+            Err(unhealthy) if transaction => {
+                tracing::warn!(unit = %unit, reason = %unhealthy, "K3s failed its health gate; rolling back");
+                j.phase = Phase::RollingBack;
+                j.reason = Some(unhealthy.to_string());
+                journal::save_journal(&host.fs, &j).map_err(err)?;
+                self.rollback(host, j, role, timeout).await
             }
+            Err(unhealthy) => Err(err(unhealthy)),
         }
     }
 
@@ -524,13 +509,12 @@ impl K3sStep {
     }
 
     /// Records a healthy install and closes the journal.
-    fn finish(&self, host: &Host, to: &Installed, generation: u64) -> Result<(), StepError> {
+    fn finish(&self, host: &Host, to: &Installed) -> Result<(), StepError> {
         let mut state = journal::load_state(&host.fs);
         state.installed = Some(to.clone());
         if state.last_failed.as_ref().is_some_and(|f| f.version == to.version) {
             state.last_failed = None;
         }
-        let _ = generation;
         journal::save_state(&host.fs, &state).map_err(err)?;
         journal::clear_journal(&host.fs).map_err(err)
     }
@@ -546,9 +530,19 @@ impl K3sStep {
     ) -> Result<(), StepError> {
         let unit = role.unit_name();
         let reason = j.reason.clone().unwrap_or_else(|| "interrupted".into());
+        let upgrade = j.from.as_ref() != Some(&j.to);
+        // Files first (they are what the restored binary will read), then the binary.
+        for f in &j.files {
+            match &f.contents {
+                Some(text) => host.fs.write_atomic(&f.path, text.as_bytes(), f.mode).map_err(err)?,
+                None => {
+                    host.fs.remove_file(&f.path).map_err(err)?;
+                }
+            }
+        }
         let binary = self.binary();
         let previous = k3s_binary::previous_path(&binary);
-        let restored = match &j.from {
+        let restorable = match &j.from {
             Some(from) => {
                 let current = hash_node_file(&host.fs, &binary).await.map_err(err)?.map(|d| d.to_string());
                 if current.as_deref() != Some(from.sha256.as_str()) {
@@ -560,32 +554,40 @@ impl K3sStep {
             None => false,
         };
         let mut state = journal::load_state(&host.fs);
-        state.installed = j.from.clone();
-        state.last_failed = Some(Failed {
-            version: j.to.version.clone(),
-            reason: reason.clone(),
-            unix: now(),
-            generation: j.generation,
-        });
-        if restored {
+        if upgrade {
+            state.installed = j.from.clone();
+            state.last_failed = Some(Failed {
+                version: j.to.version.clone(),
+                reason: reason.clone(),
+                unix: now(),
+                generation: j.generation,
+            });
+        }
+        if restorable {
             host.systemd.daemon_reload().await.map_err(err)?;
             host.systemd.reset_failed(&unit).await.map_err(err)?;
             host.systemd.queue_restart(&unit).await.map_err(err)?;
         }
-        let after = if !restored {
+        let after = if !restorable {
             "nothing to roll back to (fresh install)".to_owned()
         } else {
+            let what = if upgrade {
+                format!("rolled back to {}", j.from.as_ref().map(|f| f.version.as_str()).unwrap_or("?"))
+            } else {
+                "restored the previous configuration".to_owned()
+            };
             match health::wait_healthy(self.probe(role), host.systemd.as_ref(), &unit, timeout).await {
-                Ok(_) => format!(
-                    "rolled back to {}, healthy",
-                    j.from.as_ref().map(|f| f.version.as_str()).unwrap_or("?")
-                ),
-                Err(e) => format!("rolled back, but still unhealthy: {e}"),
+                Ok(_) => format!("{what}, healthy"),
+                Err(e) => format!("{what}, but still unhealthy: {e}"),
             }
         };
         journal::save_state(&host.fs, &state).map_err(err)?;
         journal::clear_journal(&host.fs).map_err(err)?;
-        let message = format!("upgrade to {} failed: {reason}; {after}", j.to.version);
+        let message = if upgrade {
+            format!("upgrade to {} failed: {reason}; {after}", j.to.version)
+        } else {
+            format!("configuration change failed: {reason}; {after}")
+        };
         self.link.result("k3s-install", false, message.clone(), j.generation);
         Err(err(message))
     }
@@ -611,7 +613,7 @@ impl K3sStep {
                 host.systemd.queue_restart(&unit).await.map_err(err)?;
                 match health::wait_healthy(self.probe(role), host.systemd.as_ref(), &unit, timeout).await {
                     Ok(_) => {
-                        self.finish(host, &j.to, j.generation)?;
+                        self.finish(host, &j.to)?;
                         self.report_token(host, role, Some(&j.to));
                         Ok(())
                     }

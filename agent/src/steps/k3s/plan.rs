@@ -342,6 +342,7 @@ mod tests {
             started_unix: 0,
             generation: 3,
             reason: None,
+            files: vec![],
         });
         let p = plan(&desired("v1.31.5+k3s1", "bb"), &obs).unwrap();
         assert!(p.recover.is_some() && p.install.is_none() && p.writes.is_empty());
