@@ -18,7 +18,9 @@
 //!    `Enrollment.Enroll` with a unique name, from concurrent tasks, over reused
 //!    connections and over a fresh connection per enrollment. Baselines measured
 //!    in the same run (client-side key generation, bare TLS handshakes, a no-op
-//!    RPC) let the numbers be read as ratios on a noisy machine.
+//!    RPC, sequential fsyncs on the store's disk) let the numbers be read as
+//!    ratios on a noisy machine, and a probe measures how long other RPCs wait
+//!    while enrollments run.
 //!
 //! Nothing here asserts on timings: the benchmark reports, the document judges.
 //! Functional failures (an enrollment refused, an agent that never comes online)
@@ -28,6 +30,7 @@
 //! - `ELYSIUM_NODE_BIN`: the agent binary (default `target/release/elysium-node`).
 //! - `BENCH_ONLY`: comma-separated subset of `rss,size,enroll` (default all).
 //! - `BENCH_RSS_REPS` (5), `BENCH_IDLE_SECS` (10): agent runs and idle window.
+//! - `BENCH_COLD=1`: evict the agent binary from the page cache before each run.
 //! - `BENCH_REPS` (3), `BENCH_ENROLLMENTS` (1000), `BENCH_CONCURRENCY` (16):
 //!   enrollment repetitions, enrollments per repetition, client tasks.
 
@@ -35,8 +38,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -168,6 +170,18 @@ fn proc_status(pid: u32) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Fields of `/proc/<pid>/smaps_rollup` in kB (`Pss`, `Private_Dirty`, ...).
+fn smaps_rollup(pid: u32) -> BTreeMap<String, u64> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).expect("read /proc/<pid>/smaps_rollup");
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.to_owned(), v.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
 /// utime + stime of the whole process (all threads), in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
@@ -209,9 +223,16 @@ fn rss_breakdown(pid: u32, binary: &Path) -> BTreeMap<&'static str, u64> {
         let first = parts.next().unwrap_or_default();
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
             // A mapping header: address perms offset dev inode [path].
-            let path = parts.nth(4).unwrap_or("");
+            let perms = parts.next().unwrap_or("");
+            let path = parts.nth(3).unwrap_or("");
             kind = if path == binary {
-                "binary (file-backed)"
+                // Split the binary by segment: code, read-only data (incl.
+                // .eh_frame and RELRO after relocation) and writable data.
+                match perms.get(..3) {
+                    Some("r-x") => "binary: code (r-x)",
+                    Some("rw-") => "binary: data (rw-)",
+                    _ => "binary: read-only data (r--)",
+                }
             } else if path == "[heap]" {
                 "heap (brk)"
             } else if path == "[stack]" {
@@ -233,11 +254,30 @@ fn rss_breakdown(pid: u32, binary: &Path) -> BTreeMap<&'static str, u64> {
     out
 }
 
+/// `BENCH_COLD=1`: drop the binary's pages from the page cache before each
+/// start, as on a node that just booted. By default the binary is warm (fully
+/// cached, as right after a build or copy), and the kernel's fault-around maps
+/// cached neighbours of every touched page, which counts towards RSS.
+fn evict_binary() -> bool {
+    std::env::var("BENCH_COLD").is_ok_and(|v| v == "1")
+}
+
+/// Asks the kernel to drop the file's clean, unmapped pages from the page cache.
+fn evict_from_page_cache(path: &Path) {
+    let file = File::open(path).expect("open the agent binary");
+    nix::fcntl::posix_fadvise(&file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED)
+        .expect("posix_fadvise(DONTNEED) on the agent binary");
+}
+
 struct IdleSample {
     rss_kib: u64,
     hwm_kib: u64,
     rss_anon_kib: u64,
     rss_file_kib: u64,
+    /// Proportional set size: shared pages divided among the processes mapping them.
+    pss_kib: u64,
+    /// Pages only this process has written: what it really costs the node.
+    private_dirty_kib: u64,
     threads: u64,
     cpu_ticks: u64,
     switches: u64,
@@ -261,6 +301,9 @@ async fn agent_idle_once(bin: &Path, i: usize, idle: Duration) -> IdleSample {
     let node = TestNode::new(&name);
     node.join(&c.url(), &c.token(1, 600).await).await.expect("in-process join");
 
+    if evict_binary() {
+        evict_from_page_cache(bin);
+    }
     let log_path = node.root.path().join("agent.log");
     let log = File::create(&log_path).expect("create agent log");
     let child = Command::new(bin)
@@ -304,6 +347,7 @@ async fn agent_idle_once(bin: &Path, i: usize, idle: Duration) -> IdleSample {
     tokio::time::sleep(idle).await;
     let (t1, s1, window) = (cpu_ticks(pid), context_switches(pid), w0.elapsed());
     let status = proc_status(pid);
+    let rollup = smaps_rollup(pid);
     let breakdown = rss_breakdown(pid, bin);
     let still_online = c.node(&name).await.is_some_and(|n| n.online);
     assert!(still_online, "agent {name} went offline during the idle window; log in {}", log_path.display());
@@ -323,6 +367,8 @@ async fn agent_idle_once(bin: &Path, i: usize, idle: Duration) -> IdleSample {
         hwm_kib: get("VmHWM"),
         rss_anon_kib: get("RssAnon"),
         rss_file_kib: get("RssFile"),
+        pss_kib: rollup.get("Pss").copied().unwrap_or(0),
+        private_dirty_kib: rollup.get("Private_Dirty").copied().unwrap_or(0),
         threads: get("Threads"),
         cpu_ticks: t1 - t0,
         switches: s1 - s0,
@@ -356,6 +402,8 @@ async fn bench_agent_idle(bin: &Path) {
     let hwm = col(&|s| s.hwm_kib as f64 / 1024.0);
     let anon = col(&|s| s.rss_anon_kib as f64 / 1024.0);
     let file = col(&|s| s.rss_file_kib as f64 / 1024.0);
+    let pss = col(&|s| s.pss_kib as f64 / 1024.0);
+    let dirty = col(&|s| s.private_dirty_kib as f64 / 1024.0);
     let threads = col(&|s| s.threads as f64);
     // CPU as a percentage of one core over the window.
     let cpu_pct = col(&|s| 100.0 * (s.cpu_ticks as f64 / tick_hz) / s.window.as_secs_f64());
@@ -363,7 +411,15 @@ async fn bench_agent_idle(bin: &Path) {
     let wakeups = col(&|s| s.switches as f64 / s.window.as_secs_f64());
     let rss_median = median(&rss);
 
-    println!("\n### Agent idle resident memory and CPU ({reps} runs, {}s idle window)\n", idle.as_secs());
+    println!(
+        "\n### Agent idle resident memory and CPU ({reps} runs, {}s idle window, binary {})\n",
+        idle.as_secs(),
+        if evict_binary() {
+            "evicted from the page cache before each start"
+        } else {
+            "warm in the page cache"
+        }
+    );
     println!("| metric | median (min–max) | target | met |");
     println!("|---|---|---|---|");
     println!(
@@ -374,6 +430,8 @@ async fn bench_agent_idle(bin: &Path) {
     println!("| VmHWM, peak RSS (MiB) | {} | | |", spread(&hwm, 2));
     println!("| RssAnon (MiB) | {} | | |", spread(&anon, 2));
     println!("| RssFile (MiB) | {} | | |", spread(&file, 2));
+    println!("| Pss (MiB) | {} | | |", spread(&pss, 2));
+    println!("| Private_Dirty (MiB) | {} | | |", spread(&dirty, 2));
     println!("| threads | {} | | |", spread(&threads, 0));
     println!("| CPU over the idle window (ms, {tick_hz} Hz ticks) | {} | ~0 | |", spread(&cpu_ms, 0));
     println!("| CPU over the idle window (% of one core) | {} | ~0 | |", spread(&cpu_pct, 3));

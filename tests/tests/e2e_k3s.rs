@@ -124,6 +124,33 @@ fn server_install_agent_join_and_idempotent_rerun() {
         fx.step(&format!(
             "generation {g2} (same spec) applied by both nodes: same MainPID and start time, nothing downloaded"
         ));
+
+        // --- `k3s status` reports it; `reset` takes it off (with the agent stopped
+        //     first, or it would install K3s again). ---
+        let agent_node = &fx.nodes[agent];
+        let status = agent_node.exec_ok(&["elysium-node", "k3s", "status", "-o", "json"])?;
+        let status: serde_json::Value = serde_json::from_str(&status).context("k3s status -o json")?;
+        ensure!(status["installed_version"] == V1, "k3s status: {status:#}");
+        ensure!(status["healthy"] == true, "k3s status says unhealthy: {status:#}");
+        let dry = agent_node.exec_ok(&["elysium-node", "reset", "--dry-run"])?;
+        ensure!(dry.contains("stop k3s-agent.service"), "reset --dry-run plan: {dry}");
+        ensure!(agent_node.root().join("usr/local/bin/k3s").exists(), "a dry run removed the binary");
+        agent_node.exec_ok(&["systemctl", "stop", "elysium-node"])?;
+        agent_node.exec_ok(&["elysium-node", "reset", "--yes"])?;
+        let state = agent_node.systemctl_is_active("k3s-agent")?;
+        ensure!(state != "active", "k3s-agent is {state} after reset");
+        for gone in [
+            "usr/local/bin/k3s",
+            "usr/local/bin/kubectl",
+            "etc/systemd/system/k3s-agent.service",
+            "etc/rancher/k3s",
+            "var/lib/rancher/k3s",
+        ] {
+            ensure!(!agent_node.root().join(gone).exists(), "/{gone} is still there after reset");
+        }
+        let again = agent_node.exec_ok(&["elysium-node", "reset", "--dry-run"])?;
+        ensure!(again.contains("nothing to do"), "a second reset still has work: {again}");
+        fx.step("wrk1: k3s status healthy; reset removed K3s; a second reset has nothing to do");
         Ok(())
     });
 }
