@@ -19,7 +19,7 @@ use crate::convert;
 use crate::datadir::DataDir;
 use crate::pki::Ca;
 use crate::services::{AdminService, EnrollmentService, SessionService};
-use crate::store::{K3sCluster, NodeRecord, Store, StoreError, StoredSpec};
+use crate::store::{K3sCluster, NewEvent, NodeRecord, Store, StoreError, StoredSpec};
 use crate::tokens::{JoinToken, Role, TokenRecord};
 
 /// Seconds since the Unix epoch. Injectable so tests can move time.
@@ -62,6 +62,11 @@ pub struct Coordinator {
     /// Serialises read-modify-write of the K3s cluster record.
     k3s_lock: Mutex<()>,
     pub(crate) live: Mutex<HashMap<String, LiveSession>>,
+    /// Events go to a writer thread: appending is a durable store commit, which
+    /// must not block the async workers, and batching many into one commit keeps
+    /// up with bursts (a thousand nodes enrolling).
+    events: Mutex<Option<std::sync::mpsc::Sender<NewEvent>>>,
+    event_writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub(crate) next_session: std::sync::atomic::AtomicU64,
 }
 
@@ -71,9 +76,33 @@ impl std::fmt::Debug for Coordinator {
     }
 }
 
+impl Drop for Coordinator {
+    /// Writes the events still queued before the store closes.
+    fn drop(&mut self) {
+        drop(self.events.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(writer) = self.event_writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = writer.join();
+        }
+    }
+}
+
 impl Coordinator {
     pub fn new(store: Arc<dyn Store>, ca: Ca, clock: Clock) -> Result<Arc<Self>, StoreError> {
         let spec = store.get_spec()?;
+        let (events_tx, events_rx) = std::sync::mpsc::channel::<NewEvent>();
+        let writer_store = store.clone();
+        let event_writer = std::thread::Builder::new()
+            .name("event-log".into())
+            .spawn(move || {
+                while let Ok(first) = events_rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(events_rx.try_iter().take(1000));
+                    if let Err(e) = writer_store.append_events(&batch) {
+                        tracing::warn!(error = %e, lost = batch.len(), "could not record events");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Thread(e.to_string()))?;
         let k3s = match store.get_k3s()? {
             Some(k3s) => k3s,
             None => {
@@ -89,6 +118,8 @@ impl Coordinator {
             state: watch::Sender::new(ClusterState { spec, k3s }),
             k3s_lock: Mutex::new(()),
             live: Mutex::new(HashMap::new()),
+            events: Mutex::new(Some(events_tx)),
+            event_writer: Mutex::new(Some(event_writer)),
             next_session: std::sync::atomic::AtomicU64::new(1),
         }))
     }
@@ -191,8 +222,14 @@ impl Coordinator {
     /// operation that caused it.
     pub(crate) fn event(&self, kind: &str, subject: &str, message: &str) {
         tracing::info!(kind, subject, message, "event");
-        if let Err(e) = self.store.append_event(self.now(), kind, subject, message) {
-            tracing::warn!(error = %e, kind, "could not record event");
+        let event = NewEvent {
+            unix: self.now(),
+            kind: kind.into(),
+            subject: subject.into(),
+            message: message.into(),
+        };
+        if let Some(tx) = self.events.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(event);
         }
     }
 }
@@ -271,11 +308,20 @@ pub async fn run(
         }
     };
 
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // `Server::tcp_nodelay` does not apply to connections handed in through
+    // `serve_with_incoming`: set it on each accepted socket, or every small
+    // response waits ~40 ms for a delayed ACK.
+    let incoming =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
+            conn.inspect(|s| {
+                if let Err(e) = s.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            })
+        });
     let serve = Server::builder()
         .tls_config(tls_config)
         .map_err(ServeError::Tls)?
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(Some(64))

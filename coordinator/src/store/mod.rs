@@ -87,6 +87,15 @@ pub struct K3sCluster {
     pub server_token: Option<String>,
 }
 
+/// An event to append (the store assigns its sequence number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub unix: i64,
+    pub kind: String,
+    pub subject: String,
+    pub message: String,
+}
+
 /// One line of the event log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
@@ -108,6 +117,8 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("could not start the event-log writer: {0}")]
+    Thread(String),
     #[error("could not open the state store at {path}")]
     Open {
         path: std::path::PathBuf,
@@ -172,7 +183,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn get_k3s(&self) -> Result<Option<K3sCluster>, StoreError>;
     fn put_k3s(&self, cluster: &K3sCluster) -> Result<(), StoreError>;
 
-    fn append_event(&self, unix: i64, kind: &str, subject: &str, message: &str) -> Result<u64, StoreError>;
+    fn append_event(&self, unix: i64, kind: &str, subject: &str, message: &str) -> Result<u64, StoreError> {
+        self.append_events(&[NewEvent {
+            unix,
+            kind: kind.into(),
+            subject: subject.into(),
+            message: message.into(),
+        }])
+    }
+    /// Appends several events in one transaction; returns the last sequence number.
+    fn append_events(&self, events: &[NewEvent]) -> Result<u64, StoreError>;
     fn list_events(&self, after_seq: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
 }
 

@@ -250,20 +250,22 @@ impl Store for RedbStore {
         txn.commit().map_err(engine)
     }
 
-    fn append_event(&self, unix: i64, kind: &str, subject: &str, message: &str) -> Result<u64, StoreError> {
+    fn append_events(&self, new: &[NewEvent]) -> Result<u64, StoreError> {
         let txn = self.db.begin_write().map_err(engine)?;
         let seq = {
             let mut events = txn.open_table(EVENTS).map_err(engine)?;
-            let last = events.last().map_err(engine)?.map(|(k, _)| k.value()).unwrap_or(0);
-            let seq = last + 1;
-            let rec = EventRecord {
-                seq,
-                unix,
-                kind: kind.to_owned(),
-                subject: subject.to_owned(),
-                message: message.to_owned(),
-            };
-            events.insert(seq, encode(&rec).as_slice()).map_err(engine)?;
+            let mut seq = events.last().map_err(engine)?.map(|(k, _)| k.value()).unwrap_or(0);
+            for e in new {
+                seq += 1;
+                let rec = EventRecord {
+                    seq,
+                    unix: e.unix,
+                    kind: e.kind.clone(),
+                    subject: e.subject.clone(),
+                    message: e.message.clone(),
+                };
+                events.insert(seq, encode(&rec).as_slice()).map_err(engine)?;
+            }
             if events.len().map_err(engine)? > MAX_EVENTS {
                 let cutoff = seq - MAX_EVENTS;
                 events.retain_in(..=cutoff, |_, _| false).map_err(engine)?;
