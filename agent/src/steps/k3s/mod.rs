@@ -489,7 +489,27 @@ impl K3sStep {
         let link = self.link.clone();
         let version = install.to.version.clone();
         let mut last_percent = -1i32;
+        // On a terminal (the agent run by hand), a bar; under systemd, progress
+        // events to the coordinator (and both in any case through `link`).
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(format!("K3s {version}"));
+            bar
+        });
+        let progress_bar = bar.clone();
         let progress = move |p: elysium_installer::download::Progress| {
+            if let Some(bar) = &progress_bar {
+                if let Some(total) = p.total {
+                    bar.set_length(total);
+                }
+                bar.set_position(p.downloaded);
+            }
             let percent =
                 p.total.map(|t| (p.downloaded * 100).checked_div(t).map_or(100, |v| v as i32)).unwrap_or(-1);
             if percent != last_percent && (percent % 10 == 0 || percent < 0) {
@@ -502,10 +522,15 @@ impl K3sStep {
                 );
             }
         };
-        self.fetcher
+        let result = self
+            .fetcher
             .download_verified(&host.fs, &url, &self.binary(), &expected, progress)
             .await
-            .map_err(|e| err(error_chain(&e)))
+            .map_err(|e| err(error_chain(&e)));
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        result
     }
 
     /// Records a healthy install and closes the journal.
