@@ -41,24 +41,9 @@ pub fn free_port(ip: Ipv4Addr) -> Result<u16> {
 
 /// Calls `probe` until it returns `Some`, at most `timeout`; errors from `probe` count as "not yet", and
 /// the last one is reported on timeout together with `what`.
-pub fn poll<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(100);
-    loop {
-        let last = match probe() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => None,
-            Err(e) => Some(e),
-        };
-        if Instant::now() >= deadline {
-            return Err(match last {
-                Some(e) => e.context(format!("timed out after {timeout:?} waiting for {what}")),
-                None => anyhow!("timed out after {timeout:?} waiting for {what}"),
-            });
-        }
-        thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(500));
-    }
+pub fn poll<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    // Back off from 100 ms to 500 ms: quick when things are quick, quiet when not.
+    poll_with(what, timeout, Duration::from_millis(100), |p| (p * 2).min(Duration::from_millis(500)), probe)
 }
 
 /// Lossy UTF-8 of a command's stdout and stderr, for messages.
@@ -285,6 +270,16 @@ pub fn poll_every<T>(
     what: &str,
     timeout: Duration,
     pause: Duration,
+    probe: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    poll_with(what, timeout, pause, |p| p, probe)
+}
+
+fn poll_with<T>(
+    what: &str,
+    timeout: Duration,
+    mut pause: Duration,
+    next_pause: impl Fn(Duration) -> Duration,
     mut probe: impl FnMut() -> Result<Option<T>>,
 ) -> Result<T> {
     let deadline = Instant::now() + timeout;
@@ -301,5 +296,6 @@ pub fn poll_every<T>(
             });
         }
         thread::sleep(pause);
+        pause = next_pause(pause);
     }
 }
