@@ -212,7 +212,6 @@ impl K3sStep {
     /// only when what is installed does not already answer the question.
     async fn target(
         &self,
-        host: &Host,
         section: &elysium_spec::K3sSection,
         state: &K3sState,
         binary_sha: Option<&str>,
@@ -241,7 +240,6 @@ impl K3sStep {
             .await
             .map_err(|e| error_chain(&e))?;
         let url = release.binary_url(&version).map_err(|e| e.to_string())?;
-        let _ = host;
         Ok((Installed { version: version.to_string(), sha256: sha.to_string() }, url.to_string()))
     }
 
@@ -304,7 +302,7 @@ impl Step for K3sStep {
         let state = journal::load_state(&host.fs);
         let binary_sha = hash_node_file(&host.fs, &self.binary()).await.map_err(err)?.map(|d| d.to_string());
         let (target, target_error, binary_url) =
-            match self.target(host, section, &state, binary_sha.as_deref()).await {
+            match self.target(section, &state, binary_sha.as_deref()).await {
                 Ok((t, url)) => (Some(t), None, url),
                 Err(e) => (None, Some(e), String::new()),
             };
@@ -435,6 +433,8 @@ impl K3sStep {
         if plan.remove_other_unit {
             let other = other_role_unit(role);
             let name = Path::new(&other).file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            // Best effort: the other role's unit may be stopped or not loaded;
+            // removing its file below is what matters.
             let _ = host.systemd.stop(&name).await;
             let _ = host.systemd.disable(&[&name]).await;
             host.fs.remove_file(&other).map_err(err)?;
