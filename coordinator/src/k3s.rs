@@ -64,26 +64,9 @@ pub fn assignment(node: &NodeRecord, spec: &ClusterSpec, cluster: &K3sCluster) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Inventory;
 
     fn node(id: &str, role: Role) -> NodeRecord {
-        NodeRecord {
-            id: id.into(),
-            name: id.into(),
-            role,
-            labels: Default::default(),
-            inventory: Inventory::default(),
-            enrolled_unix: 0,
-            last_seen_unix: 0,
-            agent_version: String::new(),
-            applied_generation: 0,
-            reconcile_state: String::new(),
-            reconcile_error: String::new(),
-            certificate_sha256: String::new(),
-            token_id: String::new(),
-            conditions: vec![],
-            hardware_json: String::new(),
-        }
+        NodeRecord::for_test(id, id, role)
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -217,7 +217,7 @@ fn answer(
     range: Option<&str>,
     record: &mut RequestRecord,
 ) -> io::Result<()> {
-    let file = match (method, safe_join(&shared.dir, path)) {
+    let file = match (method, k3s_standin::mirror::safe_join(&shared.dir, path)) {
         ("GET" | "HEAD", Some(f)) => File::open(f).ok(),
         _ => None,
     };
@@ -278,16 +278,6 @@ fn answer(
         record.cut = true;
     }
     stream.shutdown(Shutdown::Both)
-}
-
-/// `dir` joined with a URL path, refusing anything that leaves `dir`.
-fn safe_join(dir: &Path, url_path: &str) -> Option<PathBuf> {
-    let rel = Path::new(url_path.trim_start_matches('/'));
-    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return None;
-    }
-    let full = dir.join(rel);
-    full.is_file().then_some(full)
 }
 
 #[cfg(test)]

@@ -57,6 +57,30 @@ pub struct NodeRecord {
     pub hardware_json: String,
 }
 
+#[cfg(test)]
+impl NodeRecord {
+    /// A freshly enrolled node with nothing reported yet, for unit tests.
+    pub(crate) fn for_test(id: &str, name: &str, role: Role) -> Self {
+        NodeRecord {
+            id: id.into(),
+            name: name.into(),
+            role,
+            labels: BTreeMap::new(),
+            inventory: Inventory::default(),
+            enrolled_unix: 0,
+            last_seen_unix: 0,
+            agent_version: String::new(),
+            applied_generation: 0,
+            reconcile_state: String::new(),
+            reconcile_error: String::new(),
+            certificate_sha256: String::new(),
+            token_id: String::new(),
+            conditions: Vec::new(),
+            hardware_json: String::new(),
+        }
+    }
+}
+
 /// See `elysium.v1.Condition`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Condition {

@@ -18,23 +18,7 @@ fn token_record(token: &JoinToken, uses: u32) -> TokenRecord {
 }
 
 fn node(id: &str, name: &str) -> NodeRecord {
-    NodeRecord {
-        id: id.into(),
-        name: name.into(),
-        role: Role::Agent,
-        labels: BTreeMap::new(),
-        inventory: Inventory::default(),
-        enrolled_unix: 1,
-        last_seen_unix: 0,
-        agent_version: String::new(),
-        applied_generation: 0,
-        reconcile_state: String::new(),
-        reconcile_error: String::new(),
-        certificate_sha256: String::new(),
-        token_id: String::new(),
-        conditions: Vec::new(),
-        hardware_json: String::new(),
-    }
+    NodeRecord::for_test(id, name, Role::Agent)
 }
 
 #[test]

@@ -168,7 +168,7 @@ async fn serve_file(mut stream: tokio::net::TcpStream, dir: &Path) -> io::Result
 }
 
 /// `dir` joined with a URL path, refusing anything that leaves `dir`.
-fn safe_join(dir: &Path, url_path: &str) -> Option<PathBuf> {
+pub fn safe_join(dir: &Path, url_path: &str) -> Option<PathBuf> {
     let rel = Path::new(url_path.trim_start_matches('/'));
     if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
         return None;
