@@ -9,6 +9,12 @@
 
 use serde::{Deserialize, Serialize};
 
+mod mounts;
+mod tailscale;
+
+pub use mounts::{MountSpec, REMOTE_TYPES, RcloneSection, RemoteSpec};
+pub use tailscale::{K3sOverTailscale, TailscaleSection};
+
 /// The whole cluster spec.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +28,19 @@ pub struct ClusterSpec {
     /// K3s on every node. Absent: elysium-node does not manage K3s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k3s: Option<K3sSection>,
+    /// Tailscale on every node. Absent: not managed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tailscale: Option<TailscaleSection>,
+    /// Where rclone and its files live (used when there are mounts).
+    #[serde(default, skip_serializing_if = "is_default_rclone")]
+    pub rclone: RcloneSection,
+    /// Remote storage mounted on every node with rclone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
+}
+
+fn is_default_rclone(r: &RcloneSection) -> bool {
+    *r == RcloneSection::default()
 }
 
 /// `[k3s]`: which K3s to run and how to configure it. Per-node settings (role,
@@ -187,7 +206,41 @@ impl ClusterSpec {
         if let Some(k3s) = &self.k3s {
             k3s.validate()?;
         }
+        if let Some(tailscale) = &self.tailscale {
+            tailscale.validate()?;
+        }
+        self.rclone.validate()?;
+        let mut names = std::collections::BTreeSet::new();
+        let mut paths = std::collections::BTreeSet::new();
+        for mount in &self.mounts {
+            mount.validate()?;
+            if !names.insert(mount.name.as_str()) {
+                return Err(SpecError::Invalid {
+                    field: "mounts.name",
+                    problem: format!("{:?} is used by two mounts", mount.name),
+                });
+            }
+            if !paths.insert(mount.path.trim_end_matches('/')) {
+                return Err(SpecError::Invalid {
+                    field: "mounts.path",
+                    problem: format!("{:?} is used by two mounts", mount.path),
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// Names of the coordinator secrets this spec refers to. The coordinator
+    /// sends a node these, and only these.
+    pub fn secret_refs(&self) -> std::collections::BTreeSet<&str> {
+        let mut refs = std::collections::BTreeSet::new();
+        if let Some(t) = &self.tailscale {
+            refs.insert(t.auth_key_secret.as_str());
+        }
+        for m in &self.mounts {
+            refs.extend(m.remote.secret_options.values().map(String::as_str));
+        }
+        refs
     }
 
     /// Renders the spec as TOML (the canonical form stored by the coordinator).
@@ -239,6 +292,23 @@ impl K3sSection {
             });
         }
         Ok(())
+    }
+}
+
+/// Secret names: `[a-z0-9-]`, 1..=63 characters (they name files and show in
+/// `elysium-node secret list`).
+pub fn check_secret_name(field: &'static str, name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::Invalid {
+            field,
+            problem: format!("a secret name is [a-z0-9-], 1..=63 characters, got {name:?}"),
+        })
     }
 }
 
@@ -312,5 +382,62 @@ mod tests {
         let text = include_str!("../../docs/examples/cluster.toml");
         let spec = ClusterSpec::parse(text).expect("docs/examples/cluster.toml must parse");
         assert_eq!(spec.cluster.name, "kyrion");
+        let ts = spec.tailscale.as_ref().expect("tailscale section");
+        assert_eq!(ts.k3s, K3sOverTailscale::Flannel);
+        assert_eq!(ts.canonical_tags(), ["tag:k3s"]);
+        assert_eq!(spec.mounts[0].unit_name(), "elysium-mount-media-library.service");
+        assert_eq!(
+            spec.secret_refs().into_iter().collect::<Vec<_>>(),
+            ["media-azure-key", "tailscale-authkey"]
+        );
+        assert_eq!(ClusterSpec::parse(&spec.to_toml()).expect("re-parses"), spec);
+    }
+
+    #[test]
+    fn tailscale_section() {
+        let spec = ClusterSpec::parse("[tailscale]\nauth_key_secret = \"ts\"\ntags = [\"k3s\", \"tag:media\"]\nhostname = \"{cluster}-{node}\"\n")
+            .expect("parses");
+        let ts = spec.tailscale.expect("section");
+        assert_eq!(ts.canonical_tags(), ["tag:k3s", "tag:media"]);
+        assert_eq!(ts.render_hostname("n1", "kyrion"), "kyrion-n1");
+        assert_eq!(ts.socket, "/var/run/tailscale/tailscaled.sock");
+        for (bad, field) in [
+            ("[tailscale]\n", "auth_key_secret"),
+            ("[tailscale]\nauth_key_secret = \"Bad Name\"\n", "tailscale.auth_key_secret"),
+            ("[tailscale]\nauth_key_secret = \"ts\"\nhostname = \"a b\"\n", "tailscale.hostname"),
+            ("[tailscale]\nauth_key_secret = \"ts\"\ntags = [\"tag:\"]\n", "tailscale.tags"),
+            ("[tailscale]\nauth_key_secret = \"ts\"\nk3s = \"wireguard\"\n", "k3s"),
+            ("[tailscale]\nauth_key_secret = \"ts\"\nlogin_server = \"headscale\"\n", "tailscale.login_server"),
+        ] {
+            let err = ClusterSpec::parse(bad).expect_err(bad);
+            let text = format!("{err} {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
+            assert!(text.contains(field), "{bad}: {text}");
+        }
+    }
+
+    #[test]
+    fn mounts_section() {
+        let base = "[[mounts]]\nname = \"media\"\npath = \"/mnt/media\"\n[mounts.remote]\ntype = \"azureblob\"\noptions = { account = \"a\" }\nsecret_options = { key = \"k\" }\n";
+        let spec = ClusterSpec::parse(base).expect("parses");
+        assert_eq!(spec.mounts[0].vfs_cache_mode, "full");
+        assert!(spec.mounts[0].allow_other);
+        assert_eq!(spec.rclone.binary, "/usr/bin/rclone");
+        for (bad, field) in [
+            (base.replace("/mnt/media", "mnt/media"), "mounts.path"),
+            (base.replace("/mnt/media", "/mnt/../etc"), "mounts.path"),
+            (base.replace("\"media\"", "\"Media\""), "mounts.name"),
+            (base.replace("azureblob", "ftp"), "mounts.remote.type"),
+            (base.replace("account = \"a\"", "key = \"plain\""), "mounts.remote.secret_options"),
+            (base.replace("options = { account = \"a\" }\nsecret_options = { key = \"k\" }\n", ""), "mounts.remote.options"),
+            (format!("{base}\n[[mounts]]\nname = \"media\"\npath = \"/mnt/x\"\n[mounts.remote]\ntype = \"local\"\n"), "mounts.name"),
+            (format!("{base}\n[[mounts]]\nname = \"other\"\npath = \"/mnt/media/\"\n[mounts.remote]\ntype = \"local\"\n"), "mounts.path"),
+            (base.replace("name = \"media\"", "name = \"media\"\nvfs_cache_mode = \"all\""), "mounts.vfs_cache_mode"),
+            (base.replace("name = \"media\"", "name = \"media\"\ndir_cache_time = \"soon\""), "mounts.dir_cache_time"),
+            (base.replace("name = \"media\"", "name = \"media\"\nvfs_cache_max_size = \"big\""), "mounts.vfs_cache_max_size"),
+            (format!("[rclone]\nbinary = \"rclone\"\n{base}"), "rclone.binary"),
+        ] {
+            let err = ClusterSpec::parse(&bad).expect_err(&bad);
+            assert!(err.to_string().contains(field), "{bad}: {err}");
+        }
     }
 }
