@@ -19,7 +19,7 @@ use crate::convert;
 use crate::datadir::DataDir;
 use crate::pki::Ca;
 use crate::services::{AdminService, EnrollmentService, SessionService};
-use crate::store::{K3sCluster, NewEvent, NodeRecord, Store, StoreError, StoredSpec};
+use crate::store::{K3sCluster, NewEvent, NodeRecord, SecretRecord, Store, StoreError, StoredSpec};
 use crate::tokens::{JoinToken, Role, TokenRecord};
 
 /// Seconds since the Unix epoch. Injectable so tests can move time.
@@ -34,11 +34,14 @@ pub fn system_clock() -> Clock {
     })
 }
 
-/// What sessions watch: the cluster spec and the K3s cluster facts.
+/// What sessions watch: the cluster spec, the K3s cluster facts and the secrets
+/// the spec refers to.
 #[derive(Debug, Clone)]
 pub struct ClusterState {
     pub spec: StoredSpec,
     pub k3s: K3sCluster,
+    /// name → secret. Shared: cloned into every session's view on each change.
+    pub secrets: Arc<std::collections::BTreeMap<String, SecretRecord>>,
 }
 
 /// What the coordinator knows about a node that has a session open now.
@@ -111,11 +114,12 @@ impl Coordinator {
                 k3s
             }
         };
+        let secrets = store.list_secrets()?.into_iter().map(|s| (s.name.clone(), s)).collect();
         Ok(Arc::new(Self {
             store,
             ca,
             clock,
-            state: watch::Sender::new(ClusterState { spec, k3s }),
+            state: watch::Sender::new(ClusterState { spec, k3s, secrets: Arc::new(secrets) }),
             k3s_lock: Mutex::new(()),
             live: Mutex::new(HashMap::new()),
             events: Mutex::new(Some(events_tx)),
@@ -161,6 +165,12 @@ impl Coordinator {
             role: convert::role_to_pb(node.role).into(),
             labels: node.labels.clone().into_iter().collect(),
             k3s: crate::k3s::assignment(node, &parsed, &state.k3s),
+            // Only what the spec refers to: a node never learns other secrets.
+            secrets: parsed
+                .secret_refs()
+                .into_iter()
+                .filter_map(|name| state.secrets.get(name).map(|s| (name.to_owned(), s.value.clone())))
+                .collect(),
         }
     }
 

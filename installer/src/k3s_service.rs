@@ -20,6 +20,8 @@ pub const CONFIG_PATH: &str = "/etc/rancher/k3s/config.yaml";
 pub const CONFIG_DROPIN_DIR: &str = "/etc/rancher/k3s/config.yaml.d";
 /// The cluster token, referenced by `token-file` (0600).
 pub const TOKEN_PATH: &str = "/etc/rancher/k3s/elysium-token";
+/// K3s's `vpn-auth-file` (0600: it holds the Tailscale auth key).
+pub const VPN_AUTH_PATH: &str = "/etc/rancher/k3s/elysium-vpn-auth";
 /// install.sh's default `INSTALL_K3S_BIN_DIR`.
 pub const BIN_DIR: &str = "/usr/local/bin";
 /// install.sh's default `INSTALL_K3S_SYSTEMD_DIR`.
@@ -78,6 +80,8 @@ pub struct K3sConfig {
     pub node_taints: Vec<String>,
     pub node_ip: Option<String>,
     pub flannel_iface: Option<String>,
+    /// `vpn-auth-file`: K3s's own Tailscale integration.
+    pub vpn_auth_file: Option<String>,
     /// Packaged components to disable (servers): coredns, servicelb, traefik,
     /// local-storage, metrics-server.
     pub disable: Vec<String>,
@@ -103,6 +107,8 @@ pub const MANAGED_KEYS: &[&str] = &[
     "disable",
     "tls-san",
     "write-kubeconfig-mode",
+    "vpn-auth",
+    "vpn-auth-file",
 ];
 
 /// Component names `disable` accepts (K3s docs, "Managing Packaged Components").
@@ -190,6 +196,9 @@ pub fn render_config(cfg: &K3sConfig) -> Result<String, ConfigError> {
     if let Some(iface) = &cfg.flannel_iface {
         let _ = writeln!(out, "flannel-iface: {}", quote(iface));
     }
+    if let Some(file) = &cfg.vpn_auth_file {
+        let _ = writeln!(out, "vpn-auth-file: {}", quote(file));
+    }
     list(&mut out, "disable", &cfg.disable);
     list(&mut out, "tls-san", &cfg.tls_san);
     if let Some(mode) = &cfg.write_kubeconfig_mode {
@@ -239,6 +248,44 @@ pub fn render_unit(role: K3sRole) -> String {
     )
 }
 
+/// What K3s's `vpn-auth` value carries (k3s-io/k3s `pkg/vpn/vpn.go`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct VpnAuth {
+    pub join_key: String,
+    pub control_server_url: Option<String>,
+    pub hostname: String,
+    pub tags: Vec<String>,
+    pub accept_routes: bool,
+}
+
+impl std::fmt::Debug for VpnAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VpnAuth")
+            .field("join_key", &"<redacted>")
+            .field("control_server_url", &self.control_server_url)
+            .field("hostname", &self.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `vpn-auth-file` contents: `name=tailscale,joinKey=…[,controlServerURL=…],extraArgs=…`.
+/// K3s splits off `,extraArgs=` first and splits its value on whitespace, so it
+/// must come last; it carries the hostname, tags and accept-routes because K3s
+/// runs `tailscale up --reset`, which would otherwise wipe them.
+pub fn render_vpn_auth(v: &VpnAuth) -> String {
+    let mut out = format!("name=tailscale,joinKey={}", v.join_key);
+    if let Some(url) = &v.control_server_url {
+        let _ = write!(out, ",controlServerURL={url}");
+    }
+    let mut args = vec![format!("--hostname={}", v.hostname)];
+    if !v.tags.is_empty() {
+        args.push(format!("--advertise-tags={}", v.tags.join(",")));
+    }
+    args.push(format!("--accept-routes={}", v.accept_routes));
+    let _ = writeln!(out, ",extraArgs={}", args.join(" "));
+    out
+}
+
 /// The environment file (0600). Everything is in `config.yaml`; the file exists
 /// because the unit names it and operators expect it, and carries proxy settings.
 pub fn render_env(proxy: &BTreeMap<String, String>) -> String {
@@ -263,11 +310,43 @@ mod tests {
             node_taints: vec![],
             node_ip: Some("100.64.0.1".into()),
             flannel_iface: Some("tailscale0".into()),
+            vpn_auth_file: None,
             disable: vec!["traefik".into()],
             tls_san: vec!["kyrion.lan".into()],
             write_kubeconfig_mode: Some("0644".into()),
             extra: [("kubelet-arg".to_string(), serde_json::json!(["max-pods=150"]))].into(),
         }
+    }
+
+    #[test]
+    fn vpn_auth_has_k3s_syntax_with_extra_args_last() {
+        let text = render_vpn_auth(&VpnAuth {
+            join_key: "tskey-auth-abc".into(),
+            control_server_url: Some("https://hs.example".into()),
+            hostname: "kyrion-1".into(),
+            tags: vec!["tag:k3s".into(), "tag:media".into()],
+            accept_routes: true,
+        });
+        assert_eq!(
+            text,
+            "name=tailscale,joinKey=tskey-auth-abc,controlServerURL=https://hs.example,extraArgs=--hostname=kyrion-1 --advertise-tags=tag:k3s,tag:media --accept-routes=true\n"
+        );
+        // Parsed the way K3s does: split off ",extraArgs=", then "," and "=".
+        let (head, extra) = text.trim_end().split_once(",extraArgs=").unwrap();
+        assert_eq!(extra.split_whitespace().count(), 3);
+        for kv in head.split(',') {
+            assert!(["name", "joinKey", "controlServerURL"].contains(&kv.split('=').next().unwrap()), "{kv}");
+        }
+        let mut cfg = server();
+        cfg.vpn_auth_file = Some(VPN_AUTH_PATH.into());
+        assert!(
+            render_config(&cfg).unwrap().contains("vpn-auth-file: \"/etc/rancher/k3s/elysium-vpn-auth\"")
+        );
+        cfg.extra.insert("vpn-auth".into(), serde_json::json!("name=tailscale,joinKey=x"));
+        assert!(
+            render_config(&cfg).is_err(),
+            "vpn-auth through extra_config would put the key in config.yaml"
+        );
     }
 
     #[test]

@@ -407,10 +407,16 @@ mod tests {
             ("[tailscale]\nauth_key_secret = \"ts\"\nhostname = \"a b\"\n", "tailscale.hostname"),
             ("[tailscale]\nauth_key_secret = \"ts\"\ntags = [\"tag:\"]\n", "tailscale.tags"),
             ("[tailscale]\nauth_key_secret = \"ts\"\nk3s = \"wireguard\"\n", "k3s"),
-            ("[tailscale]\nauth_key_secret = \"ts\"\nlogin_server = \"headscale\"\n", "tailscale.login_server"),
+            (
+                "[tailscale]\nauth_key_secret = \"ts\"\nlogin_server = \"headscale\"\n",
+                "tailscale.login_server",
+            ),
         ] {
             let err = ClusterSpec::parse(bad).expect_err(bad);
-            let text = format!("{err} {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
+            let text = format!(
+                "{err} {}",
+                std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default()
+            );
             assert!(text.contains(field), "{bad}: {text}");
         }
     }
@@ -428,12 +434,34 @@ mod tests {
             (base.replace("\"media\"", "\"Media\""), "mounts.name"),
             (base.replace("azureblob", "ftp"), "mounts.remote.type"),
             (base.replace("account = \"a\"", "key = \"plain\""), "mounts.remote.secret_options"),
-            (base.replace("options = { account = \"a\" }\nsecret_options = { key = \"k\" }\n", ""), "mounts.remote.options"),
-            (format!("{base}\n[[mounts]]\nname = \"media\"\npath = \"/mnt/x\"\n[mounts.remote]\ntype = \"local\"\n"), "mounts.name"),
-            (format!("{base}\n[[mounts]]\nname = \"other\"\npath = \"/mnt/media/\"\n[mounts.remote]\ntype = \"local\"\n"), "mounts.path"),
-            (base.replace("name = \"media\"", "name = \"media\"\nvfs_cache_mode = \"all\""), "mounts.vfs_cache_mode"),
-            (base.replace("name = \"media\"", "name = \"media\"\ndir_cache_time = \"soon\""), "mounts.dir_cache_time"),
-            (base.replace("name = \"media\"", "name = \"media\"\nvfs_cache_max_size = \"big\""), "mounts.vfs_cache_max_size"),
+            (
+                base.replace("options = { account = \"a\" }\nsecret_options = { key = \"k\" }\n", ""),
+                "mounts.remote.options",
+            ),
+            (
+                format!(
+                    "{base}\n[[mounts]]\nname = \"media\"\npath = \"/mnt/x\"\n[mounts.remote]\ntype = \"local\"\n"
+                ),
+                "mounts.name",
+            ),
+            (
+                format!(
+                    "{base}\n[[mounts]]\nname = \"other\"\npath = \"/mnt/media/\"\n[mounts.remote]\ntype = \"local\"\n"
+                ),
+                "mounts.path",
+            ),
+            (
+                base.replace("name = \"media\"", "name = \"media\"\nvfs_cache_mode = \"all\""),
+                "mounts.vfs_cache_mode",
+            ),
+            (
+                base.replace("name = \"media\"", "name = \"media\"\ndir_cache_time = \"soon\""),
+                "mounts.dir_cache_time",
+            ),
+            (
+                base.replace("name = \"media\"", "name = \"media\"\nvfs_cache_max_size = \"big\""),
+                "mounts.vfs_cache_max_size",
+            ),
             (format!("[rclone]\nbinary = \"rclone\"\n{base}"), "rclone.binary"),
         ] {
             let err = ClusterSpec::parse(&bad).expect_err(&bad);

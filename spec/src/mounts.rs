@@ -105,11 +105,16 @@ fn default_cache_mode() -> String {
 
 impl RcloneSection {
     pub(crate) fn validate(&self) -> Result<(), SpecError> {
-        for (field, path) in
-            [("rclone.binary", &self.binary), ("rclone.config", &self.config), ("rclone.cache_dir", &self.cache_dir)]
-        {
+        for (field, path) in [
+            ("rclone.binary", &self.binary),
+            ("rclone.config", &self.config),
+            ("rclone.cache_dir", &self.cache_dir),
+        ] {
             if !path.starts_with('/') || path.contains("/../") || path.ends_with("/..") {
-                return Err(SpecError::Invalid { field, problem: format!("must be an absolute path, got {path:?}") });
+                return Err(SpecError::Invalid {
+                    field,
+                    problem: format!("must be an absolute path, got {path:?}"),
+                });
             }
         }
         Ok(())
@@ -144,23 +149,36 @@ impl MountSpec {
         if !REMOTE_TYPES.contains(&self.remote.kind.as_str()) {
             return Err(SpecError::Invalid {
                 field: "mounts.remote.type",
-                problem: format!("mount {:?}: must be one of {}, got {:?}", self.name, REMOTE_TYPES.join(", "), self.remote.kind),
+                problem: format!(
+                    "mount {:?}: must be one of {}, got {:?}",
+                    self.name,
+                    REMOTE_TYPES.join(", "),
+                    self.remote.kind
+                ),
             });
         }
         for (option, secret) in &self.remote.secret_options {
             if self.remote.options.contains_key(option) {
                 return Err(SpecError::Invalid {
                     field: "mounts.remote.secret_options",
-                    problem: format!("mount {:?}: option {option:?} is set both plainly and from a secret", self.name),
+                    problem: format!(
+                        "mount {:?}: option {option:?} is set both plainly and from a secret",
+                        self.name
+                    ),
                 });
             }
             check_secret_name("mounts.remote.secret_options", secret)?;
         }
         for key in self.remote.options.keys().chain(self.remote.secret_options.keys()) {
-            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            if key.is_empty()
+                || !key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
                 return Err(SpecError::Invalid {
                     field: "mounts.remote.options",
-                    problem: format!("mount {:?}: {key:?} is not an rclone option name ([a-z0-9_])", self.name),
+                    problem: format!(
+                        "mount {:?}: {key:?} is not an rclone option name ([a-z0-9_])",
+                        self.name
+                    ),
                 });
             }
         }
@@ -173,8 +191,14 @@ impl MountSpec {
             }
         }
         if self.remote.kind == "azureblob" {
-            let has = |k: &str| self.remote.options.contains_key(k) || self.remote.secret_options.contains_key(k);
-            if !has("sas_url") && !has("account") && !has("env_auth") && !has("use_msi") && !has("connection_string") {
+            let has =
+                |k: &str| self.remote.options.contains_key(k) || self.remote.secret_options.contains_key(k);
+            if !has("sas_url")
+                && !has("account")
+                && !has("env_auth")
+                && !has("use_msi")
+                && !has("connection_string")
+            {
                 return Err(SpecError::Invalid {
                     field: "mounts.remote.options",
                     problem: format!(
@@ -187,16 +211,25 @@ impl MountSpec {
         if !["off", "minimal", "writes", "full"].contains(&self.vfs_cache_mode.as_str()) {
             return Err(SpecError::Invalid {
                 field: "mounts.vfs_cache_mode",
-                problem: format!("mount {:?}: must be off, minimal, writes or full, got {:?}", self.name, self.vfs_cache_mode),
+                problem: format!(
+                    "mount {:?}: must be off, minimal, writes or full, got {:?}",
+                    self.name, self.vfs_cache_mode
+                ),
             });
         }
-        for (field, value) in [("mounts.vfs_cache_max_age", &self.vfs_cache_max_age), ("mounts.dir_cache_time", &self.dir_cache_time)] {
+        for (field, value) in [
+            ("mounts.vfs_cache_max_age", &self.vfs_cache_max_age),
+            ("mounts.dir_cache_time", &self.dir_cache_time),
+        ] {
             if let Some(v) = value
                 && !is_rclone_duration(v)
             {
                 return Err(SpecError::Invalid {
                     field,
-                    problem: format!("mount {:?}: {v:?} is not a duration like \"90s\", \"5m\", \"1h30m\"", self.name),
+                    problem: format!(
+                        "mount {:?}: {v:?} is not a duration like \"90s\", \"5m\", \"1h30m\"",
+                        self.name
+                    ),
                 });
             }
         }
@@ -205,7 +238,10 @@ impl MountSpec {
         {
             return Err(SpecError::Invalid {
                 field: "mounts.vfs_cache_max_size",
-                problem: format!("mount {:?}: {v:?} is not a size like \"512M\", \"50G\" or \"off\"", self.name),
+                problem: format!(
+                    "mount {:?}: {v:?} is not a size like \"512M\", \"50G\" or \"off\"",
+                    self.name
+                ),
             });
         }
         Ok(())
@@ -248,7 +284,9 @@ fn is_rclone_size(v: &str) -> bool {
         return true;
     }
     let number = v.trim_end_matches(['B', 'K', 'M', 'G', 'T', 'P', 'i', 'b']);
-    !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit() || b == b'.') && v.len() - number.len() <= 3
+    !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && v.len() - number.len() <= 3
 }
 
 #[cfg(test)]

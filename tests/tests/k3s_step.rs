@@ -106,6 +106,7 @@ impl Fixture {
                 server_url: "https://10.0.0.1:6443".into(),
                 token: "K10abc::server:secret".into(),
             }),
+            secrets: Default::default(),
         })
         .unwrap()
     }

@@ -24,6 +24,7 @@ pub struct Desired {
     pub role: String,
     pub labels: std::collections::BTreeMap<String, String>,
     pub k3s: Option<super::state::K3sAssignment>,
+    pub secrets: super::state::Secrets,
 }
 
 impl Desired {
@@ -36,6 +37,18 @@ impl Desired {
             role: held.role.clone(),
             labels: held.labels.clone(),
             k3s: held.k3s.clone(),
+            secrets: held.secrets.clone(),
+        })
+    }
+
+    /// A secret the spec refers to. Missing means the coordinator has not sent it
+    /// (it refuses specs naming unset secrets, so this is a transient state).
+    pub fn secret(&self, step: &'static str, name: &str) -> Result<&str, StepError> {
+        self.secrets.get(name).ok_or_else(|| StepError {
+            step,
+            message: format!(
+                "secret {name:?} has not reached this node; check `elysium-node secret list` on the coordinator"
+            ),
         })
     }
 }
@@ -65,6 +78,11 @@ pub trait Step: Send + Sync {
     fn plan(&self, desired: &Desired, observed: &Self::Observed) -> Vec<Self::Action>;
     fn apply(&self, host: &Host, action: &Self::Action)
     -> impl Future<Output = Result<(), StepError>> + Send;
+    /// Conditions of the objects this step manages, read after the pass (also
+    /// when it failed). Default: none beyond the step's own.
+    fn conditions(&self, _host: &Host, _desired: &Desired) -> impl Future<Output = Vec<SubCondition>> + Send {
+        async { Vec::new() }
+    }
 }
 
 /// What one step did in one pass.
@@ -73,6 +91,21 @@ pub struct StepReport {
     pub step: &'static str,
     pub actions: Vec<String>,
     pub error: Option<String>,
+    /// One condition per object the step manages (each mount, say), read after
+    /// the pass.
+    pub details: Vec<SubCondition>,
+}
+
+/// The state of one object a step manages, e.g. `Mount/media-library`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubCondition {
+    /// `Step/object`, e.g. `Mount/media-library`.
+    pub kind: String,
+    pub ok: bool,
+    /// CamelCase, e.g. `Mounted`, `BadCredentials`, `RemoteUnreachable`.
+    pub reason: String,
+    /// What a human should know, including what to do.
+    pub message: String,
 }
 
 /// What a whole pass did.
@@ -91,27 +124,32 @@ impl Report {
     /// error otherwise. `since` is carried over from `previous` while the status
     /// stays the same, so it tells how long a step has been failing.
     pub fn conditions(&self, previous: &[pb::Condition], now_unix: i64) -> Vec<pb::Condition> {
-        self.steps
-            .iter()
-            .map(|s| {
-                let (status, reason, message) = match &s.error {
-                    None => ("True", "Converged", String::new()),
-                    Some(e) => ("False", "ApplyFailed", e.clone()),
-                };
-                let since = previous
-                    .iter()
-                    .find(|p| p.r#type == s.step && p.status == status)
-                    .map(|p| p.since_unix)
-                    .unwrap_or(now_unix);
-                pb::Condition {
-                    r#type: s.step.to_owned(),
-                    status: status.to_owned(),
-                    reason: reason.to_owned(),
-                    message,
-                    since_unix: since,
-                }
-            })
-            .collect()
+        let condition = |kind: &str, status: &str, reason: &str, message: String| {
+            let since = previous
+                .iter()
+                .find(|p| p.r#type == kind && p.status == status)
+                .map(|p| p.since_unix)
+                .unwrap_or(now_unix);
+            pb::Condition {
+                r#type: kind.to_owned(),
+                status: status.to_owned(),
+                reason: reason.to_owned(),
+                message,
+                since_unix: since,
+            }
+        };
+        let mut out = Vec::new();
+        for s in &self.steps {
+            out.push(match &s.error {
+                None => condition(s.step, "True", "Converged", String::new()),
+                Some(e) => condition(s.step, "False", "ApplyFailed", e.clone()),
+            });
+            for d in &s.details {
+                let status = if d.ok { "True" } else { "False" };
+                out.push(condition(&d.kind, status, &d.reason, d.message.clone()));
+            }
+        }
+        out
     }
 
     pub fn first_error(&self) -> Option<String> {
@@ -129,23 +167,28 @@ trait DynStep: Send + Sync {
 impl<S: Step> DynStep for S {
     async fn run(&self, host: &Host, desired: &Desired, dry_run: bool) -> StepReport {
         let step = self.name();
-        let observed = match self.observe(host, desired).await {
-            Ok(o) => o,
-            Err(e) => return StepReport { step, actions: vec![], error: Some(e.message) },
+        let (actions, error) = match self.observe(host, desired).await {
+            Err(e) => (vec![], Some(e.message)),
+            Ok(observed) => {
+                let plan = self.plan(desired, &observed);
+                let mut actions = Vec::with_capacity(plan.len());
+                let mut error = None;
+                for action in &plan {
+                    actions.push(action.to_string());
+                    if dry_run {
+                        continue;
+                    }
+                    tracing::info!(step, action = %action, "applying");
+                    if let Err(e) = self.apply(host, action).await {
+                        error = Some(e.message);
+                        break;
+                    }
+                }
+                (actions, error)
+            }
         };
-        let plan = self.plan(desired, &observed);
-        let mut actions = Vec::with_capacity(plan.len());
-        for action in &plan {
-            actions.push(action.to_string());
-            if dry_run {
-                continue;
-            }
-            tracing::info!(step, action = %action, "applying");
-            if let Err(e) = self.apply(host, action).await {
-                return StepReport { step, actions, error: Some(e.message) };
-            }
-        }
-        StepReport { step, actions, error: None }
+        let details = if dry_run { Vec::new() } else { self.conditions(host, desired).await };
+        StepReport { step, actions, error, details }
     }
 }
 
@@ -243,6 +286,7 @@ mod tests {
             role: "agent".into(),
             labels: Default::default(),
             k3s: None,
+            secrets: Default::default(),
         };
         Desired::from_held(&held).unwrap()
     }
@@ -281,6 +325,7 @@ mod tests {
             role: "agent".into(),
             labels: Default::default(),
             k3s: None,
+            secrets: Default::default(),
         };
         assert!(Desired::from_held(&held).is_err());
     }

@@ -18,6 +18,36 @@ pub struct HeldSpec {
     /// This node's part in the K3s cluster (absent when K3s is not managed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k3s: Option<K3sAssignment>,
+    /// The coordinator secrets the spec refers to. This file is 0600.
+    #[serde(default, skip_serializing_if = "Secrets::is_empty")]
+    pub secrets: Secrets,
+}
+
+/// Secret values by name; `Debug` shows the names only.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(std::collections::BTreeMap<String, String>);
+
+impl Secrets {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+impl FromIterator<(String, String)> for Secrets {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 /// See `elysium.v1.K3sAssignment`. `token` is a secret: this file is 0600.
@@ -54,6 +84,7 @@ impl HeldSpec {
                 server_url: k.server_url.clone(),
                 token: k.token.clone(),
             }),
+            secrets: spec.secrets.clone().into_iter().collect(),
         }
     }
 }
@@ -122,6 +153,7 @@ mod tests {
                 server_url: "https://s:6443".into(),
                 token: "K10x".into(),
             }),
+            secrets: [("ts".to_string(), "tskey-auth-s3cret".to_string())].into(),
         };
         save_spec(&fs, &spec).unwrap();
         assert_eq!(fs.mode(paths::SPEC_FILE).unwrap(), 0o600);
@@ -129,6 +161,8 @@ mod tests {
         assert_eq!((held.generation, held.role.as_str()), (7, "server"));
         assert_eq!(held.k3s.as_ref().unwrap().token, "K10x");
         assert!(!format!("{held:?}").contains("K10x"), "Debug leaks the K3s token");
+        assert_eq!(held.secrets.get("ts"), Some("tskey-auth-s3cret"));
+        assert!(!format!("{held:?}").contains("s3cret"), "Debug leaks a secret");
         fs.write_atomic(paths::SPEC_FILE, b"{not json", 0o600).unwrap();
         assert!(load_spec(&fs).is_none());
         save_applied(&fs, 7).unwrap();

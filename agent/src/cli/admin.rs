@@ -12,7 +12,9 @@ use elysium_proto::v1::admin_client::AdminClient;
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use super::{AdminConn, EventsArgs, NodesArgs, NodesCommand, Output, RoleArg, SpecCommand, TokenCommand};
+use super::{
+    AdminConn, EventsArgs, NodesArgs, NodesCommand, Output, RoleArg, SecretCommand, SpecCommand, TokenCommand,
+};
 use crate::transport::{self, Target};
 
 /// Where quickstart puts its credentials, tried when nothing else is given.
@@ -389,6 +391,89 @@ pub async fn spec(cmd: SpecCommand) -> anyhow::Result<ExitCode> {
                 .map_err(rpc)?
                 .into_inner();
             println!("cluster spec set: generation {}", spec.generation);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct SecretView {
+    name: String,
+    updated_unix: i64,
+    fingerprint: String,
+    bytes: u32,
+    in_use: bool,
+}
+
+pub async fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SecretCommand::Set { name, from_file, conn } => {
+            let mut value = String::new();
+            match &from_file {
+                Some(path) => {
+                    value = std::fs::read_to_string(path)
+                        .with_context(|| format!("could not read the secret from {}", path.display()))?;
+                }
+                None => {
+                    std::io::stdin()
+                        .read_to_string(&mut value)
+                        .context("could not read the secret from standard input")?;
+                }
+            }
+            // Files and `echo` end with a newline that is not part of the value.
+            let value = value.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&value);
+            anyhow::ensure!(!value.is_empty(), "the secret value is empty; nothing was set");
+            let info = client(&conn)
+                .await?
+                .set_secret(pb::SetSecretRequest { name, value: value.to_owned() })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            println!("secret {} set (fingerprint {}, {} bytes)", info.name, info.fingerprint, info.bytes);
+        }
+        SecretCommand::List { output, conn } => {
+            let secrets = client(&conn)
+                .await?
+                .list_secrets(pb::ListSecretsRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .secrets;
+            if output == Output::Json {
+                let views: Vec<SecretView> = secrets
+                    .into_iter()
+                    .map(|s| SecretView {
+                        name: s.name,
+                        updated_unix: s.updated_unix,
+                        fingerprint: s.fingerprint,
+                        bytes: s.bytes,
+                        in_use: s.in_use,
+                    })
+                    .collect();
+                print_json(&views)?;
+            } else {
+                let rows: Vec<Vec<String>> = secrets
+                    .into_iter()
+                    .map(|s| {
+                        vec![
+                            s.name,
+                            s.fingerprint,
+                            s.bytes.to_string(),
+                            if s.in_use { "yes" } else { "no" }.to_owned(),
+                            ago(s.updated_unix),
+                        ]
+                    })
+                    .collect();
+                print_table(&["NAME", "FINGERPRINT", "BYTES", "IN USE", "UPDATED"], &rows);
+            }
+        }
+        SecretCommand::Delete { name, conn } => {
+            client(&conn)
+                .await?
+                .delete_secret(pb::DeleteSecretRequest { name: name.clone() })
+                .await
+                .map_err(rpc)?;
+            println!("deleted secret {name}");
         }
     }
     Ok(ExitCode::SUCCESS)

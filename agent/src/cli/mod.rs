@@ -78,6 +78,10 @@ pub enum Command {
     /// Get or set the cluster spec (a TOML document).
     #[command(subcommand)]
     Spec(SpecCommand),
+    /// Set, list and delete the secrets the cluster spec refers to by name
+    /// (Tailscale auth key, storage credentials).
+    #[command(subcommand, after_help = SECRET_HELP)]
+    Secret(SecretCommand),
     /// Show the coordinator's event log.
     Events(EventsArgs),
     /// K3s on this node.
@@ -290,6 +294,45 @@ pub enum SpecCommand {
     },
 }
 
+const SECRET_HELP: &str = "\
+Values are read from a file or standard input, never from the command line, and
+are never shown again: `list` prints a fingerprint (the start of their SHA-256).
+Only the nodes whose spec refers to a secret receive it.
+
+Examples:
+  elysium-node secret set tailscale-authkey --from-file /root/ts-authkey
+  pass show azure/media | elysium-node secret set media-azure-key
+  elysium-node secret list
+  elysium-node secret delete old-key";
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Create or replace a secret; nodes using it receive the new value at once.
+    Set {
+        /// `[a-z0-9-]`, as referred to by the spec.
+        name: String,
+        /// Read the value from this file (default: standard input). One trailing
+        /// newline is dropped.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// List secrets (names, fingerprints, whether the spec uses them).
+    List {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Delete a secret the spec no longer uses.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum K3sCommand {
     /// Installed version, unit state and health of K3s on this node.
@@ -356,6 +399,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(cmd) => admin::token(cmd).await,
         Command::Nodes(args) => admin::nodes(args).await,
         Command::Spec(cmd) => admin::spec(cmd).await,
+        Command::Secret(cmd) => admin::secret(cmd).await,
         Command::Events(args) => admin::events(args).await,
         Command::K3s(K3sCommand::Status { output }) => k3s::status(&root, output).await,
         Command::Reset(args) => k3s::reset(&root, args).await,

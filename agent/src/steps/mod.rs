@@ -1,11 +1,16 @@
 //! The reconciler's steps: one module per thing the agent manages on a node.
 
 pub mod k3s;
+pub mod tailscale;
 
 use crate::agent::link::StepLink;
 use crate::agent::reconcile::Reconciler;
 
 /// The production reconciler, steps in dependency order.
 pub fn reconciler(node_name: &str, link: StepLink) -> Result<Reconciler, k3s::K3sStepError> {
-    Ok(Reconciler::default().with_step(k3s::K3sStep::new(node_name, link)?))
+    // Tailscale first: with K3s on the tailnet, K3s needs the node's Tailscale IP.
+    let tailnet = tailscale::Tailnet::default();
+    Ok(Reconciler::default()
+        .with_step(tailscale::TailscaleStep::new(node_name, tailnet.clone()))
+        .with_step(k3s::K3sStep::new(node_name, link)?.with_tailnet(tailnet)))
 }

@@ -10,12 +10,14 @@ use tonic::{Request, Response, Status};
 use super::{blocking, internal, require_admin};
 use crate::convert;
 use crate::server::Coordinator;
-use crate::store::SpecWriteError;
+use crate::store::{SecretRecord, SpecWriteError};
 use crate::tokens::{DEFAULT_TTL_SECONDS, DEFAULT_USES, JoinToken};
 
 /// Longest token lifetime we issue: a join token is meant to be short-lived.
 const MAX_TTL_SECONDS: u64 = 30 * 24 * 3600;
 const MAX_EVENTS_PER_PAGE: u32 = 1000;
+/// Auth keys, storage keys and SAS URLs are well under this.
+const MAX_SECRET_BYTES: usize = 16 * 1024;
 
 pub(crate) struct AdminService {
     coordinator: Arc<Coordinator>,
@@ -24,6 +26,23 @@ pub(crate) struct AdminService {
 impl AdminService {
     pub fn new(coordinator: Arc<Coordinator>) -> Self {
         Self { coordinator }
+    }
+}
+
+impl AdminService {
+    fn in_use(&self, name: &str) -> bool {
+        let toml = self.coordinator.state.borrow().spec.toml.clone();
+        ClusterSpec::parse(&toml).map(|s| s.secret_refs().contains(name)).unwrap_or(false)
+    }
+
+    fn secret_info(&self, s: &SecretRecord) -> pb::SecretInfo {
+        pb::SecretInfo {
+            name: s.name.clone(),
+            updated_unix: s.updated_unix,
+            fingerprint: s.fingerprint(),
+            bytes: u32::try_from(s.value.len()).unwrap_or(u32::MAX),
+            in_use: self.in_use(&s.name),
+        }
     }
 }
 
@@ -165,11 +184,23 @@ impl pb::admin_server::Admin for AdminService {
         let admin = require_admin(&request)?;
         let req = request.into_inner();
         // Validate, but store the operator's document as written (comments included).
-        ClusterSpec::parse(&req.toml).map_err(|e| {
+        let parsed = ClusterSpec::parse(&req.toml).map_err(|e| {
             let detail = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
             Status::invalid_argument(format!("{e}{detail}"))
         })?;
         let c = &self.coordinator;
+        // A spec naming a secret that does not exist would leave nodes failing
+        // with nothing to do about it there: refuse it here, with the fix.
+        let missing: Vec<&str> = {
+            let state = c.state.borrow();
+            parsed.secret_refs().into_iter().filter(|n| !state.secrets.contains_key(*n)).collect()
+        };
+        if !missing.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "the spec refers to secret(s) that are not set: {}; set each with `elysium-node secret set NAME --from-file FILE` first",
+                missing.join(", ")
+            )));
+        }
         let store = c.store.clone();
         let expected = (req.expected_generation != 0).then_some(req.expected_generation);
         let text = req.toml;
@@ -180,6 +211,70 @@ impl pb::admin_server::Admin for AdminService {
         c.state.send_modify(|s| s.spec = stored.clone());
         c.event("spec.set", "cluster", &format!("generation {} by {admin}", stored.generation));
         Ok(Response::new(pb::ClusterSpec { generation: stored.generation, toml: stored.toml }))
+    }
+
+    async fn set_secret(
+        &self,
+        request: Request<pb::SetSecretRequest>,
+    ) -> Result<Response<pb::SecretInfo>, Status> {
+        let admin = require_admin(&request)?;
+        let req = request.into_inner();
+        elysium_spec::check_secret_name("name", &req.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if req.value.is_empty() || req.value.len() > MAX_SECRET_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "secret {:?}: the value must be 1..={MAX_SECRET_BYTES} bytes, got {}",
+                req.name,
+                req.value.len()
+            )));
+        }
+        let c = &self.coordinator;
+        let record = SecretRecord { name: req.name, value: req.value, updated_unix: c.now() };
+        let store = c.store.clone();
+        let stored = record.clone();
+        blocking(move || store.put_secret(&stored)).await?.map_err(internal)?;
+        // Sessions push the new value to the nodes whose spec refers to it.
+        c.state.send_modify(|s| {
+            Arc::make_mut(&mut s.secrets).insert(record.name.clone(), record.clone());
+        });
+        c.event("secret.set", &record.name, &format!("by {admin}, fingerprint {}", record.fingerprint()));
+        Ok(Response::new(self.secret_info(&record)))
+    }
+
+    async fn list_secrets(
+        &self,
+        request: Request<pb::ListSecretsRequest>,
+    ) -> Result<Response<pb::ListSecretsResponse>, Status> {
+        require_admin(&request)?;
+        let secrets: Vec<SecretRecord> = self.coordinator.state.borrow().secrets.values().cloned().collect();
+        Ok(Response::new(pb::ListSecretsResponse {
+            secrets: secrets.iter().map(|s| self.secret_info(s)).collect(),
+        }))
+    }
+
+    async fn delete_secret(
+        &self,
+        request: Request<pb::DeleteSecretRequest>,
+    ) -> Result<Response<pb::SecretInfo>, Status> {
+        let admin = require_admin(&request)?;
+        let name = request.into_inner().name;
+        let c = &self.coordinator;
+        if self.in_use(&name) {
+            return Err(Status::failed_precondition(format!(
+                "secret {name:?} is used by the cluster spec; change the spec first (`elysium-node spec get`)"
+            )));
+        }
+        let store = c.store.clone();
+        let key = name.clone();
+        let removed =
+            blocking(move || store.delete_secret(&key)).await?.map_err(internal)?.ok_or_else(|| {
+                Status::not_found(format!("no secret named {name:?}; see `elysium-node secret list`"))
+            })?;
+        c.state.send_modify(|s| {
+            Arc::make_mut(&mut s.secrets).remove(&name);
+        });
+        c.event("secret.deleted", &name, &format!("by {admin}"));
+        Ok(Response::new(self.secret_info(&removed)))
     }
 
     async fn list_events(

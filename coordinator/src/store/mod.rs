@@ -111,6 +111,33 @@ pub struct K3sCluster {
     pub server_token: Option<String>,
 }
 
+/// A secret the cluster spec refers to by name (`elysium-node secret set`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    pub name: String,
+    /// The value. Never logged; `Debug` shows only its fingerprint.
+    pub value: String,
+    pub updated_unix: i64,
+}
+
+impl SecretRecord {
+    /// First 12 hex digits of SHA-256(value): tells values apart without revealing them.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(self.value.as_bytes()))[..12].to_owned()
+    }
+}
+
+impl std::fmt::Debug for SecretRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretRecord")
+            .field("name", &self.name)
+            .field("fingerprint", &self.fingerprint())
+            .field("updated_unix", &self.updated_unix)
+            .finish()
+    }
+}
+
 /// An event to append (the store assigns its sequence number).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
@@ -206,6 +233,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     fn get_k3s(&self) -> Result<Option<K3sCluster>, StoreError>;
     fn put_k3s(&self, cluster: &K3sCluster) -> Result<(), StoreError>;
+
+    /// Creates or replaces a secret.
+    fn put_secret(&self, secret: &SecretRecord) -> Result<(), StoreError>;
+    fn delete_secret(&self, name: &str) -> Result<Option<SecretRecord>, StoreError>;
+    fn list_secrets(&self) -> Result<Vec<SecretRecord>, StoreError>;
 
     fn append_event(&self, unix: i64, kind: &str, subject: &str, message: &str) -> Result<u64, StoreError> {
         self.append_events(&[NewEvent {

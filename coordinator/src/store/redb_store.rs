@@ -16,6 +16,7 @@ const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const NODE_NAMES: TableDefinition<&str, &str> = TableDefinition::new("node_names");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 
 const SPEC_KEY: &str = "cluster_spec";
 const K3S_KEY: &str = "k3s_cluster";
@@ -59,6 +60,7 @@ impl RedbStore {
             txn.open_table(NODE_NAMES).map_err(engine)?;
             txn.open_table(META).map_err(engine)?;
             txn.open_table(EVENTS).map_err(engine)?;
+            txn.open_table(SECRETS).map_err(engine)?;
         }
         txn.commit().map_err(engine)?;
         Ok(Self { db })
@@ -248,6 +250,33 @@ impl Store for RedbStore {
             meta.insert(K3S_KEY, encode(cluster).as_slice()).map_err(engine)?;
         }
         txn.commit().map_err(engine)
+    }
+
+    fn put_secret(&self, secret: &SecretRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        {
+            let mut table = txn.open_table(SECRETS).map_err(engine)?;
+            table.insert(secret.name.as_str(), encode(secret).as_slice()).map_err(engine)?;
+        }
+        txn.commit().map_err(engine)
+    }
+
+    fn delete_secret(&self, name: &str) -> Result<Option<SecretRecord>, StoreError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        let removed = {
+            let mut table = txn.open_table(SECRETS).map_err(engine)?;
+            let removed = table.remove(name).map_err(engine)?;
+            match removed {
+                Some(v) => Some(decode::<SecretRecord>(name, v.value())?),
+                None => None,
+            }
+        };
+        txn.commit().map_err(engine)?;
+        Ok(removed)
+    }
+
+    fn list_secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
+        self.read_all(SECRETS)
     }
 
     fn append_events(&self, new: &[NewEvent]) -> Result<u64, StoreError> {

@@ -84,3 +84,23 @@ fn events_are_ordered_and_paged() {
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
     assert_eq!(page[0].message, "m2");
 }
+
+#[test]
+fn secrets_are_replaced_deleted_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    {
+        let store = RedbStore::open(&path).unwrap();
+        let rec = |v: &str| SecretRecord { name: "ts".into(), value: v.into(), updated_unix: 1 };
+        store.put_secret(&rec("one")).unwrap();
+        store.put_secret(&rec("two")).unwrap();
+        store.put_secret(&SecretRecord { name: "gone".into(), value: "x".into(), updated_unix: 2 }).unwrap();
+        assert_eq!(store.delete_secret("gone").unwrap().map(|s| s.value), Some("x".into()));
+        assert!(store.delete_secret("gone").unwrap().is_none());
+        assert!(!format!("{:?}", rec("hunter2")).contains("hunter2"), "Debug must not show the value");
+    }
+    let store = RedbStore::open(&path).unwrap();
+    let all = store.list_secrets().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!((all[0].name.as_str(), all[0].value.as_str()), ("ts", "two"));
+}

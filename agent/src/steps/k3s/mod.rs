@@ -22,6 +22,7 @@ use elysium_proto::v1 as pb;
 
 use crate::agent::link::StepLink;
 use crate::agent::reconcile::{Desired, Step, StepError};
+use elysium_spec::K3sOverTailscale;
 use health::Probe;
 use journal::{Failed, FileBackup, Installed, Journal, K3sState, Phase};
 use plan::{Blocked, DesiredK3s, FileSpec, K3sPlan, ObservedK3s};
@@ -59,6 +60,8 @@ pub struct K3sStep {
     bin_dir: PathBuf,
     probes: Probes,
     link: StepLink,
+    /// The node's tailnet address, from the Tailscale step earlier in the pass.
+    tailnet: crate::steps::tailscale::Tailnet,
 }
 
 impl std::fmt::Debug for K3sStep {
@@ -77,7 +80,14 @@ impl K3sStep {
             bin_dir: PathBuf::from(k3s_service::BIN_DIR),
             probes: Probes::default(),
             link,
+            tailnet: Default::default(),
         })
+    }
+
+    /// Where to read the node's Tailscale address (K3s over the tailnet).
+    pub fn with_tailnet(mut self, tailnet: crate::steps::tailscale::Tailnet) -> Self {
+        self.tailnet = tailnet;
+        self
     }
 
     /// Other health endpoints (tests running several K3s stand-ins on one host).
@@ -100,6 +110,15 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// K3s's network settings for this node.
+#[derive(Debug, Default)]
+struct K3sNetwork {
+    node_ip: Option<String>,
+    flannel_iface: Option<String>,
+    /// The `vpn-auth-file` contents (a secret: it holds the auth key).
+    vpn_auth: Option<String>,
 }
 
 /// What observe found, plus the desired state it resolved (the release behind a
@@ -167,14 +186,16 @@ impl K3sStep {
             Ok(report) => labels.extend(crate::hardware::gpu_labels(&report.gpus)),
             Err(e) => tracing::warn!(error = %e, "GPU detection failed; registering without GPU labels"),
         }
+        let network = self.network(desired)?;
         let config = K3sConfig {
             role,
             node_name: self.node_name.clone(),
             server_url,
             node_labels: labels,
             node_taints: section.node_taints.clone(),
-            node_ip: None,
-            flannel_iface: None,
+            node_ip: network.node_ip,
+            flannel_iface: network.flannel_iface,
+            vpn_auth_file: network.vpn_auth.as_ref().map(|_| k3s_service::VPN_AUTH_PATH.to_owned()),
             disable: if matches!(role, K3sRole::Agent) { vec![] } else { section.disable.clone() },
             tls_san: if matches!(role, K3sRole::Agent) { vec![] } else { section.tls_san.clone() },
             write_kubeconfig_mode: section.write_kubeconfig_mode.clone(),
@@ -185,7 +206,16 @@ impl K3sStep {
                 .collect(),
         };
         let yaml = k3s_service::render_config(&config).map_err(|e| Blocked::Refused(e.to_string()))?;
-        Ok(vec![
+        let mut files = vec![];
+        if let Some(vpn_auth) = network.vpn_auth {
+            files.push(FileSpec {
+                path: k3s_service::VPN_AUTH_PATH.into(),
+                contents: vpn_auth,
+                mode: 0o600,
+                secret: true,
+            });
+        }
+        files.extend([
             FileSpec {
                 path: k3s_service::TOKEN_PATH.into(),
                 contents: format!("{token}\n"),
@@ -205,7 +235,45 @@ impl K3sStep {
                 mode: 0o644,
                 secret: false,
             },
-        ])
+        ]);
+        Ok(files)
+    }
+
+    /// How K3s reaches the other nodes: its defaults, or the tailnet.
+    fn network(&self, desired: &Desired) -> Result<K3sNetwork, Blocked> {
+        let Some(ts) = &desired.spec.tailscale else { return Ok(K3sNetwork::default()) };
+        match ts.k3s {
+            K3sOverTailscale::Off => Ok(K3sNetwork::default()),
+            K3sOverTailscale::Flannel => {
+                let ip = self.tailnet.get().and_then(|f| f.ipv4).ok_or_else(|| {
+                    Blocked::Refused(
+                        "K3s rides the tailnet but this node has no Tailscale IPv4 address yet".into(),
+                    )
+                })?;
+                Ok(K3sNetwork {
+                    node_ip: Some(ip),
+                    flannel_iface: Some(crate::steps::tailscale::INTERFACE.into()),
+                    vpn_auth: None,
+                })
+            }
+            K3sOverTailscale::VpnAuth => {
+                let key =
+                    desired.secret(STEP, &ts.auth_key_secret).map_err(|e| Blocked::Refused(e.message))?;
+                let hostname = ts.render_hostname(&self.node_name, &desired.spec.cluster.name);
+                let vpn = k3s_service::VpnAuth {
+                    join_key: key.to_owned(),
+                    control_server_url: ts.login_server.clone(),
+                    hostname,
+                    tags: ts.canonical_tags(),
+                    accept_routes: ts.accept_routes,
+                };
+                Ok(K3sNetwork {
+                    node_ip: None,
+                    flannel_iface: None,
+                    vpn_auth: Some(k3s_service::render_vpn_auth(&vpn)),
+                })
+            }
+        }
     }
 
     /// The release to run, resolving a channel and fetching the published hash
