@@ -7,6 +7,7 @@ mod coordinator;
 mod inventory;
 mod k3s;
 mod node;
+mod recover;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,6 +97,10 @@ pub enum Command {
     /// call for.
     #[command(after_help = INVENTORY_HELP)]
     Inventory(InventoryArgs),
+    /// Bring a cluster back from its GitOps repository and a sealed-secrets key backup
+    /// (today: the preflight, with --verify-only).
+    #[command(after_help = recover::RECOVER_HELP)]
+    Recover(recover::RecoverArgs),
 }
 
 const INVENTORY_HELP: &str = "\
@@ -404,6 +409,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::K3s(K3sCommand::Status { output }) => k3s::status(&root, output).await,
         Command::Reset(args) => k3s::reset(&root, args).await,
         Command::Inventory(args) => inventory::run(&root, args),
+        Command::Recover(args) => recover::run(args).await,
     }
 }
 
