@@ -63,6 +63,16 @@ pub enum Drift {
     Stale { key: String, have: String },
 }
 
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drift::Missing { key, want } => write!(f, "{key}={want} missing"),
+            Drift::Changed { key, want, have } => write!(f, "{key} is {have}, the hardware says {want}"),
+            Drift::Stale { key, have } => write!(f, "{key}={have} no longer matches any usable GPU"),
+        }
+    }
+}
+
 /// Differences under `elysium.io/gpu`, sorted by key. Empty when in sync.
 pub fn label_drift(desired: &BTreeMap<String, String>, node_labels: &BTreeMap<String, String>) -> Vec<Drift> {
     let mut keys: Vec<&String> =

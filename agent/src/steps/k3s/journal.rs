@@ -35,6 +35,11 @@ pub struct Failed {
 pub struct K3sState {
     pub installed: Option<Installed>,
     pub last_failed: Option<Failed>,
+    /// The hardware (GPU) labels K3s registered the node with. K3s applies
+    /// `node-label` only at registration, so later hardware changes show as drift
+    /// against these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_gpu_labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Where an operation got to. Each phase is recorded before its work starts.

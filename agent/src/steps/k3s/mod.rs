@@ -21,7 +21,7 @@ use elysium_installer::k3s_version::K3sVersion;
 use elysium_proto::v1 as pb;
 
 use crate::agent::link::StepLink;
-use crate::agent::reconcile::{Desired, Step, StepError};
+use crate::agent::reconcile::{Desired, Step, StepError, SubCondition};
 use elysium_spec::K3sOverTailscale;
 use health::Probe;
 use journal::{Failed, FileBackup, Installed, Journal, K3sState, Phase};
@@ -431,7 +431,64 @@ impl Step for K3sStep {
             }
         }
     }
+
+    /// `Hardware/GpuLabels`: whether the GPU labels K3s registered the node with
+    /// still match the hardware (a GPU added or removed, a driver switched).
+    async fn conditions(&self, host: &Host, desired: &Desired) -> Vec<SubCondition> {
+        if desired.spec.k3s.is_none() {
+            return vec![];
+        }
+        let mut state = journal::load_state(&host.fs);
+        if state.installed.is_none() {
+            return vec![];
+        }
+        let detected = match crate::hardware::detect_gpus(&host.fs) {
+            Ok(report) => crate::hardware::gpu_labels(&report.gpus),
+            Err(e) => {
+                return vec![SubCondition {
+                    kind: GPU_LABELS.into(),
+                    ok: false,
+                    reason: "DetectionFailed".into(),
+                    message: format!("GPU detection failed: {e}"),
+                }];
+            }
+        };
+        let registered = match &state.registered_gpu_labels {
+            Some(r) => r.clone(),
+            // First healthy pass after install: what K3s registered with now.
+            None => {
+                state.registered_gpu_labels = Some(detected.clone());
+                if let Err(e) = journal::save_state(&host.fs, &state) {
+                    tracing::warn!(error = %e, "could not record the registered GPU labels");
+                }
+                detected.clone()
+            }
+        };
+        let drift = crate::hardware::label_drift(&detected, &registered);
+        if drift.is_empty() {
+            return vec![SubCondition {
+                kind: GPU_LABELS.into(),
+                ok: true,
+                reason: "InSync".into(),
+                message: String::new(),
+            }];
+        }
+        let list: Vec<String> = drift.iter().map(ToString::to_string).collect();
+        vec![SubCondition {
+            kind: GPU_LABELS.into(),
+            ok: false,
+            reason: "LabelDrift".into(),
+            message: format!(
+                "the node's GPU labels no longer match its hardware: {}. K3s applies node labels only when a node registers; relabel it with `kubectl label node {} --overwrite KEY=VALUE` (or `KEY-` to remove)",
+                list.join("; "),
+                self.node_name
+            ),
+        }]
+    }
 }
+
+/// The sub-condition reporting GPU label drift.
+const GPU_LABELS: &str = "Hardware/GpuLabels";
 
 impl K3sStep {
     #[tracing::instrument(skip_all, fields(node = %self.node_name))]
