@@ -48,6 +48,7 @@ pub fn assignment(node: &NodeRecord, spec: &ClusterSpec, cluster: &K3sCluster) -
             role: ROLE_SERVER_INIT.into(),
             server_url: String::new(),
             token: cluster.init_secret.clone(),
+            version: String::new(),
         });
     }
     let role = match node.role {
@@ -58,6 +59,7 @@ pub fn assignment(node: &NodeRecord, spec: &ClusterSpec, cluster: &K3sCluster) -
         role: role.into(),
         server_url: k3s.server_url.clone().or_else(|| cluster.first_server_url.clone()).unwrap_or_default(),
         token: cluster.server_token.clone().unwrap_or_default(),
+        version: String::new(),
     })
 }
 

@@ -8,6 +8,7 @@
 pub mod datadir;
 pub mod k3s;
 pub mod pki;
+pub mod rollout;
 pub mod server;
 pub mod store;
 pub mod tokens;

@@ -42,6 +42,19 @@ pub struct ClusterState {
     pub k3s: K3sCluster,
     /// name → secret. Shared: cloned into every session's view on each change.
     pub secrets: Arc<std::collections::BTreeMap<String, SecretRecord>>,
+    /// `spec` parsed once (every session computes its node spec from it).
+    pub parsed: Arc<elysium_spec::ClusterSpec>,
+    /// The latest rollout; it pins each node's K3s version.
+    pub rollout: Option<Arc<crate::rollout::Rollout>>,
+}
+
+impl ClusterState {
+    /// Replaces the spec and its parsed form together.
+    pub fn set_spec(&mut self, spec: StoredSpec) {
+        // Stored specs were validated when set.
+        self.parsed = Arc::new(elysium_spec::ClusterSpec::parse(&spec.toml).unwrap_or_default());
+        self.spec = spec;
+    }
 }
 
 /// What the coordinator knows about a node that has a session open now.
@@ -52,6 +65,8 @@ pub(crate) struct LiveSession {
     /// Notified to end the session (node removed, replaced by a newer session).
     pub end: Arc<Notify>,
     pub last_seen_unix: i64,
+    /// The session's outbound queue, for commands (drain, uncordon).
+    pub commands: tokio::sync::mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>,
 }
 
 /// Shared state of a running coordinator.
@@ -71,6 +86,12 @@ pub struct Coordinator {
     events: Mutex<Option<std::sync::mpsc::Sender<NewEvent>>>,
     event_writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub(crate) next_session: std::sync::atomic::AtomicU64,
+    /// Wakes the rollout driver (a node reported, an operator acted).
+    pub(crate) rollout_kick: Notify,
+    /// Serialises changes to the rollout (driver ticks, operator actions).
+    pub(crate) rollout_lock: tokio::sync::Mutex<()>,
+    /// Outcomes of drain commands by operation id, until the driver reads them.
+    pub(crate) drain_results: Mutex<std::collections::BTreeMap<String, Result<(), String>>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -115,16 +136,27 @@ impl Coordinator {
             }
         };
         let secrets = store.list_secrets()?.into_iter().map(|s| (s.name.clone(), s)).collect();
+        let rollout = store.get_rollout()?.map(Arc::new);
+        let parsed = Arc::new(elysium_spec::ClusterSpec::parse(&spec.toml).unwrap_or_default());
         Ok(Arc::new(Self {
             store,
             ca,
             clock,
-            state: watch::Sender::new(ClusterState { spec, k3s, secrets: Arc::new(secrets) }),
+            state: watch::Sender::new(ClusterState {
+                spec,
+                k3s,
+                secrets: Arc::new(secrets),
+                parsed,
+                rollout,
+            }),
             k3s_lock: Mutex::new(()),
             live: Mutex::new(HashMap::new()),
             events: Mutex::new(Some(events_tx)),
             event_writer: Mutex::new(Some(event_writer)),
             next_session: std::sync::atomic::AtomicU64::new(1),
+            rollout_kick: Notify::new(),
+            rollout_lock: tokio::sync::Mutex::new(()),
+            drain_results: Mutex::new(Default::default()),
         }))
     }
 
@@ -157,14 +189,17 @@ impl Coordinator {
 
     /// The spec a given node should hold.
     pub(crate) fn node_spec(&self, node: &NodeRecord, state: &ClusterState) -> pb::NodeSpec {
-        // The stored spec was validated when it was set.
-        let parsed = elysium_spec::ClusterSpec::parse(&state.spec.toml).unwrap_or_default();
+        let parsed = &state.parsed;
+        let mut k3s = crate::k3s::assignment(node, parsed, &state.k3s);
+        if let Some(a) = &mut k3s {
+            a.version = crate::rollout::driver::pinned_version(state, node).unwrap_or_default();
+        }
         pb::NodeSpec {
             generation: state.spec.generation,
             cluster_spec_toml: state.spec.toml.clone(),
             role: convert::role_to_pb(node.role).into(),
             labels: node.labels.clone().into_iter().collect(),
-            k3s: crate::k3s::assignment(node, &parsed, &state.k3s),
+            k3s,
             // Only what the spec refers to: a node never learns other secrets.
             secrets: parsed
                 .secret_refs()
@@ -348,13 +383,22 @@ pub async fn run(
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
+    // Rollouts advance while the server runs; the driver stops with it (its
+    // state is persisted at every step, so a restart continues the rollout).
+    let (driver_stop, driver_stopped) = tokio::sync::oneshot::channel::<()>();
+    let driver = tokio::spawn(crate::rollout::driver::run(coordinator.clone(), async move {
+        let _ = driver_stopped.await;
+    }));
+    let result = tokio::select! {
         result = serve => result.map_err(ServeError::Serve),
         () = grace => {
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace period; stopping anyway");
             Ok(())
         }
-    }
+    };
+    let _ = driver_stop.send(());
+    let _ = driver.await;
+    result
 }
 
 /// How long shutdown waits for open connections to close.

@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 
 mod mounts;
 mod tailscale;
+mod upgrade;
 
 pub use mounts::{MountSpec, REMOTE_TYPES, RcloneSection, RemoteSpec};
 pub use tailscale::{K3sOverTailscale, TailscaleSection};
+pub use upgrade::{DAYS, DrainSection, OfflinePolicy, UpgradeSection, Window, parse_hhmm};
 
 /// The whole cluster spec.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -34,6 +36,9 @@ pub struct ClusterSpec {
     /// Where rclone and its files live (used when there are mounts).
     #[serde(default, skip_serializing_if = "is_default_rclone")]
     pub rclone: RcloneSection,
+    /// Coordinated rolling K3s upgrades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeSection>,
     /// Remote storage mounted on every node with rclone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountSpec>,
@@ -210,6 +215,15 @@ impl ClusterSpec {
             tailscale.validate()?;
         }
         self.rclone.validate()?;
+        if let Some(upgrade) = &self.upgrade {
+            if self.k3s.is_none() {
+                return Err(SpecError::Invalid {
+                    field: "upgrade",
+                    problem: "rolling upgrades need a [k3s] section (what a new cluster installs)".into(),
+                });
+            }
+            upgrade.validate()?;
+        }
         let mut names = std::collections::BTreeSet::new();
         let mut paths = std::collections::BTreeSet::new();
         for mount in &self.mounts {
@@ -313,7 +327,7 @@ pub fn check_secret_name(field: &'static str, name: &str) -> Result<(), SpecErro
 }
 
 /// `vMAJOR.MINOR.PATCH[-pre]+k3sN`, checked loosely here; the installer parses it.
-fn looks_like_k3s_version(v: &str) -> bool {
+pub(crate) fn looks_like_k3s_version(v: &str) -> bool {
     let Some(rest) = v.strip_prefix('v') else { return false };
     let core = rest.split(['+', '-']).next().unwrap_or("");
     core.split('.').count() == 3
@@ -391,6 +405,28 @@ mod tests {
             ["media-azure-key", "tailscale-authkey"]
         );
         assert_eq!(ClusterSpec::parse(&spec.to_toml()).expect("re-parses"), spec);
+    }
+
+    #[test]
+    fn upgrade_section() {
+        let base = "[k3s]\nversion = \"v1.31.4+k3s1\"\n[upgrade]\nchannel = \"latest\"\nagent_concurrency = 2\n[[upgrade.windows]]\ndays = [\"sun\"]\nstart = \"02:00\"\nend = \"04:00\"\ntime_zone = \"Europe/Rome\"\n";
+        let spec = ClusterSpec::parse(base).expect("parses");
+        let u = spec.upgrade.expect("section");
+        assert_eq!((u.server_concurrency, u.agent_concurrency, u.offline), (1, 2, OfflinePolicy::Skip));
+        assert!(u.drain.enabled && !u.drain.force);
+        assert_eq!(u.opt_out_label, "k3s-upgrade");
+        for (bad, field) in [
+            (base.replace("Europe/Rome", "Europe/Atlantis"), "upgrade.windows.time_zone"),
+            (base.replace("\"02:00\"", "\"2am\""), "upgrade.windows.start"),
+            (base.replace("\"04:00\"", "\"02:00\""), "upgrade.windows.end"),
+            (base.replace("\"sun\"", "\"sunday\""), "upgrade.windows.days"),
+            (base.replace("agent_concurrency = 2", "agent_concurrency = 0"), "upgrade.agent_concurrency"),
+            (base.replace("channel = \"latest\"", "version = \"1.31\""), "upgrade.version"),
+            (base.replace("[k3s]\nversion = \"v1.31.4+k3s1\"\n", ""), "upgrade"),
+        ] {
+            let err = ClusterSpec::parse(&bad).expect_err(&bad);
+            assert!(err.to_string().contains(field), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -52,6 +52,7 @@ async fn the_cluster_token_flows_from_the_first_server_to_the_others() {
         msg: Some(pb::agent_message::Msg::K3s(pb::K3sReport {
             server_token: secure.clone(),
             version: "v1.31.4+k3s1".into(),
+            ..Default::default()
         })),
     })
     .await
@@ -73,7 +74,7 @@ async fn the_cluster_token_flows_from_the_first_server_to_the_others() {
     tx2.send(pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::K3s(pb::K3sReport {
             server_token: "K10evil::server:x".into(),
-            version: String::new(),
+            ..Default::default()
         })),
     })
     .await

@@ -123,6 +123,7 @@ impl Fixture {
                 role: "agent".into(),
                 server_url: "https://10.0.0.1:6443".into(),
                 token: "K10abc::server:secret".into(),
+                version: String::new(),
             }),
             secrets: Default::default(),
         })

@@ -56,6 +56,9 @@ pub struct K3sAssignment {
     pub role: String,
     pub server_url: String,
     pub token: String,
+    /// A rollout's pin: run exactly this version. Empty: as `[k3s]` says.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
 }
 
 impl std::fmt::Debug for K3sAssignment {
@@ -63,6 +66,7 @@ impl std::fmt::Debug for K3sAssignment {
         f.debug_struct("K3sAssignment")
             .field("role", &self.role)
             .field("server_url", &self.server_url)
+            .field("version", &self.version)
             .field("token", &if self.token.is_empty() { "<none>" } else { "<redacted>" })
             .finish()
     }
@@ -83,6 +87,7 @@ impl HeldSpec {
                 role: k.role.clone(),
                 server_url: k.server_url.clone(),
                 token: k.token.clone(),
+                version: k.version.clone(),
             }),
             secrets: spec.secrets.clone().into_iter().collect(),
         }
@@ -152,6 +157,7 @@ mod tests {
                 role: "agent".into(),
                 server_url: "https://s:6443".into(),
                 token: "K10x".into(),
+                version: String::new(),
             }),
             secrets: [("ts".to_string(), "tskey-auth-s3cret".to_string())].into(),
         };

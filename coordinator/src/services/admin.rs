@@ -30,6 +30,82 @@ impl AdminService {
 }
 
 impl AdminService {
+    /// The rollout `upgrade start` would run now (target from the request or the
+    /// `[upgrade]` section, a channel resolved through the channel server).
+    async fn plan_rollout(&self, version: &str) -> Result<crate::rollout::Rollout, Status> {
+        let c = &self.coordinator;
+        let parsed = c.state.borrow().parsed.clone();
+        let (Some(upgrade), Some(k3s)) = (&parsed.upgrade, &parsed.k3s) else {
+            return Err(Status::failed_precondition(
+                "the cluster spec has no [upgrade] section; add one (see docs/examples/cluster.toml)",
+            ));
+        };
+        let target = if !version.is_empty() {
+            version.to_owned()
+        } else if let Some(v) = &upgrade.version {
+            v.clone()
+        } else {
+            let channel = upgrade.channel.clone().unwrap_or_else(|| "stable".into());
+            resolve_channel(&channel, &k3s.channel_url).await?
+        };
+        let store = c.store.clone();
+        let nodes = blocking(move || store.list_nodes()).await?.map_err(internal)?;
+        let views = crate::rollout::driver::views(c, &nodes);
+        let now = c.now();
+        let id = format!("r{now}");
+        crate::rollout::plan(&id, &target, &views, upgrade, now)
+            .map_err(|e| Status::failed_precondition(e.to_string()))
+    }
+
+    async fn control(
+        &self,
+        admin: &str,
+        verb: &str,
+        f: impl FnOnce(&mut crate::rollout::Rollout, i64) -> Result<Vec<crate::rollout::Effect>, String>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let c = &self.coordinator;
+        let _guard = c.rollout_lock.lock().await;
+        let current = c.state.borrow().rollout.clone().ok_or_else(|| Status::not_found("no rollout yet"))?;
+        let mut next = (*current).clone();
+        let effects = f(&mut next, c.now()).map_err(Status::failed_precondition)?;
+        crate::rollout::driver::save(c, next.clone()).await.map_err(internal)?;
+        c.event(&format!("upgrade.{verb}"), &next.id, &format!("by {admin}"));
+        let store = c.store.clone();
+        let nodes = blocking(move || store.list_nodes()).await?.map_err(internal)?;
+        crate::rollout::driver::execute(c, &next, &nodes, effects);
+        c.rollout_kick.notify_one();
+        Ok(Response::new(self.rollout_view(&next)))
+    }
+
+    fn rollout_view(&self, r: &crate::rollout::Rollout) -> pb::Rollout {
+        let c = &self.coordinator;
+        let now = c.now();
+        let state = c.state.borrow();
+        pb::Rollout {
+            id: r.id.clone(),
+            target_version: r.target.clone(),
+            state: r.state.as_str().into(),
+            reason: r.reason.clone(),
+            created_unix: r.created_unix,
+            updated_unix: r.updated_unix,
+            nodes: r
+                .nodes
+                .iter()
+                .map(|n| pb::RolloutNode {
+                    name: n.name.clone(),
+                    role: n.role.as_str().into(),
+                    from_version: n.from_version.clone(),
+                    phase: n.phase.as_str().into(),
+                    reason: n.reason.clone(),
+                    started_unix: n.started_unix,
+                    finished_unix: n.finished_unix,
+                })
+                .collect(),
+            window_open: crate::rollout::driver::window_open(&state, now),
+            next_window_unix: crate::rollout::driver::next_window(&state, now).unwrap_or(0),
+        }
+    }
+
     fn in_use(&self, name: &str) -> bool {
         let toml = self.coordinator.state.borrow().spec.toml.clone();
         ClusterSpec::parse(&toml).map(|s| s.secret_refs().contains(name)).unwrap_or(false)
@@ -208,7 +284,7 @@ impl pb::admin_server::Admin for AdminService {
             SpecWriteError::Conflict { .. } => Status::aborted(e.to_string()),
             SpecWriteError::Store(e) => internal(e),
         })?;
-        c.state.send_modify(|s| s.spec = stored.clone());
+        c.state.send_modify(|s| s.set_spec(stored.clone()));
         c.event("spec.set", "cluster", &format!("generation {} by {admin}", stored.generation));
         Ok(Response::new(pb::ClusterSpec { generation: stored.generation, toml: stored.toml }))
     }
@@ -277,6 +353,91 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(self.secret_info(&removed)))
     }
 
+    async fn upgrade_plan(
+        &self,
+        request: Request<pb::UpgradePlanRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        require_admin(&request)?;
+        let version = request.into_inner().version;
+        let rollout = self.plan_rollout(&version).await?;
+        let mut view = self.rollout_view(&rollout);
+        view.state = "planned".into();
+        view.reason = "a plan; nothing was started (`elysium-node upgrade start`)".into();
+        Ok(Response::new(view))
+    }
+
+    async fn upgrade_start(
+        &self,
+        request: Request<pb::UpgradeStartRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let admin = require_admin(&request)?;
+        let version = request.into_inner().version;
+        let c = &self.coordinator;
+        let _guard = c.rollout_lock.lock().await;
+        if let Some(r) = c.state.borrow().rollout.clone()
+            && !r.state.is_final()
+        {
+            return Err(Status::failed_precondition(format!(
+                "rollout {} to {} is {}; resume or abort it first (`elysium-node upgrade status`)",
+                r.id,
+                r.target,
+                r.state.as_str()
+            )));
+        }
+        let rollout = self.plan_rollout(&version).await?;
+        if rollout.nodes.iter().all(|n| n.phase == crate::rollout::Phase::Skipped) {
+            return Err(Status::failed_precondition(format!(
+                "no node would be upgraded to {}: {}",
+                rollout.target,
+                rollout
+                    .nodes
+                    .iter()
+                    .map(|n| format!("{} ({})", n.name, n.reason))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        c.event("upgrade.started", &rollout.id, &format!("to {} by {admin}", rollout.target));
+        crate::rollout::driver::save(c, rollout.clone()).await.map_err(internal)?;
+        c.rollout_kick.notify_one();
+        Ok(Response::new(self.rollout_view(&rollout)))
+    }
+
+    async fn upgrade_status(
+        &self,
+        request: Request<pb::UpgradeStatusRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        require_admin(&request)?;
+        let r = self.coordinator.state.borrow().rollout.clone().ok_or_else(|| {
+            Status::not_found("no rollout yet; see `elysium-node upgrade plan`, then `upgrade start`")
+        })?;
+        Ok(Response::new(self.rollout_view(&r)))
+    }
+
+    async fn upgrade_pause(
+        &self,
+        request: Request<pb::UpgradeControlRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let admin = require_admin(&request)?;
+        self.control(&admin, "paused", |r, now| crate::rollout::pause(r, now).map(|()| vec![])).await
+    }
+
+    async fn upgrade_resume(
+        &self,
+        request: Request<pb::UpgradeControlRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let admin = require_admin(&request)?;
+        self.control(&admin, "resumed", |r, now| crate::rollout::resume(r, now).map(|()| vec![])).await
+    }
+
+    async fn upgrade_abort(
+        &self,
+        request: Request<pb::UpgradeControlRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
+        let admin = require_admin(&request)?;
+        self.control(&admin, "aborted", crate::rollout::abort).await
+    }
+
     async fn list_events(
         &self,
         request: Request<pb::ListEventsRequest>,
@@ -290,4 +451,20 @@ impl pb::admin_server::Admin for AdminService {
             events: events.into_iter().map(convert::event_to_pb).collect(),
         }))
     }
+}
+
+/// The version a channel points at now.
+async fn resolve_channel(channel: &str, channel_url: &str) -> Result<String, Status> {
+    use elysium_installer::download::{Fetcher, HttpOptions};
+    use elysium_installer::k3s_release::{Arch, K3sRelease, VersionSelector};
+    let fetcher = Fetcher::new(&HttpOptions::default()).map_err(|e| Status::internal(e.to_string()))?;
+    let release = K3sRelease {
+        version: VersionSelector::Channel(channel.to_owned()),
+        channel_url: channel_url.to_owned(),
+        release_url: String::new(),
+        arch: Arch::host().unwrap_or(Arch::Amd64),
+    };
+    elysium_installer::k3s_binary::resolve_version(&fetcher, &release).await.map(|v| v.to_string()).map_err(
+        |e| Status::unavailable(format!("could not resolve channel {channel:?} at {channel_url}: {e}")),
+    )
 }

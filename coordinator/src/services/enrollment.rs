@@ -101,6 +101,9 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             token_id: token.id.clone(),
             conditions: Vec::new(),
             hardware_json: String::new(),
+            k3s_version: String::new(),
+            k3s_failed_version: String::new(),
+            k3s_failure: String::new(),
         };
 
         // The token decides the role and labels; the store applies them in the same

@@ -49,3 +49,12 @@ pub(crate) fn internal(e: StoreError) -> Status {
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(f).await.map_err(|_| Status::internal("a store task panicked"))
 }
+
+/// [`blocking`] for a store call outside a request (no `Status` to return).
+pub(crate) async fn blocking_store<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Thread("a store task panicked".into())))
+}

@@ -55,16 +55,17 @@ impl pb::node_session_server::NodeSession for SessionService {
 
         let session_id = c.next_session.fetch_add(1, Ordering::Relaxed);
         let end = Arc::new(Notify::new());
-        let previous = c
-            .live()
-            .insert(node.id.clone(), LiveSession { session_id, end: end.clone(), last_seen_unix: c.now() });
+        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let previous = c.live().insert(
+            node.id.clone(),
+            LiveSession { session_id, end: end.clone(), last_seen_unix: c.now(), commands: tx.clone() },
+        );
         if let Some(previous) = previous {
             // The node reconnected before we noticed the old stream die.
             previous.end.notify_one();
         }
         tracing::info!(node = %node.name, session_id, "node session opened");
 
-        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let inbound = request.into_inner();
         tokio::spawn(drive(c, node, session_id, end, inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -86,8 +87,8 @@ async fn drive(
     tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
 ) {
     let mut spec_rx = c.state.subscribe();
-    let first = c.node_spec(&node, &spec_rx.borrow_and_update());
-    if tx.send(spec_message(first)).await.is_err() {
+    let mut sent = c.node_spec(&node, &spec_rx.borrow_and_update());
+    if tx.send(spec_message(sent.clone())).await.is_err() {
         return finish(&c, &mut node, session_id).await;
     }
     let mut announced_online = false;
@@ -111,7 +112,13 @@ async fn drive(
                 if changed.is_err() {
                     break;
                 }
+                // Most changes (another node's rollout phase, a secret this
+                // node does not use) leave this node's spec as it was.
                 let spec = c.node_spec(&node, &spec_rx.borrow_and_update());
+                if spec == sent {
+                    continue;
+                }
+                sent = spec.clone();
                 if tx.send(spec_message(spec)).await.is_err() {
                     break;
                 }
@@ -181,6 +188,17 @@ async fn handle(
             k3s_report(c, node, report).await;
             None
         }
+        Msg::Result(r) if r.operation_id.starts_with("drain-") => {
+            let outcome = if r.success { Ok(()) } else { Err(r.message.clone()) };
+            c.drain_results.lock().unwrap_or_else(|p| p.into_inner()).insert(r.operation_id.clone(), outcome);
+            c.rollout_kick.notify_one();
+            c.event(
+                if r.success { "drain.succeeded" } else { "drain.failed" },
+                &node.name,
+                &format!("{}: {}", r.operation_id, r.message),
+            );
+            None
+        }
         Msg::Result(r) => {
             let kind = if r.success { "operation.succeeded" } else { "operation.failed" };
             c.event(
@@ -217,8 +235,20 @@ async fn k3s_hello(c: &Arc<Coordinator>, node: &NodeRecord) {
     }
 }
 
-/// The first server reports the secure cluster token; everyone else then gets it.
-async fn k3s_report(c: &Arc<Coordinator>, node: &NodeRecord, report: pb::K3sReport) {
+/// What a node's K3s reports: its version and any rollback (for rollouts), and
+/// from the first server the secure cluster token, which everyone else then gets.
+async fn k3s_report(c: &Arc<Coordinator>, node: &mut NodeRecord, report: pb::K3sReport) {
+    if !report.version.is_empty()
+        && (report.version != node.k3s_version
+            || report.failed_version != node.k3s_failed_version
+            || report.failure != node.k3s_failure)
+    {
+        node.k3s_version = report.version.clone();
+        node.k3s_failed_version = report.failed_version.clone();
+        node.k3s_failure = report.failure.clone();
+        persist(c, node).await;
+        c.rollout_kick.notify_one();
+    }
     let is_first = c.state.borrow().k3s.first_server_id.as_deref() == Some(node.id.as_str());
     if report.server_token.is_empty() {
         return;

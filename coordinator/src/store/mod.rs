@@ -55,6 +55,14 @@ pub struct NodeRecord {
     /// Hardware inventory document last reported by the agent (JSON).
     #[serde(default)]
     pub hardware_json: String,
+    /// The K3s version the node reports running healthy; empty before K3s.
+    #[serde(default)]
+    pub k3s_version: String,
+    /// A version that failed its health gate and was rolled back, and why.
+    #[serde(default)]
+    pub k3s_failed_version: String,
+    #[serde(default)]
+    pub k3s_failure: String,
 }
 
 #[cfg(test)]
@@ -77,6 +85,9 @@ impl NodeRecord {
             token_id: String::new(),
             conditions: Vec::new(),
             hardware_json: String::new(),
+            k3s_version: String::new(),
+            k3s_failed_version: String::new(),
+            k3s_failure: String::new(),
         }
     }
 }
@@ -230,6 +241,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores a new spec with generation current+1. With `expected`, refuses unless
     /// the current generation equals it.
     fn set_spec(&self, toml: &str, expected: Option<u64>) -> Result<StoredSpec, SpecWriteError>;
+
+    /// The latest rollout (running or finished), if any.
+    fn get_rollout(&self) -> Result<Option<crate::rollout::Rollout>, StoreError>;
+    fn put_rollout(&self, rollout: &crate::rollout::Rollout) -> Result<(), StoreError>;
 
     fn get_k3s(&self) -> Result<Option<K3sCluster>, StoreError>;
     fn put_k3s(&self, cluster: &K3sCluster) -> Result<(), StoreError>;

@@ -20,6 +20,7 @@ const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 
 const SPEC_KEY: &str = "cluster_spec";
 const K3S_KEY: &str = "k3s_cluster";
+const ROLLOUT_KEY: &str = "rollout";
 /// The event log is a ring: older entries are dropped past this many.
 const MAX_EVENTS: u64 = 10_000;
 
@@ -237,6 +238,19 @@ impl Store for RedbStore {
         };
         txn.commit().map_err(engine)?;
         Ok(spec)
+    }
+
+    fn get_rollout(&self) -> Result<Option<crate::rollout::Rollout>, StoreError> {
+        self.read_one(META, ROLLOUT_KEY)
+    }
+
+    fn put_rollout(&self, rollout: &crate::rollout::Rollout) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        {
+            let mut meta = txn.open_table(META).map_err(engine)?;
+            meta.insert(ROLLOUT_KEY, encode(rollout).as_slice()).map_err(engine)?;
+        }
+        txn.commit().map_err(engine)
     }
 
     fn get_k3s(&self) -> Result<Option<K3sCluster>, StoreError> {

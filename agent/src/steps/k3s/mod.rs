@@ -281,10 +281,13 @@ impl K3sStep {
     async fn target(
         &self,
         section: &elysium_spec::K3sSection,
+        pin: &str,
         state: &K3sState,
         binary_sha: Option<&str>,
     ) -> Result<(Installed, String), String> {
-        let selector = match (&section.version, &section.channel) {
+        // A rollout's pin outranks [k3s]: the coordinator moves nodes one by one.
+        let pinned = (!pin.is_empty()).then_some(pin);
+        let selector = match (pinned.or(section.version.as_deref()), &section.channel) {
             (Some(v), _) => VersionSelector::Pinned(v.parse::<K3sVersion>().map_err(|e| e.to_string())?),
             (None, Some(c)) => VersionSelector::Channel(c.clone()),
             (None, None) => VersionSelector::Channel("stable".into()),
@@ -318,20 +321,28 @@ impl K3sStep {
         }
     }
 
-    /// The first server reports the secure token K3s wrote, for the other nodes.
-    fn report_token(&self, host: &Host, role: K3sRole, installed: Option<&Installed>) {
-        if role != (K3sRole::Server { cluster_init: true }) {
-            return;
-        }
-        if let Ok(Some(bytes)) = host.fs.read_optional(SERVER_TOKEN_FILE) {
+    /// Tells the coordinator the version running healthy and the last version
+    /// that failed its health gate (rollouts halt on it); the first server also
+    /// reports the secure token K3s wrote, for the other nodes.
+    fn report(&self, host: &Host, role: K3sRole) {
+        let state = journal::load_state(&host.fs);
+        let Some(installed) = &state.installed else { return };
+        let mut server_token = String::new();
+        if role == (K3sRole::Server { cluster_init: true })
+            && let Ok(Some(bytes)) = host.fs.read_optional(SERVER_TOKEN_FILE)
+        {
             let token = String::from_utf8_lossy(&bytes).trim().to_owned();
             if token.starts_with("K10") {
-                self.link.report_k3s(pb::K3sReport {
-                    server_token: token,
-                    version: installed.map(|i| i.version.clone()).unwrap_or_default(),
-                });
+                server_token = token;
             }
         }
+        let (failed_version, failure) = state.last_failed.map(|f| (f.version, f.reason)).unwrap_or_default();
+        self.link.report_k3s(pb::K3sReport {
+            server_token,
+            version: installed.version.clone(),
+            failed_version,
+            failure,
+        });
     }
 }
 
@@ -370,7 +381,7 @@ impl Step for K3sStep {
         let state = journal::load_state(&host.fs);
         let binary_sha = hash_node_file(&host.fs, &self.binary()).await.map_err(err)?.map(|d| d.to_string());
         let (target, target_error, binary_url) =
-            match self.target(section, &state, binary_sha.as_deref()).await {
+            match self.target(section, &assignment.version, &state, binary_sha.as_deref()).await {
                 Ok((t, url)) => (Some(t), None, url),
                 Err(e) => (None, Some(e), String::new()),
             };
@@ -381,7 +392,7 @@ impl Step for K3sStep {
         }
         let unit = role.unit_name();
         let status = host.systemd.status(&unit).await.ok();
-        self.report_token(host, role, state.installed.as_ref());
+        self.report(host, role);
         let observed = ObservedK3s {
             installed: state.installed.clone(),
             binary_sha256: binary_sha,
@@ -588,7 +599,7 @@ impl K3sStep {
                 } else if transaction {
                     journal::clear_journal(&host.fs).map_err(err)?;
                 }
-                self.report_token(host, role, plan.install.as_ref().map(|i| &i.to));
+                self.report(host, role);
                 Ok(())
             }
             Err(unhealthy) if transaction => {
@@ -764,7 +775,7 @@ impl K3sStep {
                 match health::wait_healthy(self.probe(role), host.systemd.as_ref(), &unit, timeout).await {
                     Ok(_) => {
                         self.finish(host, &j.to)?;
-                        self.report_token(host, role, Some(&j.to));
+                        self.report(host, role);
                         Ok(())
                     }
                     Err(e) => {
