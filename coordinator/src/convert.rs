@@ -87,6 +87,7 @@ pub fn node_to_pb(n: &NodeRecord, online: bool) -> pb::NodeRecord {
         token_id: n.token_id.clone(),
         conditions: n.conditions.iter().map(condition_to_pb).collect(),
         hardware_json: n.hardware_json.clone(),
+        k3s_version: n.k3s_version.clone(),
     }
 }
 

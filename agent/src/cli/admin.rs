@@ -20,7 +20,7 @@ use crate::transport::{self, Target};
 /// Where quickstart puts its credentials, tried when nothing else is given.
 const QUICKSTART_ADMIN: &str = "elysium-data/admin.toml";
 
-async fn client(conn: &AdminConn) -> anyhow::Result<AdminClient<Channel>> {
+pub(super) async fn client(conn: &AdminConn) -> anyhow::Result<AdminClient<Channel>> {
     let path = match &conn.config {
         Some(p) => p.clone(),
         None if std::path::Path::new(QUICKSTART_ADMIN).exists() => PathBuf::from(QUICKSTART_ADMIN),
@@ -35,7 +35,7 @@ async fn client(conn: &AdminConn) -> anyhow::Result<AdminClient<Channel>> {
     Ok(AdminClient::new(channel).max_decoding_message_size(elysium_proto::MAX_MESSAGE_BYTES))
 }
 
-fn rpc(status: tonic::Status) -> anyhow::Error {
+pub(super) fn rpc(status: tonic::Status) -> anyhow::Error {
     anyhow!("the coordinator answered: {} ({:?})", status.message(), status.code())
 }
 
@@ -54,7 +54,7 @@ fn now_unix() -> i64 {
 }
 
 /// "12s ago", "3m ago", "never".
-fn ago(unix: i64) -> String {
+pub(super) fn ago(unix: i64) -> String {
     if unix <= 0 {
         return "never".into();
     }
@@ -67,7 +67,7 @@ fn ago(unix: i64) -> String {
     }
 }
 
-fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+pub(super) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -91,7 +91,7 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+pub(super) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -219,6 +219,8 @@ struct NodeView {
     last_seen_unix: i64,
     enrolled_unix: i64,
     agent_version: String,
+    /// The K3s version the node reports running healthy (empty before K3s).
+    k3s_version: String,
     applied_generation: u64,
     reconcile_state: String,
     reconcile_error: String,
@@ -251,6 +253,7 @@ impl From<&pb::NodeRecord> for NodeView {
             last_seen_unix: n.last_seen_unix,
             enrolled_unix: n.enrolled_unix,
             agent_version: n.agent_version.clone(),
+            k3s_version: n.k3s_version.clone(),
             applied_generation: n.applied_generation,
             reconcile_state: n.reconcile_state.clone(),
             reconcile_error: n.reconcile_error.clone(),

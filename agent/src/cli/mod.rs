@@ -8,6 +8,7 @@ mod inventory;
 mod k3s;
 mod node;
 mod recover;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,6 +86,9 @@ pub enum Command {
     Secret(SecretCommand),
     /// Show the coordinator's event log.
     Events(EventsArgs),
+    /// Rolling K3s upgrades across the fleet: plan, start, watch, pause, resume, abort.
+    #[command(subcommand, after_help = UPGRADE_HELP)]
+    Upgrade(UpgradeCommand),
     /// K3s on this node.
     #[command(subcommand)]
     K3s(K3sCommand),
@@ -299,6 +303,69 @@ pub enum SpecCommand {
     },
 }
 
+const UPGRADE_HELP: &str = "\
+Needs an [upgrade] section in the cluster spec (target version or channel, concurrency,
+maintenance windows, drain settings). Servers go first, one at a time by default, then
+agents; each node is drained, upgraded and health-checked by its agent, which rolls back
+by itself if the new version is unhealthy. A failure halts the rollout: nothing else starts
+until you resume or abort. The rollout survives coordinator restarts.
+
+Examples:
+  elysium-node upgrade plan
+  elysium-node upgrade start --version v1.31.5+k3s1
+  elysium-node upgrade status --watch
+  elysium-node upgrade pause
+  elysium-node upgrade resume
+  elysium-node upgrade abort";
+
+#[derive(Debug, Subcommand)]
+pub enum UpgradeCommand {
+    /// Show which nodes would be upgraded in which order, and why others are skipped.
+    Plan {
+        /// Target version (default: the [upgrade] section's version or channel).
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Start a rollout (refused while another one is not finished).
+    Start {
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// The rollout and each node's phase; exits 1 when halted or aborted.
+    Status {
+        /// Refresh every 2 s until the rollout is done, halted or aborted.
+        #[arg(short, long)]
+        watch: bool,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Start no further node; nodes in progress finish.
+    Pause {
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Go on after a pause or a halt.
+    Resume {
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Stop for good: no further node starts; cordons are undone.
+    Abort {
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
 const SECRET_HELP: &str = "\
 Values are read from a file or standard input, never from the command line, and
 are never shown again: `list` prints a fingerprint (the start of their SHA-256).
@@ -406,6 +473,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Spec(cmd) => admin::spec(cmd).await,
         Command::Secret(cmd) => admin::secret(cmd).await,
         Command::Events(args) => admin::events(args).await,
+        Command::Upgrade(cmd) => upgrade::run(cmd).await,
         Command::K3s(K3sCommand::Status { output }) => k3s::status(&root, output).await,
         Command::Reset(args) => k3s::reset(&root, args).await,
         Command::Inventory(args) => inventory::run(&root, args),
