@@ -163,7 +163,14 @@ impl DbusSystemd {
         let call =
             |source| SystemdError::Call { method: op, unit: unit.to_owned(), source: Box::new(source) };
         let mut removed = m.receive_job_removed().await.map_err(call)?;
-        m.subscribe().await.map_err(call)?;
+        match m.subscribe().await {
+            Ok(()) => {}
+            // The connection lives as long as the process, and systemd answers a second
+            // Subscribe from the same client with this error: the first one still holds.
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
+            Err(e) => return Err(call(e)),
+        }
         let job = match op {
             "start" => m.start_unit(unit, "replace").await,
             "stop" => m.stop_unit(unit, "replace").await,
