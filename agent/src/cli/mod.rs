@@ -321,6 +321,7 @@ Examples:
 #[derive(Debug, Subcommand)]
 pub enum UpgradeCommand {
     /// Show which nodes would be upgraded in which order, and why others are skipped.
+    #[command(disable_version_flag = true)]
     Plan {
         /// Target version (default: the [upgrade] section's version or channel).
         #[arg(long)]
@@ -331,6 +332,7 @@ pub enum UpgradeCommand {
         conn: AdminConn,
     },
     /// Start a rollout (refused while another one is not finished).
+    #[command(disable_version_flag = true)]
     Start {
         #[arg(long)]
         version: Option<String>,
@@ -492,5 +494,17 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks a command tree (duplicate flags, bad defaults) only when it is
+    /// built; this builds every subcommand so a mistake fails here, not in use.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }
