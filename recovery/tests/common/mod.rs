@@ -1,8 +1,11 @@
 //! Shared by the integration tests: the real Elysium repository snapshot as a local Git
 //! repository, test sealing keys with self-signed certificates, keys files in kubectl's
-//! List format, and SealedSecrets sealed with the test keys.
+//! List format, and SealedSecrets sealed with the test keys. [`cluster`]: the Kubernetes
+//! side (the API server stand-in, a test Flux).
 
 #![allow(dead_code)] // each test binary uses a different part
+
+pub mod cluster;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
