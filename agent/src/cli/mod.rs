@@ -6,6 +6,7 @@ mod admin;
 mod coordinator;
 mod inventory;
 mod k3s;
+mod mount;
 mod node;
 mod recover;
 mod upgrade;
@@ -105,6 +106,10 @@ pub enum Command {
     /// (today: the preflight, with --verify-only).
     #[command(after_help = recover::RECOVER_HELP)]
     Recover(recover::RecoverArgs),
+    /// Wait until an rclone mount is up at PATH (exit 0), for init containers and
+    /// units that need a media mount; exits 1 with the reason on timeout.
+    #[command(after_help = mount::WAIT_MOUNT_HELP)]
+    WaitMount(mount::WaitMountArgs),
 }
 
 const INVENTORY_HELP: &str = "\
@@ -479,6 +484,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::K3s(K3sCommand::Status { output }) => k3s::status(&root, output).await,
         Command::Reset(args) => k3s::reset(&root, args).await,
         Command::Inventory(args) => inventory::run(&root, args),
+        Command::WaitMount(args) => mount::wait_mount(&root, args).await,
         Command::Recover(args) => recover::run(args).await,
     }
 }

@@ -1,6 +1,7 @@
 //! The reconciler's steps: one module per thing the agent manages on a node.
 
 pub mod k3s;
+pub mod mounts;
 pub mod tailscale;
 
 use crate::agent::link::StepLink;
@@ -12,5 +13,7 @@ pub fn reconciler(node_name: &str, link: StepLink) -> Result<Reconciler, k3s::K3
     let tailnet = tailscale::Tailnet::default();
     Ok(Reconciler::default()
         .with_step(tailscale::TailscaleStep::new(node_name, tailnet.clone()))
-        .with_step(k3s::K3sStep::new(node_name, link)?.with_tailnet(tailnet)))
+        .with_step(k3s::K3sStep::new(node_name, link)?.with_tailnet(tailnet))
+        // After K3s: pods need their mounts, but K3s must not wait for storage.
+        .with_step(mounts::MountsStep::new()))
 }

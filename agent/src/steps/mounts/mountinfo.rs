@@ -1,0 +1,211 @@
+//! `/proc/self/mountinfo`: which file system is mounted where, for mount readiness.
+//!
+//! Owns parsing (proc(5): `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] -
+//! FSTYPE SOURCE SUPEROPTIONS`, with space, tab, newline and backslash written as
+//! `\040`, `\011`, `\012`, `\134`) and the readiness test rclone itself uses
+//! (cmd/mountlib/check_linux.go `CheckMountReady`: the entry at the mount point has
+//! a file-system type containing `rclone`, normally `fuse.rclone`). Reads go through
+//! the host seam's root, so tests use a fixture file.
+
+use std::time::{Duration, Instant};
+
+use elysium_host::{FsError, RootFs};
+
+/// The kernel's mount table for the reading process.
+pub const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// One line of mountinfo, the fields readiness needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mount_point: String,
+    pub fs_type: String,
+    pub source: String,
+}
+
+impl MountEntry {
+    pub fn is_rclone(&self) -> bool {
+        self.fs_type.contains("rclone")
+    }
+}
+
+/// Parses mountinfo text; malformed lines are skipped.
+pub fn parse(text: &str) -> Vec<MountEntry> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<MountEntry> {
+    let fields: Vec<&str> = line.split(' ').collect();
+    let mount_point = fields.get(4)?;
+    // Optional fields (shared:N, master:N...) run until a lone "-".
+    let dash = fields.iter().skip(6).position(|f| *f == "-")? + 6;
+    Some(MountEntry {
+        mount_point: unescape(mount_point),
+        fs_type: unescape(fields.get(dash + 1)?),
+        source: unescape(fields.get(dash + 2)?),
+    })
+}
+
+/// Undoes the kernel's octal escapes (`\040` → space).
+pub fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') as u32 * 64
+                + (bytes[i + 2] - b'0') as u32 * 8
+                + (bytes[i + 3] - b'0') as u32;
+            if let Ok(b) = u8::try_from(v) {
+                out.push(b);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A mount path as mountinfo writes it: absolute, no trailing slash.
+pub fn normalize(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() }
+}
+
+/// What is mounted at `path` now: the last (top-most) entry for it, if any.
+pub fn mounted_at<'a>(entries: &'a [MountEntry], path: &str) -> Option<&'a MountEntry> {
+    let path = normalize(path);
+    entries.iter().rev().find(|e| e.mount_point == path)
+}
+
+/// Reads and parses the mount table below `fs`'s root.
+pub fn read(fs: &RootFs) -> Result<Vec<MountEntry>, FsError> {
+    Ok(parse(&fs.read_to_string(MOUNTINFO)?))
+}
+
+/// The rclone mount at `path`, if one is there now.
+pub fn rclone_mount_at(fs: &RootFs, path: &str) -> Result<Option<MountEntry>, FsError> {
+    let entries = read(fs)?;
+    Ok(mounted_at(&entries, path).filter(|e| e.is_rclone()).cloned())
+}
+
+/// `wait-mount` did not see the mount in time.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("{path} is not an rclone mount after {waited:?}{}", last.as_ref().map(|l| format!(" (mounted there now: {l})")).unwrap_or_default())]
+    Timeout { path: String, waited: Duration, last: Option<String> },
+    #[error("could not read the mount table")]
+    Read(#[source] FsError),
+}
+
+/// Polls the mount table every `interval` until an rclone file system is mounted at
+/// `path`, at most `timeout` (`/proc` has no inotify, so polling it is). Returns the
+/// entry and how long it took.
+pub async fn wait_for_rclone_mount(
+    fs: &RootFs,
+    path: &str,
+    timeout: Duration,
+    interval: Duration,
+) -> Result<(MountEntry, Duration), WaitError> {
+    let started = Instant::now();
+    loop {
+        let entries = read(fs).map_err(WaitError::Read)?;
+        let here = mounted_at(&entries, path);
+        if let Some(e) = here.filter(|e| e.is_rclone()) {
+            return Ok((e.clone(), started.elapsed()));
+        }
+        if started.elapsed() >= timeout {
+            return Err(WaitError::Timeout {
+                path: normalize(path),
+                waited: started.elapsed(),
+                last: here.map(|e| format!("{} from {}", e.fs_type, e.source)),
+            });
+        }
+        tokio::time::sleep(
+            interval.min(timeout.saturating_sub(started.elapsed())).max(Duration::from_millis(10)),
+        )
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 1 0:21 / / rw,relatime shared:1 - overlay overlay rw,lowerdir=/a
+36 22 0:32 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
+42 22 0:39 / /mnt/media\\040library rw,nosuid,nodev,relatime shared:20 master:3 - fuse.rclone media-library:media rw,user_id=0,group_id=0,allow_other
+43 22 0:40 / /mnt/plain rw,relatime - tmpfs tmpfs rw
+44 22 0:41 / /mnt/plain rw,relatime - fuse.rclone other:x rw
+45 22 0:42 / /mnt/back\\134slash\\011tab rw - fuse.rclone b:c rw
+garbage line
+";
+
+    #[test]
+    fn parses_fields_escapes_and_optional_fields() {
+        let entries = parse(SAMPLE);
+        assert_eq!(entries.len(), 6, "{entries:?}");
+        let media = mounted_at(&entries, "/mnt/media library").unwrap();
+        assert_eq!(media.fs_type, "fuse.rclone");
+        assert_eq!(media.source, "media-library:media");
+        assert!(media.is_rclone());
+        assert_eq!(
+            mounted_at(&entries, "/mnt/media library/").unwrap(),
+            media,
+            "a trailing slash is the same path"
+        );
+        assert!(mounted_at(&entries, "/mnt/back\\slash\ttab").is_some());
+        assert!(!mounted_at(&entries, "/").unwrap().is_rclone());
+        assert!(mounted_at(&entries, "/mnt/media").is_none());
+    }
+
+    #[test]
+    fn the_top_most_mount_wins() {
+        let entries = parse(SAMPLE);
+        assert_eq!(mounted_at(&entries, "/mnt/plain").unwrap().fs_type, "fuse.rclone");
+    }
+
+    #[test]
+    fn unescape_leaves_other_backslashes() {
+        assert_eq!(unescape(r"/a\040b"), "/a b");
+        assert_eq!(unescape(r"/a\0"), r"/a\0");
+        assert_eq!(unescape(r"/a\999"), r"/a\999");
+        assert_eq!(unescape(r"/a\134"), r"/a\");
+    }
+
+    #[tokio::test]
+    async fn waits_until_mounted_or_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RootFs::new(dir.path());
+        fs.write_atomic(MOUNTINFO, SAMPLE.as_bytes(), 0o444).unwrap();
+        let (e, _) =
+            wait_for_rclone_mount(&fs, "/mnt/plain", Duration::from_secs(1), Duration::from_millis(10))
+                .await
+                .unwrap();
+        assert_eq!(e.source, "other:x");
+        let err =
+            wait_for_rclone_mount(&fs, "/mnt/none", Duration::from_millis(50), Duration::from_millis(10))
+                .await
+                .unwrap_err();
+        assert!(err.to_string().contains("/mnt/none is not an rclone mount"), "{err}");
+        // It notices a mount that shows up while it waits.
+        let fs2 = fs.clone();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let text = format!("{SAMPLE}50 22 0:50 / /mnt/late rw - fuse.rclone late:x rw\n");
+            fs2.write_atomic(MOUNTINFO, text.as_bytes(), 0o444).unwrap();
+        });
+        let (e, took) =
+            wait_for_rclone_mount(&fs, "/mnt/late", Duration::from_secs(5), Duration::from_millis(20))
+                .await
+                .unwrap();
+        writer.await.unwrap();
+        assert_eq!(e.source, "late:x");
+        assert!(took >= Duration::from_millis(80), "{took:?}");
+    }
+}
