@@ -1,3 +1,4 @@
+pub mod azurite;
 pub mod e2e;
 pub mod harness;
 pub mod mirror;
