@@ -1,11 +1,14 @@
 //! `elysium-node recover` as a user runs it: the built binary (`cargo build -p
-//! elysium-agent` first; `tests/run` does), its exit status, report and errors.
+//! elysium-agent` first; `tests/run` does), its exit status, report and errors; the apply
+//! against the API server stand-in, with the test playing Flux.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
+use common::cluster;
 use common::*;
 
 /// `<repo>/target/debug/elysium-node`, or `$ELYSIUM_NODE_BIN`, like the e2e harness.
@@ -92,15 +95,163 @@ fn verify_only_fails_on_keys_that_are_not_the_clusters() {
     assert!(stdout.contains("Verdict: FAILED (committed-certificate)"), "{stdout}");
 }
 
-#[test]
-fn applying_is_not_built_yet() {
+/// The binary against the API server stand-in, with the test playing Flux: the happy path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_applies_and_follows_flux_to_healthy() {
     let (a, _) = keys();
-    let (repo, _) = repo_resealed_with(a, true, true);
+    let (repo, sha) = cluster::repo(a);
     let work = tempfile::tempdir().expect("tempdir");
-    let (out, stdout, stderr) = recover(repo.path(), &keys_file(work.path()), &[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stdout.contains("Verdict: OK"), "the preflight still runs and reports: {stdout}");
-    assert!(stderr.contains("applying to the cluster is not built yet; use --verify-only"), "{stderr}");
+    let (server, kubeconfig) = cluster::start(work.path(), Duration::ZERO).await;
+    let _flux = cluster::play_flux(server.clone(), cluster::FluxScript::healthy(repo.path(), &sha));
+    let keys = keys_file(work.path());
+    let state = work.path().join("recover-state.json");
+    let args = apply_args(&kubeconfig, &state, &["--generate-deploy-key", "--yes", "--timeout", "2m"]);
+    let repo_path = repo.path().to_owned();
+    let (out, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        recover(&repo_path, &keys, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("run");
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for part in [
+        "Verdict: OK",
+        "applied Namespace flux-system",
+        "applied Secret flux-system/sealed-secrets-keya1b2c",
+        "14 CRDs Established",
+        "deploy key for Secret flux-system/flux-system (generated), SHA256:",
+        "--yes: not waiting for the deploy key",
+        "Kustomization flux-system/apps: ready at main@sha1:",
+        "Kustomizations: 6 of 6 ready",
+        "Result: HEALTHY",
+    ] {
+        assert!(stdout.contains(part), "{part:?} missing from:\n{stdout}");
+    }
+    let dk = server
+        .get(&kube_apiserver_standin::ObjectRef::namespaced("v1", "Secret", "flux-system", "flux-system"))
+        .expect("deploy key Secret");
+    let identity = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        dk["data"]["identity"].as_str().expect("identity"),
+    )
+    .expect("base64");
+    let identity = String::from_utf8(identity).expect("utf8");
+    assert_no_key_material(&stdout, &identity);
+    assert_no_key_material(&stderr, &identity);
+    assert!(state.is_file());
+}
+
+/// Errors through the binary: each names the problem and nothing reaches the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_errors_apply_nothing() {
+    let (a, b) = keys();
+    let (repo, _) = cluster::repo(a);
+    let work = tempfile::tempdir().expect("tempdir");
+    let (server, kubeconfig) = cluster::start(work.path(), Duration::ZERO).await;
+    let state = work.path().join("recover-state.json");
+    let good = keys_file(work.path());
+    let run = |keys: PathBuf, extra: Vec<String>| {
+        let repo_path = repo.path().to_owned();
+        let mut args = apply_args(&kubeconfig, &state, &["--generate-deploy-key", "--yes"]);
+        args.extend(extra);
+        tokio::task::spawn_blocking(move || {
+            recover(&repo_path, &keys, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+    };
+
+    // The API server is down.
+    server.set_unreachable(true);
+    let (out, _, stderr) = run(good.clone(), vec![]).await.expect("run");
+    server.set_unreachable(false);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let expected = format!(
+        "error: the Kubernetes API server {} (from {}) cannot be reached; nothing was applied",
+        server.url(),
+        kubeconfig.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    // A malformed keys file, a key that is not its certificate's, a wrong --path.
+    let malformed = work.path().join("malformed.key");
+    std::fs::write(&malformed, "apiVersion: v1\nitems:\n- kind: Secret\n  data: [oops\n").expect("write");
+    let (out, _, stderr) = run(malformed, vec![]).await.expect("run");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("malformed.key is not usable\n  caused by: document 1 is not valid YAML"),
+        "{stderr}"
+    );
+
+    let dir = work.path().join("mismatch");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let mismatch = write_keys_file(
+        &dir,
+        &keys_list(&[KeySecret { cert_pem: &b.cert_pem, ..KeySecret::active("sealed-secrets-keya1b2c", a) }]),
+    );
+    let (out, _, stderr) = run(mismatch, vec![]).await.expect("run");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("(Secret sealed-secrets-keya1b2c): tls.key does not belong to tls.crt"),
+        "{stderr}"
+    );
+
+    let (out, _, stderr) =
+        run(good.clone(), vec!["--path".into(), "clusters/prod".into()]).await.expect("run");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--path clusters/prod is not a directory in the repository"), "{stderr}");
+
+    // No deploy key and none in the cluster: found by looking, before applying.
+    let repo_path = repo.path().to_owned();
+    let args = apply_args(&kubeconfig, &state, &[]);
+    let keys = good.clone();
+    let (out, _, stderr) = tokio::task::spawn_blocking(move || {
+        recover(&repo_path, &keys, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("pass --deploy-key FILE"), "{stderr}");
+
+    assert!(server.mutations().is_empty(), "{:?}", server.mutations());
+    assert!(!state.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_as_json_changes_nothing() {
+    let (a, _) = keys();
+    let (repo, _) = cluster::repo(a);
+    let work = tempfile::tempdir().expect("tempdir");
+    let (server, kubeconfig) = cluster::start(work.path(), Duration::ZERO).await;
+    let keys = keys_file(work.path());
+    let state = work.path().join("recover-state.json");
+    let args = apply_args(&kubeconfig, &state, &["--generate-deploy-key", "--dry-run", "-o", "json"]);
+    let repo_path = repo.path().to_owned();
+    let (out, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        recover(&repo_path, &keys, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("run");
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is only the JSON");
+    assert_eq!(json["preflight"]["verdict"], "ok");
+    assert_eq!(json["apply"]["dry_run"], true);
+    assert!(
+        stderr.contains("plan:") && stderr.contains("apply GitRepository flux-system/flux-system"),
+        "{stderr}"
+    );
+    assert!(
+        server.get(&kube_apiserver_standin::ObjectRef::cluster("v1", "Namespace", "flux-system")).is_none()
+    );
+    assert!(!state.exists());
+}
+
+fn apply_args(kubeconfig: &Path, state: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "--kubeconfig".to_owned(),
+        kubeconfig.display().to_string(),
+        "--state-file".to_owned(),
+        state.display().to_string(),
+    ];
+    v.extend(extra.iter().map(|s| (*s).to_owned()));
+    v
 }
 
 #[test]

@@ -103,7 +103,7 @@ pub enum Command {
     #[command(after_help = INVENTORY_HELP)]
     Inventory(InventoryArgs),
     /// Bring a cluster back from its GitOps repository and a sealed-secrets key backup
-    /// (today: the preflight, with --verify-only).
+    /// (preflight, apply over the Kubernetes API, then following Flux until healthy).
     #[command(after_help = recover::RECOVER_HELP)]
     Recover(recover::RecoverArgs),
     /// Wait until an rclone mount is up at PATH (exit 0), for init containers and

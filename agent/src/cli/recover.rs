@@ -1,17 +1,26 @@
 //! `recover`: bring a cluster back from its GitOps repository and a sealed-secrets key
-//! backup. The preflight (the `elysium-recovery` crate) is built: `--verify-only` prints its
-//! report. The apply phase (Kubernetes) is not built yet; without `--verify-only` the
-//! preflight runs and the command then says so.
+//! backup. Runs the preflight (the `elysium-recovery` crate); `--verify-only` prints its
+//! report and stops. Otherwise the apply phase restores the keys and Flux over the
+//! Kubernetes API and follows Flux until the cluster is healthy. This file parses flags,
+//! draws progress and picks the exit status; the work is the library's.
 
+use std::io::{BufRead as _, IsTerminal as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use elysium_recovery::follow::Readiness;
 use elysium_recovery::repo::DeployKey;
-use elysium_recovery::{PreflightOptions, Verdict};
+use elysium_recovery::{ApplyOptions, Event, PreflightOptions, Ui, Verdict};
 
 use super::Output;
+
+/// Exit status when everything was applied but the cluster is not healthy (yet).
+const EXIT_NOT_HEALTHY: u8 = 3;
+/// Exit status after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
 
 pub const RECOVER_HELP: &str = "\
 The keys file is the backup of the old cluster's sealed-secrets keys, taken with
@@ -25,7 +34,27 @@ repository, finds the controller's namespace and name from its HelmRelease, the 
 manifests in PATH/flux-system/ and the Kustomizations' dependency order, and gives a verdict.
 --force lets it pass when cluster-secret-vars (the Secret the Kustomizations substitute from)
 does not open, or when the committed certificate matches no key although some SealedSecrets
-open. Exit status with --verify-only: 0 when the verdict is OK (also when forced), 1 otherwise.
+open.
+
+Then, unless --verify-only, it applies to the cluster of --kubeconfig (checked to answer
+first; nothing is applied otherwise), with server-side apply as field manager elysium-node:
+  1. the namespaces, then the keys as Secrets in the controller's namespace, before any
+     sealed-secrets controller starts (it reads its keys once, at start-up);
+  2. PATH/flux-system/gotk-components.yaml (CRDs first, once Established the rest), the
+     deploy-key Secret the GitRepository reads, then gotk-sync.yaml;
+  3. a restart of the sealed-secrets controller if it was already running;
+  4. it follows the GitRepository and every Kustomization in dependency order, then the
+     HelmReleases and SealedSecrets, and reports.
+The deploy key is --deploy-key FILE (the key the Git host already knows), or
+--generate-deploy-key: a new ECDSA P-384 key whose public half is printed to add to the Git
+host before Flux starts (--yes does not wait). known_hosts is --known-hosts FILE, or GitHub's
+published keys for github.com. Progress is kept in --state-file: run the same command again
+after an interruption and it goes on where it stopped; nothing is applied twice.
+
+Exit status: with --verify-only, 0 when the verdict is OK (also when forced), 1 otherwise.
+Else 0 when the cluster is healthy (or --dry-run found nothing wrong), 1 on an error (the
+message says what was applied and what to do), 3 when everything was applied but Flux is
+not healthy (the report says why), 130 when interrupted.
 
 Examples:
   # Check a backup against the repository, changing nothing
@@ -34,7 +63,15 @@ Examples:
 
   # A local clone, another cluster directory, the report as JSON
   elysium-node recover --verify-only --repo ~/src/elysium --path clusters/kyrion \\
-      --sealed-secrets-keys main.key -o json";
+      --sealed-secrets-keys main.key -o json
+
+  # What would be applied to this node's K3s
+  elysium-node recover --dry-run --repo ssh://git@github.com/alecsg77/elysium \\
+      --deploy-key /root/flux-deploy-key --sealed-secrets-keys /root/main.key
+
+  # Recover, with a new deploy key
+  elysium-node recover --repo ssh://git@github.com/alecsg77/elysium \\
+      --generate-deploy-key --sealed-secrets-keys /root/main.key";
 
 #[derive(Debug, Args)]
 pub struct RecoverArgs {
@@ -55,13 +92,28 @@ pub struct RecoverArgs {
     /// passed to git.
     #[arg(long, value_name = "FILE", conflicts_with = "generate_deploy_key")]
     pub deploy_key: Option<PathBuf>,
-    /// Generate a new deploy key for Flux (apply phase). The preflight then clones with
-    /// your own SSH agent and configuration.
+    /// Generate a new deploy key for Flux (ECDSA P-384), print its public key to add to
+    /// the Git host and wait for confirmation. The preflight then clones with your own
+    /// SSH agent and configuration.
     #[arg(long)]
     pub generate_deploy_key: bool,
-    /// The cluster to restore into (apply phase).
-    #[arg(long, value_name = "FILE", default_value = "/etc/rancher/k3s/k3s.yaml")]
+    /// The cluster to restore into (K3s writes its admin kubeconfig here).
+    #[arg(long, value_name = "FILE", default_value = elysium_recovery::cluster::DEFAULT_KUBECONFIG)]
     pub kubeconfig: PathBuf,
+    /// known_hosts for the Git host of the GitRepository (ssh-keyscan HOST, checked);
+    /// github.com's published keys are built in.
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Where progress is kept, so that a second run goes on where the first stopped
+    /// (mode 0600; names and hashes only).
+    #[arg(long, value_name = "FILE", default_value = elysium_recovery::ledger::DEFAULT_PATH)]
+    pub state_file: PathBuf,
+    /// How long to wait in all, following Flux included.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Do not wait for confirmation that a generated deploy key is on the Git host.
+    #[arg(long)]
+    pub yes: bool,
     /// Namespace of the sealed-secrets controller (default: from its HelmRelease).
     #[arg(long, value_name = "NS")]
     pub controller_namespace: Option<String>,
@@ -71,7 +123,7 @@ pub struct RecoverArgs {
     /// Go on past the checks that allow it (see below).
     #[arg(long)]
     pub force: bool,
-    /// Print what would be applied; change nothing (apply phase).
+    /// Print the ordered plan and check it with server-side dry run; change nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Run the preflight, print its report and stop.
@@ -88,11 +140,7 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
         branch: args.branch.clone(),
         path: args.path.clone(),
         keys_file: args.sealed_secrets_keys.clone(),
-        deploy_key: match (&args.deploy_key, args.generate_deploy_key) {
-            (Some(f), _) => DeployKey::File(f.clone()),
-            (None, true) => DeployKey::Generate,
-            (None, false) => DeployKey::None,
-        },
+        deploy_key: deploy_key(&args),
         controller_namespace: args.controller_namespace.clone(),
         controller_name: args.controller_name.clone(),
         force: args.force,
@@ -102,16 +150,156 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("the preflight stopped unexpectedly")??;
 
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&preflight.report)?),
-        Output::Table => print!("{}", preflight.report),
-    }
-    let verdict = preflight.report.verdict;
+    let json = matches!(args.output, Output::Json);
     if args.verify_only {
-        return Ok(if verdict.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        match args.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&preflight.report)?),
+            Output::Table => print!("{}", preflight.report),
+        }
+        let ok = preflight.report.verdict.is_ok();
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
-    if verdict == Verdict::Failed {
+    if !json {
+        print!("{}", preflight.report);
+    }
+    if preflight.report.verdict == Verdict::Failed {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&preflight.report)?);
+        }
         anyhow::bail!("the preflight failed (see the checks above); nothing was applied");
     }
-    anyhow::bail!("applying to the cluster is not built yet; use --verify-only")
+
+    let apply = ApplyOptions {
+        kubeconfig: args.kubeconfig.clone(),
+        state_file: args.state_file.clone(),
+        deploy_key: deploy_key(&args),
+        known_hosts: args.known_hosts.clone(),
+        dry_run: args.dry_run,
+        yes: args.yes,
+        timeout: args.timeout,
+        poll_interval: elysium_recovery::apply::DEFAULT_POLL,
+    };
+    let mut ui = TerminalUi::new(json);
+    let result = tokio::select! {
+        r = elysium_recovery::apply::run(&preflight, &apply, &mut ui) => r,
+        () = super::shutdown_signal() => {
+            ui.finish();
+            eprintln!(
+                "interrupted: what was applied is recorded in {}; run the same command again to go on",
+                args.state_file.display()
+            );
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
+    };
+    ui.finish();
+    let report = result?;
+    if json {
+        let both = serde_json::json!({"preflight": preflight.report, "apply": report});
+        println!("{}", serde_json::to_string_pretty(&both)?);
+    } else {
+        print!("\n{report}");
+    }
+    Ok(if report.healthy || report.dry_run { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_HEALTHY) })
+}
+
+fn deploy_key(args: &RecoverArgs) -> DeployKey {
+    match (&args.deploy_key, args.generate_deploy_key) {
+        (Some(f), _) => DeployKey::File(f.clone()),
+        (None, true) => DeployKey::Generate,
+        (None, false) => DeployKey::None,
+    }
+}
+
+/// Draws the apply phase's events: plain lines, or on a terminal a spinner per Flux
+/// object while following. With `-o json` everything goes to stderr so stdout is the JSON.
+struct TerminalUi {
+    to_stderr: bool,
+    bars: Option<indicatif::MultiProgress>,
+    spinners: Vec<(String, indicatif::ProgressBar)>,
+}
+
+impl TerminalUi {
+    fn new(json: bool) -> Self {
+        let tty = if json { std::io::stderr().is_terminal() } else { std::io::stdout().is_terminal() };
+        let bars = tty.then(|| {
+            let target = if json {
+                indicatif::ProgressDrawTarget::stderr()
+            } else {
+                indicatif::ProgressDrawTarget::stdout()
+            };
+            indicatif::MultiProgress::with_draw_target(target)
+        });
+        TerminalUi { to_stderr: json, bars, spinners: Vec::new() }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bars {
+            // Printed above the spinners, which stay at the bottom.
+            Some(m) if !self.spinners.is_empty() => {
+                let _ = m.println(text);
+            }
+            _ if self.to_stderr => eprintln!("{text}"),
+            _ => println!("{text}"),
+        }
+    }
+
+    fn status(&mut self, what: String, readiness: &Readiness) {
+        let Some(m) = &self.bars else {
+            self.line(&format!("{what}: {readiness}"));
+            return;
+        };
+        // Ready=False is shown at once, as a line of its own that stays.
+        if matches!(readiness, Readiness::NotReady { .. } | Readiness::Stalled { .. } | Readiness::Suspended)
+        {
+            let _ = m.println(format!("{what}: {readiness}"));
+        }
+        let bar = match self.spinners.iter().find(|(w, _)| *w == what) {
+            Some((_, b)) => b.clone(),
+            None => {
+                let b = m.add(indicatif::ProgressBar::new_spinner());
+                b.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {msg}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                b.enable_steady_tick(Duration::from_millis(120));
+                self.spinners.push((what.clone(), b.clone()));
+                b
+            }
+        };
+        if readiness.is_ready() {
+            bar.finish_with_message(format!("✓ {what}: {readiness}"));
+        } else {
+            bar.set_message(format!("{what}: {readiness}"));
+        }
+    }
+
+    fn finish(&mut self) {
+        for (_, b) in self.spinners.drain(..) {
+            if !b.is_finished() {
+                b.abandon();
+            }
+        }
+    }
+}
+
+impl Ui for TerminalUi {
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Status { what, readiness } => self.status(what, &readiness),
+            other => self.line(&other.to_string()),
+        }
+    }
+
+    fn confirm(&mut self, question: &str) -> bool {
+        eprint!("{question}: press Enter to go on (Ctrl-C to stop) ");
+        let mut answer = String::new();
+        // Blocks this worker until the operator answers; nothing else is running meanwhile.
+        match std::io::stdin().lock().read_line(&mut answer) {
+            Ok(n) if n > 0 => true,
+            _ => {
+                eprintln!("\nno answer (standard input is closed): pass --yes to go on without waiting");
+                false
+            }
+        }
+    }
 }
