@@ -18,7 +18,10 @@
 //!
 //! Re-running picks up where a run stopped: the [`Ledger`] records each object applied with
 //! the hash of its content, and an object whose content is recorded *and* that the cluster
-//! still shows applied by [`FIELD_MANAGER`] is skipped, so nothing is applied twice.
+//! still has is skipped, so nothing is applied twice. (Not "still managed by
+//! [`FIELD_MANAGER`]": kustomize-controller takes the bootstrap objects' fields over with its
+//! own forced apply, after which our managedFields entry is gone; re-applying them then
+//! would be exactly the double apply to avoid.) An object deleted since is applied again.
 
 use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};
@@ -293,7 +296,7 @@ pub async fn run(
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &secret.namespace);
         let live = secrets.get_opt(&secret.name).await.map_err(lookup(&format!("Secret {secret}")))?;
         let secret_id = secret_object_id(secret);
-        let ours = live.as_ref().is_some_and(|s| applied_by_us(&s.metadata));
+        let still_there = live.as_ref().is_some_and(|s| s.metadata.deletion_timestamp.is_none());
         match given_key {
             Some(Some(key)) => {
                 deploy_report = Some(key_report(
@@ -308,7 +311,7 @@ pub async fn run(
                 let body = key.secret(secret, known_hosts.as_deref().unwrap_or_default());
                 deploy_manifest = Some(Manifest::new(Phase::DeployKey, "the deploy key".into(), body, true)?);
             }
-            Some(None) if ledger.has_applied(&secret_id.key()) && ours => {
+            Some(None) if ledger.has_applied(&secret_id.key()) && still_there => {
                 // An earlier run generated it (and perhaps the operator already added it).
                 let public = live
                     .as_ref()
@@ -533,14 +536,6 @@ fn secret_object_id(secret: &NamespacedName) -> ObjectId {
     }
 }
 
-/// Whether server-side apply by [`FIELD_MANAGER`] wrote the object.
-fn applied_by_us(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
-    meta.managed_fields.as_ref().is_some_and(|mf| {
-        mf.iter()
-            .any(|e| e.manager.as_deref() == Some(FIELD_MANAGER) && e.operation.as_deref() == Some("Apply"))
-    })
-}
-
 /// The carrying out of a plan.
 struct Run<'a> {
     cluster: &'a Cluster,
@@ -594,7 +589,7 @@ impl Run<'_> {
         let key = m.id.key();
         if self.ledger.was_applied(&key, m.hash()) {
             let live = api.get_opt(&m.id.name).await.map_err(self.lookup_err(m.id.to_string()))?;
-            if live.is_some_and(|o| applied_by_us(&o.metadata)) {
+            if live.is_some_and(|o| o.metadata.deletion_timestamp.is_none()) {
                 tracing::info!("already applied by an earlier run");
                 ui.event(Event::AlreadyApplied { id: m.id.clone() });
                 self.already.push(m.id.to_string());

@@ -1,7 +1,7 @@
 //! The apply phase's progress, on disk: which objects were applied with which content, to
 //! which cluster, from which commit. A re-run skips what the ledger records *and* the
-//! cluster still shows applied by us, so an interrupted recovery picks up where it stopped
-//! and nothing is applied twice. Written atomically (temporary file, fsync, rename) with
+//! cluster still has, so an interrupted recovery picks up where it stopped and nothing is
+//! applied twice. Written atomically (temporary file, fsync, rename) with
 //! mode 0600, a generation number bumped on every write. It holds object names and
 //! SHA-256 hashes, never object contents.
 //!

@@ -29,7 +29,7 @@ pub enum Event {
         phase: Phase,
         dry_run: bool,
     },
-    /// Recorded in the ledger and still applied by us in the cluster: not sent again.
+    /// Recorded in the ledger and still in the cluster: not sent again.
     AlreadyApplied {
         id: ObjectId,
     },
