@@ -6,7 +6,9 @@
 //! DIR/ca.crt, ca.key     the CA (key 0600)
 //! DIR/server.crt, .key   the TLS server certificate (key 0600)
 //! DIR/admin.toml         admin credentials, like a kubeconfig (0600)
-//! DIR/state.redb         tokens, nodes, spec, events
+//! DIR/state.redb         tokens, nodes, spec, events, the key vault (encrypted)
+//! DIR/vault.key          the key vault's age identity (0600); not in state.redb,
+//!                        so a copy of the store alone reveals no sealing key
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ pub const SERVER_CERT: &str = "server.crt";
 pub const SERVER_KEY: &str = "server.key";
 pub const ADMIN_FILE: &str = "admin.toml";
 pub const STORE_FILE: &str = "state.redb";
+pub const VAULT_KEY: &str = "vault.key";
 
 /// `coordinator.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +109,12 @@ impl DataDir {
     pub fn store_path(&self) -> PathBuf {
         self.path.join(STORE_FILE)
     }
+
+    /// The key vault's identity, created on first use by a data directory
+    /// initialised before the vault existed.
+    pub fn vault_key(&self) -> Result<crate::vault::VaultKey, crate::vault::VaultError> {
+        crate::vault::VaultKey::load_or_create(&self.path.join(VAULT_KEY))
+    }
 }
 
 /// Creates a new data directory. Everything is written into a sibling staging
@@ -157,6 +166,8 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<AdminConfig, DataDirError>
         fs.write_atomic(staging.join(SERVER_CERT), server.cert_pem.as_bytes(), 0o644)?;
         fs.write_atomic(staging.join(SERVER_KEY), server.key_pem.as_bytes(), 0o600)?;
         fs.write_atomic(staging.join(ADMIN_FILE), toml_string(&admin_cfg).as_bytes(), 0o600)?;
+        let vault = crate::vault::VaultKey::generate();
+        fs.write_atomic(staging.join(VAULT_KEY), vault.file_text().as_bytes(), 0o600)?;
         std::fs::rename(&staging, &abs).map_err(|source| FsError {
             op: "rename into place",
             path: abs.clone(),
@@ -217,7 +228,9 @@ mod tests {
         let admin = init(&dir, &opts).unwrap();
         assert_eq!(admin.coordinator, "https://10.0.0.5:7443");
         let fs = RootFs::new("/");
-        for (file, mode) in [(CA_KEY, 0o600), (SERVER_KEY, 0o600), (ADMIN_FILE, 0o600), (CA_CERT, 0o644)] {
+        for (file, mode) in
+            [(CA_KEY, 0o600), (SERVER_KEY, 0o600), (ADMIN_FILE, 0o600), (VAULT_KEY, 0o600), (CA_CERT, 0o644)]
+        {
             assert_eq!(fs.mode(dir.join(file)).unwrap(), mode, "{file}");
         }
         let loaded = load(&dir).unwrap();

@@ -12,6 +12,7 @@ pub mod rollout;
 pub mod server;
 pub mod store;
 pub mod tokens;
+pub mod vault;
 
 mod convert;
 mod services;

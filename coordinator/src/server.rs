@@ -92,6 +92,8 @@ pub struct Coordinator {
     pub(crate) rollout_lock: tokio::sync::Mutex<()>,
     /// Outcomes of drain commands by operation id, until the driver reads them.
     pub(crate) drain_results: Mutex<std::collections::BTreeMap<String, Result<(), String>>>,
+    /// Sealing keys and the K3s token, encrypted at rest.
+    pub(crate) vault: crate::vault::Vault,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -111,7 +113,12 @@ impl Drop for Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(store: Arc<dyn Store>, ca: Ca, clock: Clock) -> Result<Arc<Self>, StoreError> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        ca: Ca,
+        vault: crate::vault::VaultKey,
+        clock: Clock,
+    ) -> Result<Arc<Self>, StoreError> {
         let spec = store.get_spec()?;
         let (events_tx, events_rx) = std::sync::mpsc::channel::<NewEvent>();
         let writer_store = store.clone();
@@ -135,6 +142,17 @@ impl Coordinator {
                 k3s
             }
         };
+        let vault = crate::vault::Vault::new(vault);
+        if let Some(token) = &k3s.server_token {
+            // Reported before the vault existed: back it up now.
+            let by = match &k3s.first_server_id {
+                Some(id) => store.get_node(id)?.map(|n| n.name).unwrap_or_default(),
+                None => String::new(),
+            };
+            if let Err(e) = vault.backfill_k3s_token(store.as_ref(), &by, token, clock()) {
+                tracing::warn!(error = %e, "could not back up the K3s token in the key vault");
+            }
+        }
         let secrets = store.list_secrets()?.into_iter().map(|s| (s.name.clone(), s)).collect();
         let rollout = store.get_rollout()?.map(Arc::new);
         let parsed = Arc::new(elysium_spec::ClusterSpec::parse(&spec.toml).unwrap_or_default());
@@ -157,6 +175,7 @@ impl Coordinator {
             rollout_kick: Notify::new(),
             rollout_lock: tokio::sync::Mutex::new(()),
             drain_results: Mutex::new(Default::default()),
+            vault,
         }))
     }
 

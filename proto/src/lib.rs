@@ -7,6 +7,32 @@
 
 pub mod v1 {
     tonic::include_proto!("elysium.v1");
+
+    // By hand (build.rs skips the derived ones): never format private keys.
+    impl std::fmt::Debug for SealingKeyReport {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SealingKeyReport")
+                .field("namespace", &self.namespace)
+                .field("name", &self.name)
+                .field("uid", &self.uid)
+                .field("resource_version", &self.resource_version)
+                .field("labels", &self.labels)
+                .field("tls_crt_bytes", &self.tls_crt.len())
+                .field("tls_key", &"<redacted>")
+                .field("created_unix", &self.created_unix)
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for ExportSealingKeysResponse {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ExportSealingKeysResponse")
+                .field("keys", &self.keys)
+                .field("keys_yaml", &"<redacted>")
+                .field("k3s_server_token", &"<redacted>")
+                .finish()
+        }
+    }
 }
 
 /// Name of the wire protocol agents announce in `Hello.protocol`.

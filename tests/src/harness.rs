@@ -158,7 +158,8 @@ async fn serve(
     let store = RedbStore::open(&data.store_path()).expect("open store");
     let real = server::system_clock();
     let clock: Clock = Arc::new(move || real() + offset.load(Ordering::SeqCst));
-    let coordinator = Coordinator::new(Arc::new(store), data.ca, clock).expect("coordinator");
+    let vault = data.vault_key().expect("vault key");
+    let coordinator = Coordinator::new(Arc::new(store), data.ca, vault, clock).expect("coordinator");
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel();

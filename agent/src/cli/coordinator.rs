@@ -82,7 +82,8 @@ async fn serve(data_dir: &Path, listen: SocketAddr, quickstart: Option<()>) -> a
     let tls = ServerTls::from_data_dir(&dir);
     let sans = dir.config.sans.clone();
     let name = dir.config.name.clone();
-    let coordinator = Coordinator::new(Arc::new(store), dir.ca, server::system_clock())?;
+    let vault = dir.vault_key()?;
+    let coordinator = Coordinator::new(Arc::new(store), dir.ca, vault, server::system_clock())?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("could not listen on {listen} (is another coordinator running?)"))?;

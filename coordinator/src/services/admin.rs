@@ -451,6 +451,22 @@ impl pb::admin_server::Admin for AdminService {
             events: events.into_iter().map(convert::event_to_pb).collect(),
         }))
     }
+
+    async fn list_sealing_keys(
+        &self,
+        request: Request<pb::ListSealingKeysRequest>,
+    ) -> Result<Response<pb::ListSealingKeysResponse>, Status> {
+        require_admin(&request)?;
+        crate::vault::rpc::list(&self.coordinator).await.map(Response::new)
+    }
+
+    async fn export_sealing_keys(
+        &self,
+        request: Request<pb::ExportSealingKeysRequest>,
+    ) -> Result<Response<pb::ExportSealingKeysResponse>, Status> {
+        let admin = require_admin(&request)?;
+        crate::vault::rpc::export(&self.coordinator, &admin, request.into_inner()).await.map(Response::new)
+    }
 }
 
 /// The version a channel points at now.

@@ -185,7 +185,12 @@ async fn handle(
             None
         }
         Msg::K3s(report) => {
+            crate::vault::rpc::on_k3s_token(c, node, &report.server_token).await;
             k3s_report(c, node, report).await;
+            None
+        }
+        Msg::SealingKey(report) => {
+            crate::vault::rpc::on_sealing_key(c, node, report).await;
             None
         }
         Msg::Result(r) if r.operation_id.starts_with("drain-") => {
@@ -254,7 +259,10 @@ async fn k3s_report(c: &Arc<Coordinator>, node: &mut NodeRecord, report: pb::K3s
         return;
     }
     if !is_first {
-        tracing::warn!(node = %node.name, "ignoring a K3s token report from a node that is not the first server");
+        // Every server may report it for the key vault; only the first one's counts here.
+        if node.role != crate::tokens::Role::Server {
+            tracing::warn!(node = %node.name, "ignoring a K3s token report from a node that is not the first server");
+        }
         return;
     }
     if !report.server_token.starts_with("K10") {

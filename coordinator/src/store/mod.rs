@@ -149,6 +149,47 @@ impl std::fmt::Debug for SecretRecord {
     }
 }
 
+/// What the key vault knows about one backed-up item, kept in plain text so that
+/// `keys status` works without decrypting anything. The item itself (key material,
+/// token) is stored age-encrypted beside it under the same id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultRecord {
+    /// `sealing-key/<hex SHA-256>` or `k3s-token/<hex SHA-256>` of what is stored:
+    /// a report of the same content is the same item.
+    pub id: String,
+    pub first_seen_unix: i64,
+    /// The last time a server node reported it.
+    pub last_seen_unix: i64,
+    /// The server node that reported it last.
+    pub reported_by: String,
+    /// Set for sealing keys; `None` for the K3s token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealing_key: Option<SealingKeyMeta>,
+}
+
+impl VaultRecord {
+    pub fn is_k3s_token(&self) -> bool {
+        self.sealing_key.is_none()
+    }
+}
+
+/// The public facts about a sealed-secrets key Secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealingKeyMeta {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub resource_version: String,
+    pub labels: BTreeMap<String, String>,
+    /// The Secret's creationTimestamp (0 if unknown).
+    pub created_unix: i64,
+    /// The certificate's validity; the controller seals with the newest NotBefore.
+    pub not_before_unix: i64,
+    pub not_after_unix: i64,
+    /// Hex SHA-256 of the certificate's SubjectPublicKeyInfo, as `recover` prints it.
+    pub fingerprint: String,
+}
+
 /// An event to append (the store assigns its sequence number).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
@@ -253,6 +294,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn put_secret(&self, secret: &SecretRecord) -> Result<(), StoreError>;
     fn delete_secret(&self, name: &str) -> Result<Option<SecretRecord>, StoreError>;
     fn list_secrets(&self) -> Result<Vec<SecretRecord>, StoreError>;
+
+    /// Every key vault record (sealing keys and K3s tokens), metadata only.
+    fn list_vault(&self) -> Result<Vec<VaultRecord>, StoreError>;
+    /// Creates or updates a vault record; with `sealed`, also stores its encrypted
+    /// item, in the same transaction.
+    fn put_vault(&self, record: &VaultRecord, sealed: Option<&[u8]>) -> Result<(), StoreError>;
+    /// The encrypted item of a vault record.
+    fn get_vault_sealed(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     fn append_event(&self, unix: i64, kind: &str, subject: &str, message: &str) -> Result<u64, StoreError> {
         self.append_events(&[NewEvent {

@@ -17,6 +17,9 @@ const NODE_NAMES: TableDefinition<&str, &str> = TableDefinition::new("node_names
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+/// Key vault: id → [`VaultRecord`] (plain metadata), and id → age ciphertext.
+const VAULT: TableDefinition<&str, &[u8]> = TableDefinition::new("vault");
+const VAULT_SEALED: TableDefinition<&str, &[u8]> = TableDefinition::new("vault_sealed");
 
 const SPEC_KEY: &str = "cluster_spec";
 const K3S_KEY: &str = "k3s_cluster";
@@ -62,6 +65,8 @@ impl RedbStore {
             txn.open_table(META).map_err(engine)?;
             txn.open_table(EVENTS).map_err(engine)?;
             txn.open_table(SECRETS).map_err(engine)?;
+            txn.open_table(VAULT).map_err(engine)?;
+            txn.open_table(VAULT_SEALED).map_err(engine)?;
         }
         txn.commit().map_err(engine)?;
         Ok(Self { db })
@@ -291,6 +296,29 @@ impl Store for RedbStore {
 
     fn list_secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
         self.read_all(SECRETS)
+    }
+
+    fn list_vault(&self) -> Result<Vec<VaultRecord>, StoreError> {
+        self.read_all(VAULT)
+    }
+
+    fn put_vault(&self, record: &VaultRecord, sealed: Option<&[u8]>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        {
+            let mut table = txn.open_table(VAULT).map_err(engine)?;
+            table.insert(record.id.as_str(), encode(record).as_slice()).map_err(engine)?;
+            if let Some(sealed) = sealed {
+                let mut table = txn.open_table(VAULT_SEALED).map_err(engine)?;
+                table.insert(record.id.as_str(), sealed).map_err(engine)?;
+            }
+        }
+        txn.commit().map_err(engine)
+    }
+
+    fn get_vault_sealed(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(VAULT_SEALED).map_err(engine)?;
+        Ok(table.get(id).map_err(engine)?.map(|v| v.value().to_vec()))
     }
 
     fn append_events(&self, new: &[NewEvent]) -> Result<u64, StoreError> {

@@ -1,0 +1,138 @@
+//! The vault on the wire: what sessions do with agents' reports, and the Admin calls
+//! `ListSealingKeys` and `ExportSealingKeys`.
+
+use std::sync::Arc;
+
+use elysium_proto::{MAX_MESSAGE_BYTES, v1 as pb};
+use tonic::Status;
+
+use super::{Accepted, ExportError, Refused};
+use crate::server::Coordinator;
+use crate::services::{blocking, internal};
+use crate::store::NodeRecord;
+
+/// A `SealingKeyReport` from a node's session.
+pub(crate) async fn on_sealing_key(c: &Arc<Coordinator>, node: &NodeRecord, report: pb::SealingKeyReport) {
+    let (cc, n) = (c.clone(), node.clone());
+    let what = format!("{}/{}", report.namespace, report.name);
+    let result =
+        blocking(move || cc.vault.accept_sealing_key(cc.store.as_ref(), &n, &report, cc.now())).await;
+    let result = match result {
+        Ok(r) => r,
+        Err(status) => {
+            tracing::warn!(node = %node.name, key = %what, %status, "could not back up a sealing key");
+            return;
+        }
+    };
+    match result {
+        Ok(Accepted::New) => {
+            c.event("vault.key", &node.name, &format!("sealed-secrets key {what} backed up"));
+        }
+        Ok(Accepted::Changed) => {
+            tracing::info!(node = %node.name, key = %what, "sealing key metadata changed");
+        }
+        Ok(Accepted::Seen | Accepted::Unchanged) => {
+            tracing::debug!(node = %node.name, key = %what, "sealing key seen again");
+        }
+        Err(e) => refused(c, node, &what, &e),
+    }
+}
+
+/// The K3s server token from a node's `K3sReport` (every server may send it).
+pub(crate) async fn on_k3s_token(c: &Arc<Coordinator>, node: &NodeRecord, token: &str) {
+    if token.is_empty() {
+        return;
+    }
+    let (cc, n, t) = (c.clone(), node.clone(), zeroize::Zeroizing::new(token.to_owned()));
+    match blocking(move || cc.vault.accept_k3s_token(cc.store.as_ref(), &n, &t, cc.now())).await {
+        Ok(Ok(Accepted::New)) => c.event("vault.k3s-token", &node.name, "K3s server token backed up"),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => refused(c, node, "the K3s token", &e),
+        Err(status) => tracing::warn!(node = %node.name, %status, "could not back up the K3s token"),
+    }
+}
+
+fn refused(c: &Coordinator, node: &NodeRecord, what: &str, e: &Refused) {
+    let detail = std::error::Error::source(e).map(|s| format!(": {s}")).unwrap_or_default();
+    match e {
+        Refused::Store(_) | Refused::Vault(_) => {
+            tracing::error!(node = %node.name, item = %what, error = %e, detail, "the key vault failed");
+        }
+        _ => {
+            tracing::warn!(node = %node.name, item = %what, error = %e, detail, "key vault report refused");
+            c.event("vault.refused", &node.name, &format!("{what}: {e}{detail}"));
+        }
+    }
+}
+
+/// `ListSealingKeys`: metadata only, newest certificate first.
+pub(crate) async fn list(c: &Arc<Coordinator>) -> Result<pb::ListSealingKeysResponse, Status> {
+    let store = c.store.clone();
+    let mut records = blocking(move || store.list_vault()).await?.map_err(internal)?;
+    records.sort_by_key(|r| std::cmp::Reverse(r.sealing_key.as_ref().map(|m| m.not_before_unix)));
+    let token = records.iter().filter(|r| r.is_k3s_token()).max_by_key(|r| r.last_seen_unix);
+    Ok(pb::ListSealingKeysResponse {
+        keys: records
+            .iter()
+            .filter_map(|r| {
+                let m = r.sealing_key.as_ref()?;
+                Some(pb::SealingKeyInfo {
+                    namespace: m.namespace.clone(),
+                    name: m.name.clone(),
+                    labels: m.labels.clone().into_iter().collect(),
+                    fingerprint: m.fingerprint.clone(),
+                    not_before_unix: m.not_before_unix,
+                    not_after_unix: m.not_after_unix,
+                    created_unix: m.created_unix,
+                    first_seen_unix: r.first_seen_unix,
+                    last_seen_unix: r.last_seen_unix,
+                    reported_by: r.reported_by.clone(),
+                })
+            })
+            .collect(),
+        k3s_token: Some(match token {
+            Some(r) => pb::K3sTokenInfo {
+                backed_up: true,
+                fingerprint: super::token_fingerprint(r),
+                reported_by: r.reported_by.clone(),
+                first_seen_unix: r.first_seen_unix,
+                last_seen_unix: r.last_seen_unix,
+            },
+            None => pb::K3sTokenInfo::default(),
+        }),
+        now_unix: c.now(),
+    })
+}
+
+/// `ExportSealingKeys`: the decrypted keys file (and token). The caller has been
+/// checked to hold the admin certificate.
+pub(crate) async fn export(
+    c: &Arc<Coordinator>,
+    admin: &str,
+    request: pb::ExportSealingKeysRequest,
+) -> Result<pb::ExportSealingKeysResponse, Status> {
+    let cc = c.clone();
+    let export = blocking(move || cc.vault.export(cc.store.as_ref(), request.include_k3s_token, cc.now()))
+        .await?
+        .map_err(|e| match e {
+            ExportError::Store(e) => internal(e),
+            ExportError::Vault(e) => {
+                tracing::error!(error = %e, "key vault export failed");
+                Status::data_loss(e.to_string())
+            }
+        })?;
+    // Leave room for the response's framing and the token.
+    if export.keys_yaml.len() + 4096 > MAX_MESSAGE_BYTES {
+        return Err(Status::resource_exhausted(format!(
+            "{} keys do not fit in one response ({} bytes); this coordinator cannot export them yet",
+            export.keys,
+            export.keys_yaml.len()
+        )));
+    }
+    c.event("vault.exported", admin, &format!("{} sealing keys exported", export.keys));
+    Ok(pb::ExportSealingKeysResponse {
+        keys_yaml: export.keys_yaml.to_string(),
+        keys: export.keys as u32,
+        k3s_server_token: export.k3s_token.as_deref().map(|t| t.to_string()).unwrap_or_default(),
+    })
+}
