@@ -14,3 +14,4 @@ pub mod notify;
 pub mod paths;
 pub mod steps;
 pub mod transport;
+pub mod vault;

@@ -16,6 +16,8 @@ const PROGRESS_QUEUE: usize = 64;
 pub struct StepLink {
     progress: mpsc::Sender<pb::AgentMessage>,
     k3s: Arc<watch::Sender<Option<pb::K3sReport>>>,
+    /// The sealed-secrets keys a server sees (`crate::vault`), level-triggered.
+    keys: Arc<watch::Sender<crate::vault::KeySet>>,
 }
 
 /// The session's end.
@@ -23,12 +25,17 @@ pub struct StepLink {
 pub struct SessionLink {
     pub(crate) progress: mpsc::Receiver<pb::AgentMessage>,
     pub(crate) k3s: watch::Receiver<Option<pb::K3sReport>>,
+    pub(crate) keys: watch::Receiver<crate::vault::KeySet>,
 }
 
 pub fn link() -> (StepLink, SessionLink) {
     let (ptx, prx) = mpsc::channel(PROGRESS_QUEUE);
     let (ktx, krx) = watch::channel(None);
-    (StepLink { progress: ptx, k3s: Arc::new(ktx) }, SessionLink { progress: prx, k3s: krx })
+    let (vtx, vrx) = watch::channel(Default::default());
+    (
+        StepLink { progress: ptx, k3s: Arc::new(ktx), keys: Arc::new(vtx) },
+        SessionLink { progress: prx, k3s: krx, keys: vrx },
+    )
 }
 
 impl StepLink {
@@ -68,5 +75,11 @@ impl StepLink {
                 true
             }
         });
+    }
+
+    /// Changes the set of sealing keys with `f`, which says whether it changed
+    /// anything; sessions send what changed. Returns `f`'s answer.
+    pub fn publish_sealing_keys(&self, f: impl FnOnce(&mut crate::vault::KeySet) -> bool) -> bool {
+        self.keys.send_if_modified(f)
     }
 }

@@ -127,6 +127,8 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
     let mut heartbeat = tokio::time::interval(period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent_at: Option<(u64, Instant)> = None;
+    // Every sealing key again on each session: the coordinator may not have them.
+    let mut keys = crate::vault::keys::KeySender::new(&ctx.link.keys, crate::vault::keys::REFRESH);
     loop {
         tokio::select! {
             msg = inbound.message() => {
@@ -183,6 +185,13 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
                 let report = ctx.link.k3s.borrow_and_update().clone();
                 if let Some(report) = report {
                     let msg = pb::AgentMessage { msg: Some(pb::agent_message::Msg::K3s(report)) };
+                    if out.send(msg).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Some(batch) = keys.next() => {
+                for msg in batch {
                     if out.send(msg).await.is_err() {
                         return Ok(());
                     }

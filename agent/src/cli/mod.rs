@@ -6,6 +6,7 @@ mod admin;
 mod coordinator;
 mod inventory;
 mod k3s;
+mod keys;
 mod mount;
 mod node;
 mod recover;
@@ -106,6 +107,10 @@ pub enum Command {
     /// (preflight, apply over the Kubernetes API, then following Flux until healthy).
     #[command(after_help = recover::RECOVER_HELP)]
     Recover(recover::RecoverArgs),
+    /// The coordinator's key vault: which sealed-secrets keys and K3s token are backed
+    /// up and how fresh (`status`), and the backup as the keys file `recover` reads.
+    #[command(subcommand, after_help = keys::KEYS_HELP)]
+    Keys(keys::KeysCommand),
     /// Wait until an rclone mount is up at PATH (exit 0), for init containers and
     /// units that need a media mount; exits 1 with the reason on timeout.
     #[command(after_help = mount::WAIT_MOUNT_HELP)]
@@ -486,6 +491,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inventory(args) => inventory::run(&root, args),
         Command::WaitMount(args) => mount::wait_mount(&root, args).await,
         Command::Recover(args) => recover::run(args).await,
+        Command::Keys(cmd) => keys::run(cmd).await,
     }
 }
 

@@ -83,6 +83,8 @@ pub async fn agent(root: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
     let host = host(root);
     let config = AgentConfig::load(&host.fs, &args.config)?;
     let (step_link, session_link) = agent::link::link();
+    // On K3s servers: back up the sealed-secrets keys to the coordinator.
+    let _keys = crate::vault::spawn(host.fs.clone(), step_link.clone(), Default::default());
     let reconciler = crate::steps::reconciler(&config.node_name, step_link)?;
     agent::run(host, config, reconciler, session_link, AgentOptions::default(), super::shutdown_signal())
         .await?;

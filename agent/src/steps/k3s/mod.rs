@@ -322,13 +322,14 @@ impl K3sStep {
     }
 
     /// Tells the coordinator the version running healthy and the last version
-    /// that failed its health gate (rollouts halt on it); the first server also
-    /// reports the secure token K3s wrote, for the other nodes.
+    /// that failed its health gate (rollouts halt on it); servers also report the
+    /// secure token K3s wrote: the first server's goes to the other nodes, and the
+    /// key vault backs up every server's (etcd snapshots need it to be restored).
     fn report(&self, host: &Host, role: K3sRole) {
         let state = journal::load_state(&host.fs);
         let Some(installed) = &state.installed else { return };
         let mut server_token = String::new();
-        if role == (K3sRole::Server { cluster_init: true })
+        if matches!(role, K3sRole::Server { .. })
             && let Ok(Some(bytes)) = host.fs.read_optional(SERVER_TOKEN_FILE)
         {
             let token = String::from_utf8_lossy(&bytes).trim().to_owned();

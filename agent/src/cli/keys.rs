@@ -1,0 +1,403 @@
+//! `keys status | export`: the coordinator's key vault. Which sealed-secrets keys and
+//! which K3s token are backed up and whether the backup is fresh, and the backup
+//! itself as the keys file `recover --sealed-secrets-keys` reads.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context as _, anyhow};
+use clap::Subcommand;
+use elysium_proto::v1 as pb;
+use serde::Serialize;
+
+use super::admin::{client, print_json, print_table, rpc};
+use super::{AdminConn, Output};
+
+/// The sealed-secrets controller's default `--key-renew-period` (30*24h,
+/// cmd/controller/main.go; reference §3): a new key every 30 days.
+const DEFAULT_RENEW_PERIOD: &str = "30d";
+/// How far past the renewal period the newest key may be before `status` warns: the
+/// controller renews on time, but the agents report only while a server runs.
+const RENEWAL_MARGIN: Duration = Duration::from_secs(2 * 86_400);
+
+pub const KEYS_HELP: &str = "\
+Server nodes' agents watch the sealed-secrets key Secrets (label
+sealedsecrets.bitnami.com/sealed-secrets-key, every namespace) and send each new or changed
+key to the coordinator, which keeps every key it has seen (also after the cluster deleted it:
+old keys still open old SealedSecrets), encrypted with its vault key (DATA_DIR/vault.key).
+The K3s server token, needed to restore etcd snapshots, is kept the same way.
+
+`status` exits 1 when the backup looks stale: no key, the newest key older than the renewal
+period (the controller made a newer one the vault has not seen), no report for a while, or no
+K3s token. `export` writes the keys file (0600) that `recover` reads; copy it offline.
+
+Examples:
+  elysium-node keys status
+  elysium-node keys status -o json
+  elysium-node keys export --out /root/main.key
+  elysium-node keys export --out /root/main.key --k3s-token-out /root/k3s-token --force
+  elysium-node recover --verify-only --repo ssh://git@github.com/alecsg77/elysium \\
+      --deploy-key /root/flux-deploy-key --sealed-secrets-keys /root/main.key";
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// What is backed up and how fresh; exits 1 when the backup looks stale.
+    Status {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// The controller's --key-renew-period: warn when the newest key is older
+        /// than this (plus two days).
+        #[arg(long, default_value = DEFAULT_RENEW_PERIOD, value_parser = humantime::parse_duration)]
+        renew_period: Duration,
+        /// Warn when no server has reported any key for this long (agents report
+        /// every key at least every six hours).
+        #[arg(long, default_value = "2d", value_parser = humantime::parse_duration)]
+        stale_after: Duration,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Write every backed-up key as the keys file `recover --sealed-secrets-keys`
+    /// reads (a `v1 List` of kubernetes.io/tls Secrets), mode 0600.
+    Export {
+        /// Where to write it. Refused if it exists, unless --force.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Also write the K3s server token to this file (0600).
+        #[arg(long, value_name = "FILE")]
+        k3s_token_out: Option<PathBuf>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
+pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        KeysCommand::Status { output, renew_period, stale_after, conn } => {
+            let resp =
+                client(&conn).await?.list_sealing_keys(pb::ListSealingKeysRequest {}).await.map_err(rpc)?;
+            let status = Status::of(&resp.into_inner(), renew_period, stale_after);
+            match output {
+                Output::Json => print_json(&status)?,
+                Output::Table => status.print(renew_period),
+            }
+            Ok(if status.warnings.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        KeysCommand::Export { out, k3s_token_out, force, conn } => {
+            for path in std::iter::once(&out).chain(k3s_token_out.as_ref()) {
+                if !force && path.exists() {
+                    anyhow::bail!("{} exists; pass --force to replace it", path.display());
+                }
+            }
+            let request = pb::ExportSealingKeysRequest { include_k3s_token: k3s_token_out.is_some() };
+            let export = client(&conn).await?.export_sealing_keys(request).await.map_err(rpc)?.into_inner();
+            if export.keys == 0 {
+                anyhow::bail!(
+                    "the vault holds no sealing key yet: `elysium-node keys status` says why (is a server node's agent running?)"
+                );
+            }
+            // Only a file `recover` reads is a backup: check before writing.
+            let keys = elysium_recovery::keys::parse(export.keys_yaml.as_bytes())
+                .context("the coordinator's export is not a keys file that `recover` reads")?;
+            write_private(&out, export.keys_yaml.as_bytes(), force)?;
+            eprintln!("Wrote {} sealed-secrets keys to {} (0600).", keys.len(), out.display());
+            if let Some(path) = &k3s_token_out {
+                if export.k3s_server_token.is_empty() {
+                    eprintln!("The K3s server token is not backed up yet; {} not written.", path.display());
+                } else {
+                    write_private(path, format!("{}\n", export.k3s_server_token).as_bytes(), force)?;
+                    eprintln!("Wrote the K3s server token to {} (0600).", path.display());
+                }
+            }
+            eprintln!(
+                "Check it against the repository: elysium-node recover --verify-only --repo REPO --sealed-secrets-keys {}",
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Writes a secret file with mode 0600 from its first byte. Without `force` the file
+/// must not exist (checked by the create itself, not before it); with it, the file
+/// is replaced atomically.
+fn write_private(path: &Path, contents: &[u8], force: bool) -> anyhow::Result<()> {
+    let abs = std::path::absolute(path).with_context(|| format!("could not resolve {}", path.display()))?;
+    if force {
+        elysium_host::RootFs::new("/").write_atomic(&abs, contents, 0o600)?;
+        return Ok(());
+    }
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&abs).map_err(
+        |e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                anyhow!("{} exists; pass --force to replace it", abs.display())
+            }
+            _ => anyhow!(e).context(format!("could not create {}", abs.display())),
+        },
+    )?;
+    // The umask can only narrow 0600; set it exactly anyway.
+    use std::os::unix::fs::PermissionsExt as _;
+    let written = file
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| file.write_all(contents))
+        .and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&abs);
+        return Err(anyhow!(e).context(format!("could not write {}", abs.display())));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct KeyView {
+    namespace: String,
+    name: String,
+    /// The sealed-secrets label's value: `active` or `compromised`.
+    state: String,
+    fingerprint: String,
+    not_before_unix: i64,
+    not_after_unix: i64,
+    first_seen_unix: i64,
+    last_seen_unix: i64,
+    reported_by: String,
+}
+
+#[derive(Debug, Serialize)]
+struct TokenView {
+    backed_up: bool,
+    fingerprint: String,
+    reported_by: String,
+    last_seen_unix: i64,
+}
+
+/// What `keys status` shows: the keys, the token, and what looks wrong.
+#[derive(Debug, Serialize)]
+struct Status {
+    now_unix: i64,
+    /// Newest certificate first.
+    keys: Vec<KeyView>,
+    /// Age of the newest key's certificate (NotBefore), seconds.
+    newest_key_age_seconds: Option<i64>,
+    k3s_token: TokenView,
+    warnings: Vec<String>,
+}
+
+fn days(seconds: i64) -> String {
+    format!("{} days", seconds.max(0) / 86_400)
+}
+
+impl Status {
+    /// Pure: the whole judgement, on the coordinator's clock.
+    fn of(resp: &pb::ListSealingKeysResponse, renew_period: Duration, stale_after: Duration) -> Self {
+        let now = resp.now_unix;
+        let keys: Vec<KeyView> = resp
+            .keys
+            .iter()
+            .map(|k| KeyView {
+                namespace: k.namespace.clone(),
+                name: k.name.clone(),
+                state: k.labels.get(crate::vault::keys::KEY_LABEL).cloned().unwrap_or_default(),
+                fingerprint: k.fingerprint.clone(),
+                not_before_unix: k.not_before_unix,
+                not_after_unix: k.not_after_unix,
+                first_seen_unix: k.first_seen_unix,
+                last_seen_unix: k.last_seen_unix,
+                reported_by: k.reported_by.clone(),
+            })
+            .collect();
+        let token = resp.k3s_token.clone().unwrap_or_default();
+        let mut warnings = Vec::new();
+        let newest = resp.keys.iter().max_by_key(|k| k.not_before_unix);
+        let newest_key_age_seconds = newest.map(|k| now - k.not_before_unix);
+        match newest {
+            None => warnings.push(
+                "no sealed-secrets key is backed up: is a server node's agent running, with K3s up and the sealed-secrets controller installed?"
+                    .to_owned(),
+            ),
+            Some(k) => {
+                let age = now - k.not_before_unix;
+                let limit = (renew_period + RENEWAL_MARGIN).as_secs() as i64;
+                if !renew_period.is_zero() && age > limit {
+                    warnings.push(format!(
+                        "the newest key ({}/{}) is {} old but the controller renews every {}: the cluster most likely has a newer key that is not backed up (check the agents on server nodes; if renewal is off, pass --renew-period 0)",
+                        k.namespace,
+                        k.name,
+                        days(age),
+                        humantime::format_duration(renew_period)
+                    ));
+                }
+            }
+        }
+        if let Some(last) = resp.keys.iter().map(|k| k.last_seen_unix).max() {
+            let silent = now - last;
+            if silent > stale_after.as_secs() as i64 {
+                warnings.push(format!(
+                    "no server node has reported a key for {}: keys made since then may be missing (are the server nodes' agents running? `elysium-node nodes`)",
+                    days(silent)
+                ));
+            }
+        }
+        if !token.backed_up {
+            warnings.push(
+                "the K3s server token is not backed up (restoring an etcd snapshot needs it): a healthy K3s server reports it"
+                    .to_owned(),
+            );
+        }
+        Status {
+            now_unix: now,
+            keys,
+            newest_key_age_seconds,
+            k3s_token: TokenView {
+                backed_up: token.backed_up,
+                fingerprint: token.fingerprint,
+                reported_by: token.reported_by,
+                last_seen_unix: token.last_seen_unix,
+            },
+            warnings,
+        }
+    }
+
+    fn print(&self, renew_period: Duration) {
+        let date = |unix: i64| {
+            let t = UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
+            humantime::format_rfc3339_seconds(t).to_string()
+        };
+        let ago = |unix: i64| ago(self.now_unix, unix);
+        let rows: Vec<Vec<String>> = self
+            .keys
+            .iter()
+            .map(|k| {
+                vec![
+                    format!("{}/{}", k.namespace, k.name),
+                    k.state.clone(),
+                    date(k.not_before_unix),
+                    ago(k.last_seen_unix),
+                    k.reported_by.clone(),
+                    k.fingerprint.chars().take(12).collect(),
+                ]
+            })
+            .collect();
+        if !rows.is_empty() {
+            print_table(&["KEY", "STATE", "NOT BEFORE", "LAST SEEN", "REPORTED BY", "FINGERPRINT"], &rows);
+            println!();
+        }
+        if let (Some(k), Some(age)) = (self.keys.first(), self.newest_key_age_seconds) {
+            println!(
+                "Newest key: {}/{}, {} old (the controller renews every {}).",
+                k.namespace,
+                k.name,
+                days(age),
+                humantime::format_duration(renew_period)
+            );
+        }
+        let t = &self.k3s_token;
+        if t.backed_up {
+            println!(
+                "K3s token: backed up (fingerprint {}, reported by {}, last seen {}).",
+                t.fingerprint,
+                t.reported_by,
+                ago(t.last_seen_unix)
+            );
+        } else {
+            println!("K3s token: not backed up.");
+        }
+        for w in &self.warnings {
+            println!("WARNING: {w}");
+        }
+    }
+}
+
+/// "3m ago" on the coordinator's clock.
+fn ago(now: i64, unix: i64) -> String {
+    if unix <= 0 {
+        return "never".into();
+    }
+    let secs = (now - unix).max(0);
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    fn key(name: &str, not_before: i64, last_seen: i64) -> pb::SealingKeyInfo {
+        pb::SealingKeyInfo {
+            namespace: "flux-system".into(),
+            name: name.into(),
+            labels: [(crate::vault::keys::KEY_LABEL.to_owned(), "active".to_owned())].into(),
+            not_before_unix: not_before,
+            last_seen_unix: last_seen,
+            ..Default::default()
+        }
+    }
+
+    fn resp(keys: Vec<pb::SealingKeyInfo>, token: bool, now: i64) -> pb::ListSealingKeysResponse {
+        pb::ListSealingKeysResponse {
+            keys,
+            k3s_token: Some(pb::K3sTokenInfo { backed_up: token, ..Default::default() }),
+            now_unix: now,
+        }
+    }
+
+    fn warnings(r: &pb::ListSealingKeysResponse) -> Vec<String> {
+        Status::of(r, Duration::from_secs(30 * DAY as u64), Duration::from_secs(2 * DAY as u64)).warnings
+    }
+
+    #[test]
+    fn keys_status_is_quiet_for_a_fresh_backup() {
+        let now = 1000 * DAY;
+        let r =
+            resp(vec![key("new", now - 10 * DAY, now - 60), key("old", now - 40 * DAY, now - 60)], true, now);
+        assert_eq!(warnings(&r), Vec::<String>::new());
+        assert_eq!(Status::of(&r, Duration::ZERO, Duration::ZERO).newest_key_age_seconds, Some(10 * DAY));
+    }
+
+    #[test]
+    fn keys_status_warns_about_a_missed_renewal_silence_and_no_token() {
+        let now = 1000 * DAY;
+        // 31 days: within the margin.
+        assert!(warnings(&resp(vec![key("k", now - 31 * DAY, now)], true, now)).is_empty());
+        let w = warnings(&resp(vec![key("k", now - 33 * DAY, now)], true, now));
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("flux-system/k") && w[0].contains("33 days") && w[0].contains("30days"),
+            "{w:?}"
+        );
+        let w = warnings(&resp(vec![key("k", now - DAY, now - 3 * DAY)], true, now));
+        assert!(w.len() == 1 && w[0].contains("no server node has reported a key for 3 days"), "{w:?}");
+        let w = warnings(&resp(vec![key("k", now - DAY, now)], false, now));
+        assert!(w.len() == 1 && w[0].contains("K3s server token"), "{w:?}");
+        let w = warnings(&resp(vec![], false, now));
+        assert!(w[0].contains("no sealed-secrets key is backed up"), "{w:?}");
+        // Renewal off: age alone is no warning.
+        let r = resp(vec![key("k", now - 400 * DAY, now)], true, now);
+        assert!(Status::of(&r, Duration::ZERO, Duration::from_secs(2 * DAY as u64)).warnings.is_empty());
+    }
+
+    #[test]
+    fn keys_export_file_is_0600_and_never_overwritten_without_force() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("main.key");
+        write_private(&path, b"one", false).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let err = write_private(&path, b"two", false).unwrap_err();
+        assert!(err.to_string().contains("--force"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"one");
+        write_private(&path, b"two", true).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,249 @@
+//! The node's half of the key vault: on K3s servers, watch the sealed-secrets key
+//! Secrets (label `sealedsecrets.bitnami.com/sealed-secrets-key`, every namespace)
+//! through the node's kubeconfig and hand each new or changed key to the session,
+//! which sends it to the coordinator ([`keys`]). The coordinator keeps them; `recover`
+//! then never has to start from a backup taken before the last renewal.
+//!
+//! A background task, not a reconciler step: a step runs only when the steps before
+//! it succeed, and the backup matters most when something is broken (a K3s upgrade
+//! that failed, a mirror that is down). The task needs nothing from a pass: it waits,
+//! quietly, until this node holds a spec that makes it a K3s server and K3s has
+//! written its kubeconfig, then watches for as long as the agent runs, reconnecting
+//! when the API server goes away.
+
+pub mod keys;
+
+use std::time::Duration;
+
+use elysium_host::{FsError, RootFs};
+use k8s_openapi::api::core::v1::Secret;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Config};
+use tokio_stream::StreamExt as _;
+
+use crate::agent::link::StepLink;
+use crate::agent::state;
+pub use keys::KeySet;
+
+/// Where K3s writes its admin kubeconfig on a server (the default of `k3s server
+/// --write-kubeconfig`, docs.k3s.io/cli/server; reference §1.6). A node path.
+pub const K3S_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
+/// K3s roles (`K3sAssignment.role`) that run an API server.
+const SERVER_ROLES: [&str; 2] = ["server-init", "server"];
+
+/// Where and how often.
+#[derive(Debug, Clone)]
+pub struct KeyWatchOptions {
+    /// The kubeconfig to watch with, a node path under the host root.
+    pub kubeconfig: String,
+    /// How long to wait before looking again when this node is not (yet) a server,
+    /// K3s has not written its kubeconfig, or the watch failed.
+    pub retry: Duration,
+}
+
+impl Default for KeyWatchOptions {
+    fn default() -> Self {
+        Self { kubeconfig: K3S_KUBECONFIG.to_owned(), retry: Duration::from_secs(30) }
+    }
+}
+
+/// Why the watch could not start or stopped. Names the file or the API, never data.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyWatchError {
+    #[error(transparent)]
+    Read(#[from] FsError),
+    #[error("{path} is not a usable kubeconfig")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("could not build a Kubernetes client from {path}")]
+    Client {
+        path: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the watch of sealed-secrets key Secrets failed")]
+    Watch(#[source] watcher::Error),
+    #[error("the watch of sealed-secrets key Secrets ended")]
+    Ended,
+}
+
+/// What this node's held spec says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eligibility {
+    /// Runs a K3s server: watch.
+    Server,
+    /// Not yet known (no spec, no `[k3s]` section): look again later.
+    NotYet,
+    /// A worker node for good (roles come from the join token).
+    Never,
+}
+
+fn eligibility(held: Option<&state::HeldSpec>) -> Eligibility {
+    match held {
+        Some(h) if h.role == "agent" => Eligibility::Never,
+        Some(h) if h.k3s.as_ref().is_some_and(|k| SERVER_ROLES.contains(&k.role.as_str())) => {
+            Eligibility::Server
+        }
+        _ => Eligibility::NotYet,
+    }
+}
+
+/// Starts the watcher in the background; it runs until the process ends or the
+/// handle is aborted.
+pub fn spawn(fs: RootFs, link: StepLink, options: KeyWatchOptions) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(fs, link, options))
+}
+
+/// Watches for as long as it is useful: returns only on a worker node.
+pub async fn run(fs: RootFs, link: StepLink, options: KeyWatchOptions) {
+    // Log a failure once, at warn; its repeats at debug until the watch works again.
+    let mut failing = false;
+    loop {
+        match eligibility(state::load_spec(&fs).as_ref()) {
+            Eligibility::Never => {
+                tracing::debug!("not a server node: no sealing keys to back up");
+                return;
+            }
+            Eligibility::NotYet => {}
+            Eligibility::Server => match connect(&fs, &options.kubeconfig).await {
+                Ok(None) => {
+                    tracing::debug!(path = %options.kubeconfig, "no kubeconfig yet (K3s not up?); looking again later");
+                }
+                Ok(Some(client)) => {
+                    let end = watch(client, &link, &mut failing).await;
+                    report_failure(&end, &mut failing);
+                }
+                Err(e) => report_failure(&e, &mut failing),
+            },
+        }
+        tokio::time::sleep(options.retry).await;
+    }
+}
+
+fn report_failure(e: &KeyWatchError, failing: &mut bool) {
+    let source = std::error::Error::source(e).map(ToString::to_string);
+    if *failing {
+        tracing::debug!(error = %e, source, "sealing key watch still failing");
+    } else {
+        tracing::warn!(error = %e, source, "sealing key backup paused; retrying");
+    }
+    *failing = true;
+}
+
+/// A client from the kubeconfig at `path`; `None` when there is no such file.
+async fn connect(fs: &RootFs, path: &str) -> Result<Option<Client>, KeyWatchError> {
+    let Some(bytes) = fs.read_optional(path)? else { return Ok(None) };
+    let text = String::from_utf8_lossy(&bytes);
+    let kubeconfig = Kubeconfig::from_yaml(&text)
+        .map_err(|source| KeyWatchError::Kubeconfig { path: path.to_owned(), source })?;
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| KeyWatchError::Kubeconfig { path: path.to_owned(), source })?;
+    // The watcher's caller retries on its own clock; kube's built-in retries of
+    // 429/503 would only hide an API server that is down for minutes.
+    config.default_retry = false;
+    Client::try_from(config)
+        .map(Some)
+        .map_err(|source| KeyWatchError::Client { path: path.to_owned(), source })
+}
+
+/// Publishes the cluster's key Secrets into the link until the watch fails.
+async fn watch(client: Client, link: &StepLink, failing: &mut bool) -> KeyWatchError {
+    let api: Api<Secret> = Api::all(client);
+    let config = watcher::Config::default().labels(keys::KEY_LABEL);
+    let mut stream = std::pin::pin!(watcher::watcher(api, config));
+    // A (re)list is buffered and replaces the set at its end, so keys deleted while
+    // the watch was down leave the set too.
+    let mut listing: Option<KeySet> = None;
+    loop {
+        let event = match stream.next().await {
+            None => return KeyWatchError::Ended,
+            Some(Err(e)) => return KeyWatchError::Watch(e),
+            Some(Ok(event)) => event,
+        };
+        match event {
+            Event::Init => listing = Some(KeySet::default()),
+            Event::InitApply(secret) => {
+                if let (Some(set), Some(report)) = (listing.as_mut(), usable(&secret)) {
+                    set.insert(report);
+                }
+            }
+            Event::InitDone => {
+                let set = listing.take().unwrap_or_default();
+                if *failing {
+                    tracing::info!("sealing key watch works again");
+                    *failing = false;
+                }
+                tracing::info!(keys = set.len(), names = ?set.names().collect::<Vec<_>>(), "watching sealed-secrets keys");
+                link.publish_sealing_keys(|current| {
+                    let changed = *current != set;
+                    *current = set;
+                    changed
+                });
+            }
+            Event::Apply(secret) => {
+                if let Some(report) = usable(&secret) {
+                    let at = format!("{}/{}", report.namespace, report.name);
+                    if link.publish_sealing_keys(|set| set.insert(report)) {
+                        tracing::info!(key = %at, "sealed-secrets key new or changed");
+                    }
+                }
+            }
+            Event::Delete(secret) => {
+                let (ns, name) =
+                    (secret.metadata.namespace.unwrap_or_default(), secret.metadata.name.unwrap_or_default());
+                if link.publish_sealing_keys(|set| set.remove(&ns, &name)) {
+                    // The coordinator keeps it: old keys still open old SealedSecrets.
+                    tracing::info!(key = %format!("{ns}/{name}"), "sealed-secrets key deleted from the cluster");
+                }
+            }
+        }
+    }
+}
+
+/// The report for a labelled Secret, or `None` (logged) when it is not a usable key.
+fn usable(secret: &Secret) -> Option<elysium_proto::v1::SealingKeyReport> {
+    match keys::report(secret) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring a Secret labelled as a sealing key");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::state::{HeldSpec, K3sAssignment};
+
+    fn held(role: &str, k3s_role: Option<&str>) -> HeldSpec {
+        HeldSpec {
+            generation: 1,
+            cluster_spec_toml: String::new(),
+            role: role.into(),
+            labels: Default::default(),
+            k3s: k3s_role.map(|r| K3sAssignment {
+                role: r.into(),
+                server_url: String::new(),
+                token: String::new(),
+                version: String::new(),
+            }),
+            secrets: Default::default(),
+        }
+    }
+
+    #[test]
+    fn only_k3s_servers_watch_and_workers_stop_looking() {
+        assert_eq!(eligibility(None), Eligibility::NotYet);
+        assert_eq!(eligibility(Some(&held("server", None))), Eligibility::NotYet, "no [k3s] yet");
+        assert_eq!(eligibility(Some(&held("server", Some("server-init")))), Eligibility::Server);
+        assert_eq!(eligibility(Some(&held("server", Some("server")))), Eligibility::Server);
+        assert_eq!(eligibility(Some(&held("agent", Some("agent")))), Eligibility::Never);
+        assert_eq!(eligibility(Some(&held("agent", None))), Eligibility::Never);
+    }
+}
