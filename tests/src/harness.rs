@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use elysium_agent::agent::link::StepLink;
 use elysium_agent::agent::{self, AgentOptions, reconcile::Reconciler};
 use elysium_agent::config::AgentConfig;
 use elysium_agent::join::{self, JoinError, JoinOptions, JoinOutcome, Secret};
 use elysium_agent::transport::{self, Target};
+use elysium_agent::vault::KeyWatchOptions;
 use elysium_coordinator::datadir::{self, AdminConfig, InitOptions};
 use elysium_coordinator::server::{self, Clock, Coordinator, ServerTls};
 use elysium_coordinator::store::RedbStore;
@@ -214,6 +216,24 @@ impl TestNode {
 
     /// Starts the agent with the given reconciler steps.
     pub fn start_agent_with(&self, reconciler: Reconciler) -> TestAgent {
+        // Steps that report to the coordinator get their link through the
+        // reconciler; this one is for the session's end.
+        let (_step_link, session_link) = agent::link::link();
+        self.run_agent(reconciler, session_link)
+    }
+
+    /// Starts the agent and the key vault's watcher beside it, as `elysium-node
+    /// agent` does. Also returns the steps' end of the link, to report what a step
+    /// would (the K3s token).
+    pub fn start_agent_with_key_vault(&self, options: KeyWatchOptions) -> (TestAgent, StepLink) {
+        let (step_link, session_link) = agent::link::link();
+        let watcher = elysium_agent::vault::spawn(self.host.fs.clone(), step_link.clone(), options);
+        let mut agent = self.run_agent(Reconciler::default(), session_link);
+        agent.aux.push(watcher);
+        (agent, step_link)
+    }
+
+    fn run_agent(&self, reconciler: Reconciler, session_link: agent::link::SessionLink) -> TestAgent {
         let config =
             AgentConfig::load(&self.host.fs, elysium_agent::paths::AGENT_CONFIG).expect("agent.toml");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -223,15 +243,12 @@ impl TestNode {
         };
         let host = self.host.clone();
         let task = tokio::spawn(async move {
-            // Steps that report to the coordinator get their link through the
-            // reconciler; this one is for the session's end.
-            let (_step_link, session_link) = agent::link::link();
             agent::run(host, config, reconciler, session_link, options, async move {
                 let _ = stopped.await;
             })
             .await
         });
-        TestAgent { stop: Some(stop), task: Some(task) }
+        TestAgent { stop: Some(stop), task: Some(task), aux: Vec::new() }
     }
 
     /// A raw `NodeSession` client with this node's certificate.
@@ -262,10 +279,15 @@ impl TestNode {
 pub struct TestAgent {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), agent::AgentError>>>,
+    /// Tasks the agent process runs beside the session (the key vault's watcher).
+    aux: Vec<JoinHandle<()>>,
 }
 
 impl TestAgent {
     pub async fn stop(mut self) {
+        for task in self.aux.drain(..) {
+            task.abort();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -281,6 +303,9 @@ impl TestAgent {
 
 impl Drop for TestAgent {
     fn drop(&mut self) {
+        for task in &self.aux {
+            task.abort();
+        }
         if let Some(task) = &self.task {
             task.abort();
         }

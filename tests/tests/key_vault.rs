@@ -1,0 +1,378 @@
+//! The key vault end to end: a server node's agent watches the sealed-secrets key
+//! Secrets of its cluster (the kube-apiserver stand-in, through a K3s-style kubeconfig)
+//! and the coordinator backs each key up, encrypted; `keys status` sees them, `keys
+//! export` writes a file `recover --verify-only` accepts against a repository sealed
+//! with the newest key. A worker node cannot inject keys, nothing secret reaches a log,
+//! and the store file on disk holds no key in plain text.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Command, ExitCode};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use clap::Parser as _;
+use elysium_proto::v1 as pb;
+use elysium_recovery::sealed::{self, Scope};
+use elysium_tests::harness::{TestCoordinator, TestNode, eventually};
+use kube_apiserver_standin::ApiServer;
+use rsa::pkcs1::EncodeRsaPrivateKey;
+use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(20);
+const KEY_LABEL: &str = "sealedsecrets.bitnami.com/sealed-secrets-key";
+/// The Elysium repository snapshot (reference §8), as recovery's tests use it.
+const FIXTURE: &str = "../../shared/fixtures/cluster-repo/elysium-74291b2-classic-bootstrap.tar.gz";
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every log line of this test binary, at trace level.
+fn capture() -> &'static Capture {
+    static CAPTURE: OnceLock<Capture> = OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("trace")
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .init();
+        capture
+    })
+}
+
+/// A sealing key like the controller's (RSA, PKCS#1 `tls.key`, self-signed `tls.crt`),
+/// 2048 bits for speed, with NotBefore `days_ago` days back.
+struct TestKey {
+    private: rsa::RsaPrivateKey,
+    key_pem: String,
+    cert_pem: String,
+}
+
+impl TestKey {
+    fn generate(days_ago: i64) -> TestKey {
+        let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        let pkcs8 = private.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let pair = rcgen::KeyPair::from_pkcs8_pem_and_sign_algo(&pkcs8, &rcgen::PKCS_RSA_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(days_ago);
+        params.not_after = params.not_before + time::Duration::days(3650);
+        let cert_pem = params.self_signed(&pair).unwrap().pem();
+        let key_pem = private.to_pkcs1_pem(LineEnding::LF).unwrap().to_string();
+        TestKey { private, key_pem, cert_pem }
+    }
+
+    /// The key Secret as the controller creates it.
+    fn secret(&self, name: &str) -> serde_json::Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": { "name": name, "namespace": "flux-system", "labels": { KEY_LABEL: "active" } },
+            "data": { "tls.crt": b64(self.cert_pem.as_bytes()), "tls.key": b64(self.key_pem.as_bytes()) },
+        })
+    }
+
+    /// Runs of its private key's PEM body and of their base64, as they would appear
+    /// if leaked.
+    fn needles(&self) -> Vec<String> {
+        let body: String = self.key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let encoded = b64(self.key_pem.as_bytes());
+        [body, encoded]
+            .iter()
+            .flat_map(|s| {
+                let chars: Vec<char> = s.chars().collect();
+                chars.windows(16).step_by(97).map(|w| w.iter().collect::<String>()).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn assert_absent(what: &str, haystack: &[u8], needles: &[String]) {
+    for n in needles {
+        assert!(!haystack.windows(n.len()).any(|w| w == n.as_bytes()), "{n:?} found in {what}");
+    }
+}
+
+/// The fixture repository with `key`'s certificate committed and the Secret every
+/// Kustomization substitutes from (`cluster-secret-vars`) sealed with it: a cluster
+/// whose current key is `key`.
+fn repo_sealed_with(key: &TestKey) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
+    assert!(tarball.is_file(), "fixture missing: {}", tarball.display());
+    run(Command::new("tar").arg("-xzf").arg(&tarball).arg("-C").arg(dir.path()));
+    std::fs::write(dir.path().join("etc/certs/pub-sealed-secrets.pem"), &key.cert_pem).unwrap();
+    let (ns, name) = ("flux-system", "cluster-secret-vars");
+    let mut vars = format!(
+        "---\napiVersion: bitnami.com/v1alpha1\nkind: SealedSecret\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  encryptedData:\n"
+    );
+    for (k, v) in
+        [("DOMAIN", "example.org"), ("EMAIL", "ops@example.org"), ("PRIVATE_DOMAIN", "lan.example.org")]
+    {
+        let sealed =
+            sealed::seal(&key.private.to_public_key(), v.as_bytes(), &Scope::Strict.label(ns, name)).unwrap();
+        vars.push_str(&format!("    {k}: {}\n", b64(&sealed)));
+    }
+    vars.push_str(&format!(
+        "  template:\n    metadata:\n      name: {name}\n      namespace: {ns}\n    type: Opaque\n"
+    ));
+    std::fs::write(dir.path().join("clusters/kyrion/sealed-secrets.yaml"), vars).unwrap();
+    let git = |args: &[&str]| {
+        let mut c = Command::new("git");
+        c.arg("-C").arg(dir.path());
+        c.args([
+            "-c",
+            "user.name=Vault Test",
+            "-c",
+            "user.email=vault@example.invalid",
+            "-c",
+            "commit.gpgsign=false",
+        ]);
+        c.args(args);
+        run(&mut c);
+    };
+    git(&["init", "--quiet", "--initial-branch=main"]);
+    git(&["add", "--all"]);
+    git(&["commit", "--quiet", "-m", "test keys"]);
+    dir
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs `elysium-node ARGS` in-process.
+async fn cli(args: &[&str]) -> anyhow::Result<ExitCode> {
+    let cli =
+        elysium_agent::cli::Cli::try_parse_from(std::iter::once("elysium-node").chain(args.iter().copied()))?;
+    elysium_agent::cli::run(cli).await
+}
+
+async fn list(c: &TestCoordinator) -> pb::ListSealingKeysResponse {
+    c.admin().await.list_sealing_keys(pb::ListSealingKeysRequest {}).await.unwrap().into_inner()
+}
+
+fn names(r: &pb::ListSealingKeysResponse) -> Vec<String> {
+    r.keys.iter().map(|k| k.name.clone()).collect()
+}
+
+#[tokio::test]
+async fn keys_reach_the_vault_and_export_passes_recover() {
+    let logs = capture();
+    let (older, newer) = (TestKey::generate(33), TestKey::generate(3));
+    let c = TestCoordinator::start().await;
+    c.admin()
+        .await
+        .set_cluster_spec(pb::SetClusterSpecRequest {
+            toml: "[k3s]\nversion = \"v1.31.4+k3s1\"\n".into(),
+            expected_generation: 0,
+        })
+        .await
+        .unwrap();
+    let server = TestNode::new("s1");
+    server.join(&c.url(), &c.token_for(pb::NodeRole::Server, 1, 600).await).await.unwrap();
+    assert_eq!(server.held_spec().unwrap().k3s.unwrap().role, "server-init");
+
+    // The cluster, reachable through the kubeconfig K3s writes on a server.
+    let api = ApiServer::start().await.unwrap();
+    api.put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}})).unwrap();
+    api.put(older.secret("sealed-secrets-keyolder")).unwrap();
+    // Not a key: another Secret in the namespace is never read.
+    api.put(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "other", "namespace": "flux-system"}, "stringData": {"x": "y"}}))
+        .unwrap();
+    let kubeconfig = server.host.fs.resolve(elysium_agent::vault::K3S_KUBECONFIG);
+    api.write_kubeconfig(&kubeconfig, &api.admin_credentials()).unwrap();
+
+    let options =
+        elysium_agent::vault::KeyWatchOptions { retry: Duration::from_millis(200), ..Default::default() };
+    let (agent, link) = server.start_agent_with_key_vault(options);
+    let first = eventually("the first key in the vault", WAIT, || async {
+        let r = list(&c).await;
+        (r.keys.len() == 1).then_some(r)
+    })
+    .await;
+    let k = &first.keys[0];
+    assert_eq!((k.namespace.as_str(), k.name.as_str()), ("flux-system", "sealed-secrets-keyolder"));
+    assert_eq!(k.labels[KEY_LABEL], "active");
+    assert_eq!(k.reported_by, "s1");
+    assert_eq!(k.fingerprint.len(), 64);
+    assert!(!first.k3s_token.as_ref().unwrap().backed_up);
+
+    // A backup taken now will be stale once the controller renews.
+    let work = tempfile::tempdir().unwrap();
+    let admin = work.path().join("admin.toml");
+    std::fs::write(&admin, toml::to_string(&c.admin_config()).unwrap()).unwrap();
+    let admin = admin.to_str().unwrap().to_owned();
+    let stale = work.path().join("stale.key");
+    let stale_export = ["keys", "export", "--out", stale.to_str().unwrap(), "--config", &admin];
+    assert_eq!(cli(&stale_export).await.unwrap(), ExitCode::SUCCESS);
+
+    // The controller renews: a second key; the vault has both, newest first.
+    api.put(newer.secret("sealed-secrets-keynewer")).unwrap();
+    let both = eventually("the renewed key in the vault", WAIT, || async {
+        let r = list(&c).await;
+        (r.keys.len() == 2).then_some(r)
+    })
+    .await;
+    assert_eq!(names(&both), ["sealed-secrets-keynewer", "sealed-secrets-keyolder"]);
+    assert!(both.keys[0].not_before_unix > both.keys[1].not_before_unix);
+
+    // The server's K3s reports its token (what the K3s step does once healthy).
+    let token = format!("K10{}::server:{}", "ab".repeat(32), "5ec7e7".repeat(8));
+    link.report_k3s(pb::K3sReport {
+        server_token: token.clone(),
+        version: "v1.31.4+k3s1".into(),
+        ..Default::default()
+    });
+    eventually("the K3s token in the vault", WAIT, || async {
+        list(&c).await.k3s_token.filter(|t| t.backed_up && t.reported_by == "s1")
+    })
+    .await;
+
+    // A new session sends every key again (level-triggered): after a coordinator
+    // restart, later on its clock, the keys are seen again, not duplicated.
+    let seen_before = both.keys[0].last_seen_unix;
+    let mut c = c;
+    c.advance_clock(3600);
+    c.restart().await;
+    let again = eventually("the keys seen again after a reconnect", WAIT, || async {
+        let r = list(&c).await;
+        r.keys.iter().all(|k| k.last_seen_unix >= seen_before + 3600).then_some(r)
+    })
+    .await;
+    assert_eq!(names(&again), ["sealed-secrets-keynewer", "sealed-secrets-keyolder"]);
+
+    // `keys status` and `keys export` through the CLI, with the admin credentials.
+    let admin = admin.as_str();
+    assert_eq!(
+        cli(&["keys", "status", "--config", admin]).await.unwrap(),
+        ExitCode::SUCCESS,
+        "a fresh backup"
+    );
+    assert_eq!(cli(&["keys", "status", "-o", "json", "--config", admin]).await.unwrap(), ExitCode::SUCCESS);
+    // Against a 1-hour renewal period the 3-day-old newest key is overdue: exit 1.
+    assert_eq!(
+        cli(&["keys", "status", "--renew-period", "1h", "--config", admin]).await.unwrap(),
+        ExitCode::FAILURE
+    );
+    let keys_file = work.path().join("main.key");
+    let token_file = work.path().join("k3s-token");
+    let (out, token_out) = (keys_file.to_str().unwrap(), token_file.to_str().unwrap());
+    let export = ["keys", "export", "--out", out, "--k3s-token-out", token_out, "--config", admin];
+    assert_eq!(cli(&export).await.unwrap(), ExitCode::SUCCESS);
+    for f in [&keys_file, &token_file] {
+        assert_eq!(std::fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o600, "{}", f.display());
+    }
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), token);
+    let err = cli(&export).await.unwrap_err();
+    assert!(err.to_string().contains("--force"), "{err:#}");
+    assert_eq!(cli(&[&export[..], &["--force"][..]].concat()).await.unwrap(), ExitCode::SUCCESS);
+    let exported = std::fs::read_to_string(&keys_file).unwrap();
+    // Only the List's own (empty) resourceVersion, as kubectl prints it.
+    assert_eq!(exported.matches("resourceVersion").count(), 1, "{}", exported.len());
+    for field in ["uid:", "managedFields", "creationTimestamp"] {
+        assert!(!exported.contains(field), "{field} must not be in the export");
+    }
+
+    // `recover --verify-only` accepts it against a repository sealed with the newest key.
+    let repo = repo_sealed_with(&newer);
+    let verify =
+        ["recover", "--verify-only", "--repo", repo.path().to_str().unwrap(), "--sealed-secrets-keys", out];
+    assert_eq!(cli(&verify).await.unwrap(), ExitCode::SUCCESS, "recover refused the export");
+    // The backup taken before the renewal does not pass.
+    let stale_verify = [&verify[..4], &["--sealed-secrets-keys", stale.to_str().unwrap()][..]].concat();
+    assert_eq!(cli(&stale_verify).await.unwrap(), ExitCode::FAILURE, "a stale backup must not pass");
+
+    // The store file holds no sealing key in plain text. (The K3s token is also in
+    // the K3s cluster record, in plain text, which hands it to joining nodes; the
+    // vault's copy is encrypted, but that record is not the vault's.)
+    let redb = std::fs::read(c.data_dir().join("state.redb")).unwrap();
+    assert!(redb.len() > 10_000, "the store file is suspiciously small");
+    for key in [&older, &newer] {
+        assert_absent("state.redb", &redb, &key.needles());
+    }
+
+    agent.stop().await;
+    // Nothing secret in any log line.
+    let logs = logs.0.lock().unwrap().clone();
+    assert!(logs.len() > 1000, "the capture saw almost nothing");
+    for key in [&older, &newer] {
+        assert_absent("the logs", &logs, &key.needles());
+    }
+    assert_absent("the logs", &logs, &["5ec7e7".repeat(8)]);
+    let logs = String::from_utf8_lossy(&logs);
+    assert!(logs.contains("watching sealed-secrets keys"), "the watcher never logged");
+}
+
+#[tokio::test]
+async fn a_worker_node_cannot_inject_sealing_keys() {
+    let logs = capture();
+    let key = TestKey::generate(1);
+    let c = TestCoordinator::start().await;
+    let worker = TestNode::new("w1");
+    worker.join(&c.url(), &c.token(1, 600).await).await.unwrap();
+    let mut session = worker.session_client(&c.url()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+            agent_version: "test".into(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let report = pb::SealingKeyReport {
+        namespace: "flux-system".into(),
+        name: "sealed-secrets-keyinject".into(),
+        labels: [(KEY_LABEL.to_owned(), "active".to_owned())].into(),
+        tls_crt: key.cert_pem.clone().into_bytes(),
+        tls_key: key.key_pem.clone().into_bytes(),
+        ..Default::default()
+    };
+    tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::SealingKey(report)) }).await.unwrap();
+    let token = format!("K10{}::server:{}", "ab".repeat(32), "1eaked".repeat(8));
+    let k3s = pb::K3sReport { server_token: token, ..Default::default() };
+    tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::K3s(k3s)) }).await.unwrap();
+    let _stream = session.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap();
+
+    let refused = eventually("the refusals in the event log", WAIT, || async {
+        let events = c
+            .admin()
+            .await
+            .list_events(pb::ListEventsRequest { after_seq: 0, limit: 100 })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        let refused: Vec<_> =
+            events.into_iter().filter(|e| e.kind == "vault.refused" && e.subject == "w1").collect();
+        (refused.len() == 2).then_some(refused)
+    })
+    .await;
+    assert!(refused.iter().all(|e| e.message.contains("not a server node")), "{refused:?}");
+    let r = list(&c).await;
+    assert!(r.keys.is_empty(), "a worker's key got in: {:?}", names(&r));
+    assert!(!r.k3s_token.unwrap().backed_up, "a worker's token got in");
+    let logs = logs.0.lock().unwrap().clone();
+    assert_absent("the logs", &logs, &key.needles());
+    assert_absent("the logs", &logs, &["1eaked".repeat(8)]);
+}
