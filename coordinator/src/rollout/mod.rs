@@ -267,22 +267,26 @@ fn skip_reason(
     Ok(None)
 }
 
-/// Kubelets may never be newer than an API server: when a server stays below
-/// the target (skipped, failed, rolled back), agents still pending are skipped.
+/// Kubelets may never be newer than an API server (a minor version ahead): when
+/// a server stays below the target (skipped, failed, rolled back) and the
+/// target's minor version is ahead of it, agents still pending are skipped. A
+/// patch release is fine either way.
 fn hold_agents_above_servers(r: &mut Rollout, now: i64) {
+    let Ok(target) = r.target.parse::<K3sVersion>() else { return };
     let lagging: Option<String> = r
         .nodes
         .iter()
         .filter(|n| n.role == Role::Server && !n.phase.has_target() && n.phase.terminal())
-        .filter(|n| n.from_version != r.target && !n.from_version.is_empty())
-        .map(|n| format!("{} stays on {}", n.name, n.from_version))
-        .next();
+        .find_map(|n| {
+            let server: K3sVersion = n.from_version.parse().ok()?;
+            elysium_installer::k3s_version::check_agent_skew(&server, &target)
+                .err()
+                .map(|e| format!("{} stays on {}: {e}", n.name, n.from_version))
+        });
     if let Some(why) = lagging {
         for n in r.nodes.iter_mut().filter(|n| n.role == Role::Agent && n.phase == Phase::Pending) {
             n.phase = Phase::Skipped;
-            n.reason = format!(
-                "an API server is not upgraded ({why}); kubelets may not be newer than an API server"
-            );
+            n.reason = format!("held back: {why}");
             n.finished_unix = now;
         }
     }
