@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod fleet;
 pub mod hardware;
 pub mod inventory;
 pub mod join;

@@ -1,7 +1,8 @@
 //! How reconciler steps tell the coordinator things while they work: progress of
-//! long operations (best effort: dropped when no session is open or the queue is
-//! full) and facts the coordinator keeps (level-triggered: the latest value is
-//! sent on every new session, so a reconnect never loses it).
+//! long operations (best effort: dropped when the queue is full), operation
+//! results (queued until a session sends them, one per operation, never dropped
+//! for progress) and facts the coordinator keeps (level-triggered: the latest
+//! value is sent on every new session, so a reconnect never loses it).
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ const PROGRESS_QUEUE: usize = 64;
 #[derive(Debug, Clone)]
 pub struct StepLink {
     progress: mpsc::Sender<pb::AgentMessage>,
+    results: mpsc::UnboundedSender<pb::AgentMessage>,
     k3s: Arc<watch::Sender<Option<pb::K3sReport>>>,
     /// The sealed-secrets keys a server sees (`crate::vault`), level-triggered.
     keys: Arc<watch::Sender<crate::vault::KeySet>>,
@@ -24,18 +26,32 @@ pub struct StepLink {
 #[derive(Debug)]
 pub struct SessionLink {
     pub(crate) progress: mpsc::Receiver<pb::AgentMessage>,
+    pub(crate) results: mpsc::UnboundedReceiver<pb::AgentMessage>,
     pub(crate) k3s: watch::Receiver<Option<pb::K3sReport>>,
     pub(crate) keys: watch::Receiver<crate::vault::KeySet>,
+    /// For work the session starts itself (cluster commands), and to put back a
+    /// result a closing session could not send.
+    steps: StepLink,
 }
 
 pub fn link() -> (StepLink, SessionLink) {
     let (ptx, prx) = mpsc::channel(PROGRESS_QUEUE);
+    let (rtx, rrx) = mpsc::unbounded_channel();
     let (ktx, krx) = watch::channel(None);
     let (vtx, vrx) = watch::channel(Default::default());
-    (
-        StepLink { progress: ptx, k3s: Arc::new(ktx), keys: Arc::new(vtx) },
-        SessionLink { progress: prx, k3s: krx, keys: vrx },
-    )
+    let steps = StepLink { progress: ptx, results: rtx, k3s: Arc::new(ktx), keys: Arc::new(vtx) };
+    (steps.clone(), SessionLink { progress: prx, results: rrx, k3s: krx, keys: vrx, steps })
+}
+
+impl SessionLink {
+    pub(crate) fn step_link(&self) -> StepLink {
+        self.steps.clone()
+    }
+
+    /// Queues a result again; the next session sends it.
+    pub(crate) fn requeue(&self, result: pb::AgentMessage) {
+        let _ = self.steps.results.send(result);
+    }
 }
 
 impl StepLink {
@@ -52,7 +68,7 @@ impl StepLink {
         let _ = self.progress.try_send(msg);
     }
 
-    /// Reports an operation's outcome.
+    /// Reports an operation's outcome; kept until a session sends it.
     pub fn result(&self, operation: &str, success: bool, message: String, generation: u64) {
         let msg = pb::AgentMessage {
             msg: Some(pb::agent_message::Msg::Result(pb::OperationResult {
@@ -62,7 +78,7 @@ impl StepLink {
                 generation,
             })),
         };
-        let _ = self.progress.try_send(msg);
+        let _ = self.results.send(msg);
     }
 
     /// Publishes what this node's K3s reports (the first server's token).

@@ -157,12 +157,21 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
                             tracing::debug!(seq = s, rtt_ms = at.elapsed().as_secs_f64() * 1e3, "heartbeat acknowledged");
                         }
                     }
-                    Some(pb::coordinator_message::Msg::Command(cmd)) => {
-                        if let Some(pb::command::Kind::Reconcile(_)) = cmd.kind {
+                    Some(pb::coordinator_message::Msg::Command(cmd)) => match &cmd.kind {
+                        Some(pb::command::Kind::Reconcile(_)) => {
                             tracing::info!(command = %cmd.id, "reconcile requested");
                             ctx.trigger.notify_one();
                         }
-                    }
+                        Some(kind) => {
+                            if let Some(command) = crate::fleet::FleetCommand::from_pb(kind) {
+                                let is_server =
+                                    ctx.spec_rx.borrow().as_ref().is_some_and(|h| h.role == "server");
+                                let (fs, link) = (ctx.host.fs.clone(), ctx.link.step_link());
+                                crate::fleet::spawn(fs, is_server, link, cmd.id, command);
+                            }
+                        }
+                        None => {}
+                    },
                     None => {}
                 }
             }
@@ -176,6 +185,12 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
             }
             Some(msg) = ctx.link.progress.recv() => {
                 if out.send(msg).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Some(msg) = ctx.link.results.recv() => {
+                if let Err(mpsc::error::SendError(msg)) = out.send(msg).await {
+                    ctx.link.requeue(msg);
                     return Ok(());
                 }
             }
