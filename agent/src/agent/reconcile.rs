@@ -67,6 +67,12 @@ pub trait Step: Send + Sync {
     type Action: fmt::Display + Send + Sync;
 
     fn name(&self) -> &'static str;
+    /// Steps that must have succeeded in this pass before this one runs (K3s
+    /// over the tailnet needs Tailscale). Any other failure does not hold this
+    /// step up: a failing K3s must not keep the media library unmounted.
+    fn depends_on(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Reads what is on the node (and, where the desired state names something
     /// outside the node, such as a release, what that resolves to).
     fn observe(
@@ -160,11 +166,21 @@ impl Report {
 /// Object-safe form of [`Step`], so steps of different types share one list.
 #[async_trait]
 trait DynStep: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn depends_on(&self) -> &'static [&'static str];
     async fn run(&self, host: &Host, desired: &Desired, dry_run: bool) -> StepReport;
 }
 
 #[async_trait]
 impl<S: Step> DynStep for S {
+    fn name(&self) -> &'static str {
+        Step::name(self)
+    }
+
+    fn depends_on(&self) -> &'static [&'static str] {
+        Step::depends_on(self)
+    }
+
     async fn run(&self, host: &Host, desired: &Desired, dry_run: bool) -> StepReport {
         let step = self.name();
         let (actions, error) = match self.observe(host, desired).await {
@@ -210,17 +226,25 @@ impl Reconciler {
         self
     }
 
-    /// One pass over every step, in order. A failing step stops the pass: later
-    /// steps may depend on it (mounts on the network, K3s on Tailscale).
+    /// One pass over every step, in order. A step whose dependency failed (or
+    /// was itself held up) does not run; it reports which one it waits for.
     pub async fn reconcile(&self, host: &Host, desired: &Desired, dry_run: bool) -> Report {
-        let mut steps = Vec::new();
+        let mut steps: Vec<StepReport> = Vec::new();
         for step in &self.steps {
-            let report = step.run(host, desired, dry_run).await;
-            let failed = report.error.is_some();
+            let blocked_by = step
+                .depends_on()
+                .iter()
+                .find(|dep| steps.iter().any(|s| s.step == **dep && s.error.is_some()));
+            let report = match blocked_by {
+                Some(dep) => StepReport {
+                    step: step.name(),
+                    actions: vec![],
+                    error: Some(format!("not run: it needs {dep}, which failed in this pass")),
+                    details: vec![],
+                },
+                None => step.run(host, desired, dry_run).await,
+            };
             steps.push(report);
-            if failed {
-                break;
-            }
         }
         Report { generation: desired.generation, steps }
     }

@@ -366,6 +366,11 @@ impl Step for K3sStep {
         STEP
     }
 
+    /// K3s over the tailnet needs the node's Tailscale address from this pass.
+    fn depends_on(&self) -> &'static [&'static str] {
+        &[crate::steps::tailscale::STEP]
+    }
+
     async fn observe(&self, host: &Host, desired: &Desired) -> Result<Observation, StepError> {
         let Some(section) = desired.spec.k3s.as_ref() else { return Ok(Observation::Unmanaged) };
         let Some(assignment) = desired.k3s.as_ref() else { return Ok(Observation::Unmanaged) };
