@@ -124,7 +124,12 @@ pub async fn tick(c: &Arc<Coordinator>) -> Result<(), StoreError> {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|op, _| waiting.contains(op.as_str()));
     }
-    execute(c, &next, &nodes, effects);
+    if execute(c, &mut next, &nodes, effects) {
+        // A drain found no server to go through (say, just after a restart,
+        // before the servers reconnected): forget it in memory so the next tick
+        // sends it again; the node timeout bounds the waiting.
+        c.state.send_modify(|s| s.rollout = Some(Arc::new(next)));
+    }
     Ok(())
 }
 
@@ -138,8 +143,10 @@ pub async fn save(c: &Arc<Coordinator>, r: Rollout) -> Result<(), StoreError> {
 }
 
 /// Carries out effects. Drains and uncordons go to a server node's agent, which
-/// talks to the Kubernetes API with the server's kubeconfig.
-pub fn execute(c: &Arc<Coordinator>, r: &Rollout, nodes: &[NodeRecord], effects: Vec<Effect>) {
+/// talks to the Kubernetes API with the server's kubeconfig. Returns whether a
+/// drain could not be sent (its node's `drain_op` is cleared in `r`).
+pub fn execute(c: &Arc<Coordinator>, r: &mut Rollout, nodes: &[NodeRecord], effects: Vec<Effect>) -> bool {
+    let mut undelivered = false;
     for effect in effects {
         match effect {
             Effect::Event { kind, subject, message } => c.event(kind, &subject, &message),
@@ -152,11 +159,11 @@ pub fn execute(c: &Arc<Coordinator>, r: &Rollout, nodes: &[NodeRecord], effects:
                     delete_emptydir_data: s.drain_delete_emptydir_data,
                 });
                 if !send_to_server(c, nodes, &node, &op, kind) {
-                    c.drain_results.lock().unwrap_or_else(|p| p.into_inner()).insert(
-                        op,
-                        Err("no server node is online to drain through (drains use a server's Kubernetes API)".into()),
-                    );
-                    c.rollout_kick.notify_one();
+                    tracing::warn!(node = %node, "no server node online to drain through; retrying");
+                    for n in r.nodes.iter_mut().filter(|n| n.drain_op.as_deref() == Some(op.as_str())) {
+                        n.drain_op = None;
+                    }
+                    undelivered = true;
                 }
             }
             Effect::Uncordon { node } => {
@@ -172,6 +179,7 @@ pub fn execute(c: &Arc<Coordinator>, r: &Rollout, nodes: &[NodeRecord], effects:
             }
         }
     }
+    undelivered
 }
 
 /// Sends a command to an online server, preferring one other than `about`.

@@ -379,7 +379,10 @@ pub fn advance(r: &mut Rollout, obs: &Observation) -> Vec<Effect> {
                     fail(n, Phase::Failed, why, &mut fx);
                 }
                 None if now - n.started_unix > timeout => {
-                    fail(n, Phase::Failed, format!("drain did not finish within {timeout} s"), &mut fx);
+                    let why = format!(
+                        "drain did not finish within {timeout} s (drains go through a server node's agent: is one online?)"
+                    );
+                    fail(n, Phase::Failed, why, &mut fx);
                 }
                 None => {
                     // No drain in flight (a restarted coordinator lost it): send again.
