@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{blocking, internal, require_node};
 use crate::convert;
-use crate::server::{Coordinator, LiveSession};
+use crate::server::{Coordinator, LiveSession, Outbound, OutboundMessage};
 use crate::store::NodeRecord;
 
 /// Outbound messages buffered per session before the sender waits.
@@ -55,7 +55,8 @@ impl pb::node_session_server::NodeSession for SessionService {
 
         let session_id = c.next_session.fetch_add(1, Ordering::Relaxed);
         let end = Arc::new(Notify::new());
-        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let (tx, rx) = mpsc::channel::<OutboundMessage>(OUTBOUND_BUFFER);
+        let tx = Outbound::new(tx);
         let previous = c.live().insert(
             node.id.clone(),
             LiveSession { session_id, end: end.clone(), last_seen_unix: c.now(), commands: tx.clone() },
@@ -68,7 +69,7 @@ impl pb::node_session_server::NodeSession for SessionService {
 
         let inbound = request.into_inner();
         tokio::spawn(drive(c, node, session_id, end, inbound, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(ReceiverStream::new(rx), |m| *m))))
     }
 }
 
@@ -84,19 +85,27 @@ async fn drive(
     session_id: u64,
     end: Arc<Notify>,
     mut inbound: Streaming<pb::AgentMessage>,
-    tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    tx: Outbound,
 ) {
     let mut spec_rx = c.state.subscribe();
     let mut sent = c.node_spec(&node, &spec_rx.borrow_and_update());
+    // `finish` is boxed for the same reason as `handle` below.
     if tx.send(spec_message(sent.clone())).await.is_err() {
-        return finish(&c, &mut node, session_id).await;
+        return Box::pin(finish(&c, &mut node, session_id)).await;
     }
+    // What this session last sent, minus the cluster spec's TOML: that follows
+    // from the generation, and a copy per session is 2 KiB for the example spec.
+    sent.cluster_spec_toml = String::new();
     let mut announced_online = false;
     loop {
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(msg)) => {
-                    if let Some(reply) = handle(&c, &mut node, msg, &mut announced_online).await
+                    // Boxed: inline, the handler's future (store writes, K3s and
+                    // vault updates) made every idle session's task 5.2 KiB
+                    // instead of 3.4 KiB (docs/BENCHMARKS-fleet.md); a message
+                    // now costs one short-lived allocation.
+                    if let Some(reply) = Box::pin(handle(&c, &mut node, msg, &mut announced_online)).await
                         && tx.send(Ok(reply)).await.is_err()
                     {
                         break;
@@ -114,11 +123,13 @@ async fn drive(
                 }
                 // Most changes (another node's rollout phase, a secret this
                 // node does not use) leave this node's spec as it was.
-                let spec = c.node_spec(&node, &spec_rx.borrow_and_update());
+                let mut spec = c.node_spec(&node, &spec_rx.borrow_and_update());
+                let toml = std::mem::take(&mut spec.cluster_spec_toml);
                 if spec == sent {
                     continue;
                 }
                 sent = spec.clone();
+                spec.cluster_spec_toml = toml;
                 if tx.send(spec_message(spec)).await.is_err() {
                     break;
                 }
@@ -126,7 +137,7 @@ async fn drive(
             () = end.notified() => break,
         }
     }
-    finish(&c, &mut node, session_id).await;
+    Box::pin(finish(&c, &mut node, session_id)).await;
 }
 
 /// Applies one agent message; returns what to answer, if anything.
