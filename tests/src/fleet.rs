@@ -203,6 +203,9 @@ pub struct FleetConfig {
     /// Reconnect backoff, as the real agent's (initial, max).
     pub backoff: (Duration, Duration),
     pub k3s: SimK3s,
+    /// Sent in every Hello, as a real agent sends its hardware inventory; the
+    /// coordinator stores it and each session keeps it in its node record.
+    pub hardware_json: Arc<str>,
 }
 
 impl FleetConfig {
@@ -215,8 +218,18 @@ impl FleetConfig {
             source_addrs: Vec::new(),
             backoff: (Duration::from_millis(50), Duration::from_millis(500)),
             k3s: SimK3s::default(),
+            hardware_json: this_machine_hardware().into(),
         }
     }
+}
+
+/// This machine's hardware inventory as the real agent reports it (a few KiB),
+/// so simulated nodes carry a real-sized one.
+pub fn this_machine_hardware() -> String {
+    elysium_agent::hardware::collect(&elysium_host::RootFs::new("/"))
+        .ok()
+        .and_then(|inv| serde_json::to_string(&inv).ok())
+        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------
@@ -585,7 +598,7 @@ impl Agent {
             inventory: Some(inventory(&self.id.name)),
             held_generation: 0,
             applied_generation: 0,
-            hardware_json: String::new(),
+            hardware_json: self.config.hardware_json.to_string(),
         };
         out.try_send(msg(pb::agent_message::Msg::Hello(hello)))?;
         out.try_send(msg(pb::agent_message::Msg::K3s(self.k3s.report.clone())))?;
@@ -662,11 +675,19 @@ impl Agent {
                         outstanding.pop_front();
                     }
                     outstanding.push_back((seq, Instant::now()));
+                    // What a converged real agent sends: its state and a condition per step.
                     let hb = pb::Heartbeat {
                         seq,
                         applied_generation: generation,
                         reconcile_state: "converged".into(),
-                        ..Default::default()
+                        reconcile_error: String::new(),
+                        conditions: vec![pb::Condition {
+                            r#type: "K3s".into(),
+                            status: "True".into(),
+                            reason: "Healthy".into(),
+                            message: format!("K3s {} is healthy", self.k3s.version),
+                            since_unix: 1_790_000_000,
+                        }],
                     };
                     out.send(msg(pb::agent_message::Msg::Heartbeat(hb))).await?;
                     self.shared.heartbeats.fetch_add(1, Ordering::Relaxed);
