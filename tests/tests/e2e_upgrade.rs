@@ -128,13 +128,16 @@ fn scenario(fx: &mut Fixture) -> Result<()> {
     fx.join("wrk1", "agent")?;
     fx.join("wrk2", "agent")?;
     for name in ["srv1", "wrk1", "wrk2"] {
-        poll(&format!("{name} to run K3s {V1}"), INSTALL_TIMEOUT, || Ok((fx.k3s_version(name)? == V1).then_some(())))?;
+        poll(&format!("{name} to run K3s {V1}"), INSTALL_TIMEOUT, || {
+            Ok((fx.k3s_version(name)? == V1).then_some(()))
+        })?;
     }
     fx.step(&format!("all three nodes run {V1}"));
 
     // The plan says what will happen, in order, and changes nothing.
     let plan = fx.coord.admin_json(&["upgrade", "plan", "-o", "json"])?;
-    let order: Vec<&str> = plan["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+    let order: Vec<&str> =
+        plan["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
     ensure!(order == ["srv1", "wrk1", "wrk2"], "plan order {order:?}");
     ensure!(plan["state"] == "planned" && plan["target_version"] == V2, "{plan:#}");
     ensure!(fx.coord.admin(&["upgrade", "status"])?.status.code() == Some(1), "a plan started a rollout");
@@ -148,7 +151,10 @@ fn scenario(fx: &mut Fixture) -> Result<()> {
         ensure!(n["phase"] == "done", "{n:#}");
     }
     let t = |n: &Value, k: &str| n[k].as_i64().unwrap_or(0);
-    ensure!(t(s, "finished_unix") <= t(w1, "started_unix"), "an agent started before the server finished: {done:#}");
+    ensure!(
+        t(s, "finished_unix") <= t(w1, "started_unix"),
+        "an agent started before the server finished: {done:#}"
+    );
     ensure!(t(w1, "finished_unix") <= t(w2, "started_unix"), "agent concurrency 1 not honoured: {done:#}");
     for (i, name) in ["srv1", "wrk1", "wrk2"].iter().enumerate() {
         ensure!(fx.k3s_version(name)? == V2, "{name} reports {}", fx.k3s_version(name)?);
@@ -168,7 +174,11 @@ fn scenario(fx: &mut Fixture) -> Result<()> {
         ensure!(node(&halted, name)["phase"] == "pending", "{name} moved in a halted rollout: {halted:#}");
     }
     let out = fx.coord.admin(&["upgrade", "status"])?;
-    ensure!(out.status.code() == Some(1), "`upgrade status` of a halted rollout exits {:?}", out.status.code());
+    ensure!(
+        out.status.code() == Some(1),
+        "`upgrade status` of a halted rollout exits {:?}",
+        out.status.code()
+    );
     // Still halted a while later, and everyone is on v2.
     std::thread::sleep(Duration::from_secs(5));
     ensure!(fx.status()?["state"] == "halted", "the halted rollout moved on");
@@ -179,8 +189,10 @@ fn scenario(fx: &mut Fixture) -> Result<()> {
     }
     // The event log tells the story: the node failed, the rollout halted.
     let events = fx.coord.events()?;
-    let kinds: Vec<(&str, &str)> =
-        events.iter().map(|e| (e["kind"].as_str().unwrap_or(""), e["subject"].as_str().unwrap_or(""))).collect();
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap_or(""), e["subject"].as_str().unwrap_or("")))
+        .collect();
     ensure!(kinds.contains(&("upgrade.node-failed", "srv1")), "no node-failed event for srv1: {kinds:?}");
     ensure!(kinds.iter().any(|(k, _)| *k == "upgrade.halted"), "no upgrade.halted event: {kinds:?}");
     fx.step(&format!("{V3_BROKEN}: srv1 rolled back to {V2}, rollout halted, agents untouched"));

@@ -243,7 +243,11 @@ async fn k3s_rides_the_tailnet_with_the_address_the_tailscale_step_found() {
     ts.logout();
     let before = f.systemd.calls().len();
     let r = f.reconciler.reconcile(&f.host, &f.desired_on_tailnet("v1.31.4+k3s1", 3, "flannel"), false).await;
-    assert_eq!(r.steps[1].error.as_deref(), Some("not run: it needs Tailscale, which failed in this pass"), "{r:?}");
+    assert_eq!(
+        r.steps[1].error.as_deref(),
+        Some("not run: it needs Tailscale, which failed in this pass"),
+        "{r:?}"
+    );
     assert!(error(&r).contains("refused the auth key"), "{}", error(&r));
     assert_eq!(f.systemd.calls().len(), before);
 }

@@ -73,7 +73,10 @@ fn show(r: &pb::Rollout, output: Output) -> anyhow::Result<()> {
         println!("  maintenance window: open");
     } else if r.next_window_unix > 0 {
         let secs = r.next_window_unix - now_unix();
-        println!("  maintenance window: closed; opens in {}", humantime::format_duration(Duration::from_secs(secs.max(0) as u64)));
+        println!(
+            "  maintenance window: closed; opens in {}",
+            humantime::format_duration(Duration::from_secs(secs.max(0) as u64))
+        );
     }
     let rows: Vec<Vec<String>> = r
         .nodes
@@ -85,7 +88,15 @@ fn show(r: &pb::Rollout, output: Output) -> anyhow::Result<()> {
                 (s, _) if s > 0 => format!("started {}", ago(s)),
                 _ => String::new(),
             };
-            vec![(i + 1).to_string(), n.name.clone(), n.role.clone(), n.from_version.clone(), n.phase.clone(), when, n.reason.clone()]
+            vec![
+                (i + 1).to_string(),
+                n.name.clone(),
+                n.role.clone(),
+                n.from_version.clone(),
+                n.phase.clone(),
+                when,
+                n.reason.clone(),
+            ]
         })
         .collect();
     print_table(&["#", "NODE", "ROLE", "FROM", "PHASE", "WHEN", "WHY"], &rows);
@@ -93,7 +104,10 @@ fn show(r: &pb::Rollout, output: Output) -> anyhow::Result<()> {
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Exit status for a rollout: 0 unless it halted or was aborted.
@@ -140,17 +154,35 @@ pub async fn run(cmd: UpgradeCommand) -> anyhow::Result<ExitCode> {
             }
         }
         UpgradeCommand::Pause { conn } => {
-            let r = client(&conn).await?.upgrade_pause(pb::UpgradeControlRequest {}).await.map_err(rpc)?.into_inner();
-            println!("rollout {} paused; nodes in progress finish. `elysium-node upgrade resume` to go on", r.id);
+            let r = client(&conn)
+                .await?
+                .upgrade_pause(pb::UpgradeControlRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            println!(
+                "rollout {} paused; nodes in progress finish. `elysium-node upgrade resume` to go on",
+                r.id
+            );
             Ok(ExitCode::SUCCESS)
         }
         UpgradeCommand::Resume { conn } => {
-            let r = client(&conn).await?.upgrade_resume(pb::UpgradeControlRequest {}).await.map_err(rpc)?.into_inner();
+            let r = client(&conn)
+                .await?
+                .upgrade_resume(pb::UpgradeControlRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
             println!("rollout {} to {} resumed", r.id, r.target_version);
             Ok(ExitCode::SUCCESS)
         }
         UpgradeCommand::Abort { conn } => {
-            let r = client(&conn).await?.upgrade_abort(pb::UpgradeControlRequest {}).await.map_err(rpc)?.into_inner();
+            let r = client(&conn)
+                .await?
+                .upgrade_abort(pb::UpgradeControlRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
             println!("rollout {} aborted; nodes it cordoned are uncordoned once they settle", r.id);
             Ok(ExitCode::SUCCESS)
         }

@@ -169,7 +169,11 @@ fn a_failed_server_halts_and_holds_agents_only_across_a_minor_version() {
     let mut obs = observe(&r, 1000);
     run_to_end(&mut r, &mut obs, &["s00"], &mut (0, 0));
     assert_eq!(r.state, State::Halted);
-    assert!(r.nodes.iter().filter(|n| n.role == Role::Agent).all(|n| n.phase == Phase::Pending), "{:?}", phases(&r));
+    assert!(
+        r.nodes.iter().filter(|n| n.role == Role::Agent).all(|n| n.phase == Phase::Pending),
+        "{:?}",
+        phases(&r)
+    );
     resume(&mut r, obs.now).unwrap();
     run_to_end(&mut r, &mut obs, &[], &mut (0, 0));
     assert_eq!(r.state, State::Done);
