@@ -8,7 +8,6 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -16,6 +15,7 @@ use clap::Parser as _;
 use elysium_proto::v1 as pb;
 use elysium_recovery::sealed::{self, Scope};
 use elysium_tests::harness::{TestCoordinator, TestNode, eventually};
+use elysium_tests::logs::LogCapture;
 use kube_apiserver_standin::ApiServer;
 use rsa::pkcs1::EncodeRsaPrivateKey;
 use rsa::pkcs8::{EncodePrivateKey, LineEnding};
@@ -25,34 +25,6 @@ const WAIT: Duration = Duration::from_secs(20);
 const KEY_LABEL: &str = "sealedsecrets.bitnami.com/sealed-secrets-key";
 /// The Elysium repository snapshot (reference §8), as recovery's tests use it.
 const FIXTURE: &str = "../../shared/fixtures/cluster-repo/elysium-74291b2-classic-bootstrap.tar.gz";
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Every log line of this test binary, at trace level.
-fn capture() -> &'static Capture {
-    static CAPTURE: OnceLock<Capture> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let capture = Capture::default();
-        let writer = capture.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("trace")
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .init();
-        capture
-    })
-}
 
 /// A sealing key like the controller's (RSA, PKCS#1 `tls.key`, self-signed `tls.crt`),
 /// 2048 bits for speed, with NotBefore `days_ago` days back.
@@ -177,7 +149,7 @@ fn names(r: &pb::ListSealingKeysResponse) -> Vec<String> {
 
 #[tokio::test]
 async fn keys_reach_the_vault_and_export_passes_recover() {
-    let logs = capture();
+    let logs = LogCapture::global();
     let (older, newer) = (TestKey::generate(33), TestKey::generate(3));
     let c = TestCoordinator::start().await;
     c.admin()
@@ -313,7 +285,7 @@ async fn keys_reach_the_vault_and_export_passes_recover() {
 
     agent.stop().await;
     // Nothing secret in any log line.
-    let logs = logs.0.lock().unwrap().clone();
+    let logs = logs.bytes();
     assert!(logs.len() > 1000, "the capture saw almost nothing");
     for key in [&older, &newer] {
         assert_absent("the logs", &logs, &key.needles());
@@ -325,7 +297,7 @@ async fn keys_reach_the_vault_and_export_passes_recover() {
 
 #[tokio::test]
 async fn a_worker_node_cannot_inject_sealing_keys() {
-    let logs = capture();
+    let logs = LogCapture::global();
     let key = TestKey::generate(1);
     let c = TestCoordinator::start().await;
     let worker = TestNode::new("w1");
@@ -372,7 +344,7 @@ async fn a_worker_node_cannot_inject_sealing_keys() {
     let r = list(&c).await;
     assert!(r.keys.is_empty(), "a worker's key got in: {:?}", names(&r));
     assert!(!r.k3s_token.unwrap().backed_up, "a worker's token got in");
-    let logs = logs.0.lock().unwrap().clone();
+    let logs = logs.bytes();
     assert_absent("the logs", &logs, &key.needles());
     assert_absent("the logs", &logs, &["1eaked".repeat(8)]);
 }

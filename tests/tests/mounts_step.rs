@@ -9,15 +9,15 @@
 //! prints a version, `fusermount3`, and `/proc/self/mountinfo` written by the test
 //! (the fake systemd mounts nothing; the test says what is mounted).
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use elysium_agent::agent::reconcile::{Desired, Reconciler, Report, Step, SubCondition};
 use elysium_agent::agent::state::HeldSpec;
 use elysium_agent::steps::mounts::{MountsStep, obscure, rclone_conf};
 use elysium_host::{FakeSystemd, Host, RootFs};
+use elysium_tests::logs::LogCapture;
 
 const CONFIG: &str = "/etc/elysium-node/rclone/rclone.conf";
 const UNIT_A: &str = "/etc/systemd/system/elysium-mount-media.service";
@@ -372,29 +372,9 @@ async fn a_missing_or_old_rclone_is_refused_with_what_to_do() {
     assert!(report.steps[0].error.as_deref().unwrap().contains("install fuse3"), "{report:?}");
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn secrets_never_reach_logs_units_reports_or_conditions() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = LogCapture::scoped();
 
     let fx = Fixture::new();
     let seen = std::cell::RefCell::new(String::new());
@@ -417,7 +397,7 @@ async fn secrets_never_reach_logs_units_reports_or_conditions() {
     record(&fx.run(&one_mount(), &rotated).await);
 
     let seen = seen.into_inner();
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(logs.contains("elysium-mount-media.service"), "the capture must hold the step's logs:\n{logs}");
     for secret in [AZURE_KEY, AZURE_KEY_2, DAV_PASS] {
         assert!(!logs.contains(secret), "a secret reached the logs:\n{logs}");

@@ -2,35 +2,15 @@
 //! plus the usual failures, run with every log level on and captured; then the
 //! capture is searched for the token's secret and for private-key material.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use elysium_coordinator::tokens::JoinToken;
 use elysium_tests::harness::{TestCoordinator, TestNode, eventually};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use elysium_tests::logs::LogCapture;
 
 #[tokio::test]
 async fn tokens_and_keys_never_appear_in_logs_or_errors() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let capture = LogCapture::global();
 
     let c = TestCoordinator::start().await;
     let token = c.token(1, 600).await;
@@ -55,7 +35,7 @@ async fn tokens_and_keys_never_appear_in_logs_or_errors() {
     let debug = format!("{:?}", JoinToken::parse(&token).unwrap());
     agent.stop().await;
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(logs.len() > 1000, "the capture saw almost nothing: {logs}");
     let key = node.host.fs.read_to_string(elysium_agent::paths::NODE_KEY).unwrap();
     let key_body: String = key.lines().nth(1).unwrap().to_owned();

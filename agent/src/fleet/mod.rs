@@ -13,6 +13,7 @@ use elysium_host::RootFs;
 use elysium_proto::v1 as pb;
 
 use crate::agent::link::StepLink;
+use crate::error_chain;
 use drain::{DrainError, DrainOptions, Drainer, Progress};
 
 /// Where K3s writes its admin kubeconfig on a server (the default of `k3s server
@@ -101,20 +102,4 @@ pub(crate) fn spawn(fs: RootFs, is_server: bool, link: StepLink, id: String, com
         };
         link.result(&id, success, message, 0);
     });
-}
-
-/// The error and its sources on one line, skipping a source whose text the line
-/// already holds (kube's errors repeat their source's).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let s = c.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        cause = c.source();
-    }
-    text
 }

@@ -108,8 +108,7 @@ impl AdminService {
     }
 
     fn in_use(&self, name: &str) -> bool {
-        let toml = self.coordinator.state.borrow().spec.toml.clone();
-        ClusterSpec::parse(&toml).map(|s| s.secret_refs().contains(name)).unwrap_or(false)
+        self.coordinator.state.borrow().parsed.secret_refs().contains(name)
     }
 
     fn secret_info(&self, s: &SecretRecord) -> pb::SecretInfo {

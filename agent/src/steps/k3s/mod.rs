@@ -22,6 +22,7 @@ use elysium_proto::v1 as pb;
 
 use crate::agent::link::StepLink;
 use crate::agent::reconcile::{Desired, Step, StepError, SubCondition};
+use crate::error_chain;
 use elysium_spec::K3sOverTailscale;
 use health::Probe;
 use journal::{Failed, FileBackup, Installed, Journal, K3sState, Phase};
@@ -345,17 +346,6 @@ impl K3sStep {
             failure,
         });
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 impl Step for K3sStep {

@@ -26,6 +26,7 @@ use elysium_host::systemd::{SystemdError, UNIT_DIR};
 use elysium_spec::MountSpec;
 
 use crate::agent::reconcile::{Desired, Step, StepError, SubCondition};
+use crate::error_chain;
 use failure::{Evidence, Reason};
 use plan::{Check, DesiredMount, DesiredMounts, MountAction, ObservedMounts, ObservedUnit, SecretText};
 use version::{RcloneVersion, Requirement};
@@ -163,17 +164,6 @@ fn read_text(host: &Host, path: &str) -> Result<Option<String>, StepError> {
         .read_optional(path)
         .map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned()))
         .map_err(|e| err(error_chain(&e)))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// Our units present on disk (by file name).
