@@ -111,7 +111,10 @@ mod tests {
     #[test]
     fn next_opening_and_no_windows() {
         let w = rome_sunday();
-        assert_eq!(next_open(&[w.clone()], at("2026-07-11T12:00:00Z")), Some(at("2026-07-12T00:00:00Z")));
+        assert_eq!(
+            next_open(std::slice::from_ref(&w), at("2026-07-11T12:00:00Z")),
+            Some(at("2026-07-12T00:00:00Z"))
+        );
         assert_eq!(next_open(&[w], at("2026-07-12T00:10:00Z")), None);
         assert!(any_open(&[], 0));
     }

@@ -72,7 +72,6 @@ impl AdminService {
         c.event(&format!("upgrade.{verb}"), &next.id, &format!("by {admin}"));
         let store = c.store.clone();
         let nodes = blocking(move || store.list_nodes()).await?.map_err(internal)?;
-        let mut next = next;
         crate::rollout::driver::execute(c, &mut next, &nodes, effects);
         c.rollout_kick.notify_one();
         Ok(Response::new(self.rollout_view(&next)))
