@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     let descriptors = protox::compile([proto], ["proto"])?;
     tonic_prost_build::configure()
+        // Small per-call buffers (src/lib.rs, `Codec`).
+        .codec_path("crate::Codec")
         // Messages carrying private keys get a redacting Debug by hand (src/lib.rs).
         .skip_debug([".elysium.v1.SealingKeyReport", ".elysium.v1.ExportSealingKeysResponse"])
         .compile_fds(descriptors)?;

@@ -35,6 +35,51 @@ pub mod v1 {
     }
 }
 
+/// The codec of every service: prost's, with small initial buffers.
+///
+/// tonic allocates an encode and a decode buffer per call up front, 8 KiB each
+/// by default, and keeps them for the call's life. A node session is one call
+/// that lives as long as the node, mostly passing heartbeats of a few dozen
+/// bytes; with 5,000 nodes the defaults held 80 MiB of the coordinator's memory
+/// (docs/BENCHMARKS-fleet.md). The buffers still grow to the largest message a
+/// call carries (a spec, a hardware inventory).
+#[derive(Debug)]
+pub struct Codec<T, U>(std::marker::PhantomData<fn(T) -> U>);
+
+impl<T, U> Default for Codec<T, U> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+/// Initial buffer per direction per call; see [`Codec`].
+pub const CODEC_BUFFER_BYTES: usize = 512;
+
+impl<T, U> tonic::codec::Codec for Codec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = tonic_prost::ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(buffer_settings())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::new(buffer_settings())
+    }
+}
+
+fn buffer_settings() -> tonic::codec::BufferSettings {
+    // The yield threshold (how much a streaming response batches before
+    // flushing) stays at tonic's default.
+    tonic::codec::BufferSettings::new(CODEC_BUFFER_BYTES, 32 * 1024)
+}
+
 /// Name of the wire protocol agents announce in `Hello.protocol`.
 pub const PROTOCOL: &str = "elysium.v1";
 
