@@ -45,7 +45,7 @@ pub struct ClusterState {
     /// `spec` parsed once (every session computes its node spec from it).
     pub parsed: Arc<elysium_spec::ClusterSpec>,
     /// The latest rollout; it pins each node's K3s version.
-    pub rollout: Option<Arc<crate::rollout::Rollout>>,
+    pub rollout: Option<Arc<crate::rollout::Published>>,
 }
 
 impl ClusterState {
@@ -186,7 +186,7 @@ impl Coordinator {
             }
         }
         let secrets = store.list_secrets()?.into_iter().map(|s| (s.name.clone(), s)).collect();
-        let rollout = store.get_rollout()?.map(Arc::new);
+        let rollout = store.get_rollout()?.map(|r| Arc::new(crate::rollout::Published::new(r)));
         let parsed = Arc::new(elysium_spec::ClusterSpec::parse(&spec.toml).unwrap_or_default());
         Ok(Arc::new(Self {
             store,
@@ -240,6 +240,16 @@ impl Coordinator {
 
     /// The spec a given node should hold.
     pub(crate) fn node_spec(&self, node: &NodeRecord, state: &ClusterState) -> pb::NodeSpec {
+        pb::NodeSpec {
+            cluster_spec_toml: state.spec.toml.clone(),
+            ..self.node_spec_without_toml(node, state)
+        }
+    }
+
+    /// [`Self::node_spec`] without the cluster spec's TOML, which follows from
+    /// the generation: what sessions compare on every change of the cluster
+    /// state, without copying the TOML for each of them.
+    pub(crate) fn node_spec_without_toml(&self, node: &NodeRecord, state: &ClusterState) -> pb::NodeSpec {
         let parsed = &state.parsed;
         let mut k3s = crate::k3s::assignment(node, parsed, &state.k3s);
         if let Some(a) = &mut k3s {
@@ -247,7 +257,7 @@ impl Coordinator {
         }
         pb::NodeSpec {
             generation: state.spec.generation,
-            cluster_spec_toml: state.spec.toml.clone(),
+            cluster_spec_toml: String::new(),
             role: convert::role_to_pb(node.role).into(),
             labels: node.labels.clone().into_iter().collect(),
             k3s,

@@ -203,8 +203,8 @@ pub struct FleetConfig {
     /// Reconnect backoff, as the real agent's (initial, max).
     pub backoff: (Duration, Duration),
     pub k3s: SimK3s,
-    /// Sent in every Hello, as a real agent sends its hardware inventory; the
-    /// coordinator stores it and each session keeps it in its node record.
+    /// Reported at every session start (`ReportHardware`), as a real agent
+    /// reports its hardware inventory.
     pub hardware_json: Arc<str>,
 }
 
@@ -245,7 +245,8 @@ pub struct FleetEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum What {
-    /// A spec arrived whose `k3s.version` pin differs from the last one.
+    /// A spec arrived whose `k3s.version` pin differs from the last one and
+    /// from the version the node runs.
     Pinned { version: String },
     /// A K3s report was sent (`failed_version` set: a rollback).
     Reported { version: String, failed_version: String },
@@ -598,7 +599,7 @@ impl Agent {
             inventory: Some(inventory(&self.id.name)),
             held_generation: 0,
             applied_generation: 0,
-            hardware_json: self.config.hardware_json.to_string(),
+            hardware_json: String::new(),
         };
         out.try_send(msg(pb::agent_message::Msg::Hello(hello)))?;
         out.try_send(msg(pb::agent_message::Msg::K3s(self.k3s.report.clone())))?;
@@ -614,6 +615,16 @@ impl Agent {
             .await
             .map_err(|s| anyhow!("session refused: {}", s.message()))?
             .into_inner();
+        // As the agent does: the inventory in its own call, not on the stream.
+        if !self.config.hardware_json.is_empty() {
+            let mut c = client.clone();
+            let doc = self.config.hardware_json.to_string();
+            tokio::spawn(async move {
+                if let Err(status) = c.report_hardware(pb::HardwareReport { hardware_json: doc }).await {
+                    tracing::warn!(%status, "simulated agent could not report its hardware");
+                }
+            });
+        }
         self.shared.open.fetch_add(1, Ordering::Relaxed);
         self.shared.opened.fetch_add(1, Ordering::Relaxed);
         let _open = OpenGuard(self.shared.clone());
@@ -651,7 +662,11 @@ impl Agent {
                             let pin = spec.k3s.map(|k| k.version).unwrap_or_default();
                             if !pin.is_empty() && pin != self.k3s.pinned {
                                 self.k3s.pinned = pin.clone();
-                                self.shared.record(&self.id.name, What::Pinned { version: pin.clone() });
+                                // Pinned to what it runs (back after upgrading
+                                // offline): nothing starts, nothing to record.
+                                if pin != self.k3s.version {
+                                    self.shared.record(&self.id.name, What::Pinned { version: pin.clone() });
+                                }
                                 if self.k3s.pin(&pin, cfg)
                                     && !self.went_away
                                     && cfg.offline_on_pin.contains(&self.id.name)

@@ -364,16 +364,18 @@ async fn a_node_offline_mid_upgrade_holds_the_rollout_until_it_returns_or_times_
     assert!(reason.contains("offline"), "{reason}");
     assert_eq!(phase_of(&halted, "agent-004"), "pending");
 
-    // Back later, it reports the target, but the failure stands until resumed.
+    // Back later, it reports the target: it is done (and pinned to the target,
+    // not sent back), but the rollout stays halted until resumed.
     fleet.set_online(lost, true);
     fleet.wait_connected(6, WAIT).await.expect("all back");
+    wait_phase(&admin, lost, "done").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let still = status(&admin).await;
     assert_eq!((still.state.as_str(), phase_of(&still, "agent-004")), ("halted", "pending"));
     let resumed_at = Instant::now();
     admin.clone().upgrade_resume(pb::UpgradeControlRequest {}).await.expect("resume");
     let done = wait_state(&admin, "done").await;
-    assert_eq!((count(&done, "done"), count(&done, "failed")), (5, 1));
+    assert_eq!((count(&done, "done"), count(&done, "failed")), (6, 0));
     let events = events_through(&admin, "upgrade.done", 1).await;
     let problems = fleet::check_rollout(&done, &events, &fleet.events(), &limits(1, 1), Some(resumed_at));
     assert!(problems.is_empty(), "{problems:#?}");

@@ -22,11 +22,17 @@ const TICK: Duration = Duration::from_secs(1);
 /// rollout pins the nodes it concerns (the target once their turn came, their
 /// old version until then), every other node stays on what it reports, and a
 /// node that never ran K3s installs what the last finished rollout installed.
+/// A node that reports the target is pinned to it.
 pub fn pinned_version(state: &ClusterState, node: &NodeRecord) -> Option<String> {
     state.parsed.upgrade.as_ref()?;
     if let Some(r) = &state.rollout
-        && let Some(v) = super::pinned_version(r, &node.id)
+        && let Some(v) = r.pinned_version(&node.id)
     {
+        // A node that already runs the target (it came back upgraded after it
+        // timed out) is never sent back; `advance` marks it done.
+        if node.k3s_version == r.target {
+            return Some(r.target.clone());
+        }
         return Some(v);
     }
     if !node.k3s_version.is_empty() {
@@ -110,9 +116,9 @@ pub async fn tick(c: &Arc<Coordinator>) -> Result<(), StoreError> {
             drains,
         }
     };
-    let mut next: Rollout = (*current).clone();
+    let mut next: Rollout = Rollout::clone(&current);
     let effects = advance(&mut next, &obs);
-    if next != *current {
+    if next != **current {
         save(c, next.clone()).await?;
     }
     // Forget drain outcomes no node waits for any more.
@@ -128,7 +134,7 @@ pub async fn tick(c: &Arc<Coordinator>) -> Result<(), StoreError> {
         // A drain found no server to go through (say, just after a restart,
         // before the servers reconnected): forget it in memory so the next tick
         // sends it again; the node timeout bounds the waiting.
-        c.state.send_modify(|s| s.rollout = Some(Arc::new(next)));
+        c.state.send_modify(|s| s.rollout = Some(Arc::new(super::Published::new(next))));
     }
     Ok(())
 }
@@ -138,7 +144,7 @@ pub async fn save(c: &Arc<Coordinator>, r: Rollout) -> Result<(), StoreError> {
     let store = c.store.clone();
     let stored = r.clone();
     crate::services::blocking_store(move || store.put_rollout(&stored)).await?;
-    c.state.send_modify(|s| s.rollout = Some(Arc::new(r)));
+    c.state.send_modify(|s| s.rollout = Some(Arc::new(super::Published::new(r))));
     Ok(())
 }
 

@@ -424,6 +424,17 @@ pub fn advance(r: &mut Rollout, obs: &Observation) -> Vec<Effect> {
             _ => {}
         }
     }
+    // A node that failed by timing out may still have installed the target
+    // (it was offline, or slow): once it reports the target, it is done. Left
+    // failed, its pin would ask it to go back to the old version.
+    for n in r.nodes.iter_mut().filter(|n| n.phase == Phase::Failed) {
+        if obs.nodes.get(&n.node_id).is_some_and(|o| o.version == target) {
+            n.phase = Phase::Done;
+            n.reason = format!("reported {target} after it had failed ({})", n.reason);
+            n.finished_unix = now;
+            fx.push(event("upgrade.node-done", &n.name, n.reason.clone()));
+        }
+    }
     if let Some(why) = halt
         && r.state == State::Running
     {
@@ -557,13 +568,47 @@ pub fn abort(r: &mut Rollout, now: i64) -> Result<Vec<Effect>, String> {
 /// The version a node must run while `r` is the latest rollout; `None` when the
 /// rollout does not concern it.
 pub fn pinned_version(r: &Rollout, node_id: &str) -> Option<String> {
-    let n = r.nodes.iter().find(|n| n.node_id == node_id)?;
+    pin(r, r.nodes.iter().find(|n| n.node_id == node_id)?)
+}
+
+fn pin(r: &Rollout, n: &NodeRollout) -> Option<String> {
     if n.phase.has_target() {
         Some(r.target.clone())
     } else if n.from_version.is_empty() {
         None
     } else {
         Some(n.from_version.clone())
+    }
+}
+
+/// A rollout as the sessions see it, with its nodes indexed by id.
+///
+/// Every change to a rollout wakes every session to recompute its node's pin;
+/// with 1,000 nodes a scan each made that a million comparisons per change
+/// (docs/BENCHMARKS-fleet.md).
+#[derive(Debug)]
+pub struct Published {
+    rollout: Rollout,
+    by_node: std::collections::HashMap<String, usize>,
+}
+
+impl Published {
+    pub fn new(rollout: Rollout) -> Self {
+        let by_node = rollout.nodes.iter().enumerate().map(|(i, n)| (n.node_id.clone(), i)).collect();
+        Self { rollout, by_node }
+    }
+
+    /// [`pinned_version`], by index.
+    pub fn pinned_version(&self, node_id: &str) -> Option<String> {
+        pin(&self.rollout, &self.rollout.nodes[*self.by_node.get(node_id)?])
+    }
+}
+
+impl std::ops::Deref for Published {
+    type Target = Rollout;
+
+    fn deref(&self) -> &Rollout {
+        &self.rollout
     }
 }
 

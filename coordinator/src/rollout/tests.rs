@@ -275,6 +275,20 @@ fn timeouts_and_failed_drains_halt_and_uncordon() {
     advance(&mut r, &obs);
     assert_eq!(r.nodes[0].phase, Phase::Failed);
     assert!(r.nodes[0].reason.contains("after 5 min (offline)"), "{}", r.nodes[0].reason);
+    assert_eq!(pinned_version(&r, "id-s00").as_deref(), Some(OLD));
+
+    // It comes back on the target after all: done, pinned to the target, and
+    // the rollout stays halted until the operator resumes it.
+    obs.now += 60;
+    obs.nodes.get_mut("id-s00").unwrap().online = true;
+    obs.nodes.get_mut("id-s00").unwrap().version = NEW.into();
+    let fx = advance(&mut r, &obs);
+    assert_eq!(r.nodes[0].phase, Phase::Done);
+    assert!(r.nodes[0].reason.contains("after it had failed (not on"), "{}", r.nodes[0].reason);
+    assert_eq!(pinned_version(&r, "id-s00").as_deref(), Some(NEW));
+    assert!(fx.iter().any(|f| matches!(f, Effect::Event { kind: "upgrade.node-done", .. })), "{fx:?}");
+    assert_eq!(r.state, State::Halted);
+    assert!(in_flight(&r).is_empty());
 }
 
 #[test]

@@ -66,7 +66,7 @@ impl AdminService {
         let c = &self.coordinator;
         let _guard = c.rollout_lock.lock().await;
         let current = c.state.borrow().rollout.clone().ok_or_else(|| Status::not_found("no rollout yet"))?;
-        let mut next = (*current).clone();
+        let mut next = crate::rollout::Rollout::clone(&current);
         let effects = f(&mut next, c.now()).map_err(Status::failed_precondition)?;
         crate::rollout::driver::save(c, next.clone()).await.map_err(internal)?;
         c.event(&format!("upgrade.{verb}"), &next.id, &format!("by {admin}"));

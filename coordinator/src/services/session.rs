@@ -47,11 +47,14 @@ impl pb::node_session_server::NodeSession for SessionService {
         let c = self.coordinator.clone();
         let store = c.store.clone();
         let id = node_id.clone();
-        let node = blocking(move || store.get_node(&id)).await?.map_err(internal)?.ok_or_else(|| {
+        let mut node = blocking(move || store.get_node(&id)).await?.map_err(internal)?.ok_or_else(|| {
             Status::permission_denied(
                 "this node was removed from the coordinator; join it again with a new token",
             )
         })?;
+        // The session never reads the hardware document, and the store keeps it
+        // when the session writes the record (Store::update_node).
+        node.hardware_json = String::new();
 
         let session_id = c.next_session.fetch_add(1, Ordering::Relaxed);
         let end = Arc::new(Notify::new());
@@ -70,6 +73,27 @@ impl pb::node_session_server::NodeSession for SessionService {
         let inbound = request.into_inner();
         tokio::spawn(drive(c, node, session_id, end, inbound, tx));
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(ReceiverStream::new(rx), |m| *m))))
+    }
+
+    async fn report_hardware(
+        &self,
+        request: Request<pb::HardwareReport>,
+    ) -> Result<Response<pb::HardwareAck>, Status> {
+        let node_id = require_node(&request)?;
+        let doc = request.into_inner().hardware_json;
+        // Shown by `nodes get` as JSON: refuse anything else now, not there.
+        if !serde_json::from_str::<serde_json::Value>(&doc).is_ok_and(|v| v.is_object()) {
+            return Err(Status::invalid_argument("the hardware inventory must be a JSON object"));
+        }
+        let store = self.coordinator.store.clone();
+        let id = node_id.clone();
+        if !blocking(move || store.set_node_hardware(&id, &doc)).await?.map_err(internal)? {
+            return Err(Status::permission_denied(
+                "this node was removed from the coordinator; join it again with a new token",
+            ));
+        }
+        tracing::debug!(node_id, "hardware inventory stored");
+        Ok(Response::new(pb::HardwareAck {}))
     }
 }
 
@@ -123,14 +147,18 @@ async fn drive(
                 }
                 // Most changes (another node's rollout phase, a secret this
                 // node does not use) leave this node's spec as it was.
-                let mut spec = c.node_spec(&node, &spec_rx.borrow_and_update());
-                let toml = std::mem::take(&mut spec.cluster_spec_toml);
-                if spec == sent {
-                    continue;
-                }
+                let (spec, toml) = {
+                    let state = spec_rx.borrow_and_update();
+                    let spec = c.node_spec_without_toml(&node, &state);
+                    if spec == sent {
+                        continue;
+                    }
+                    // From the same state as the rest: generation and TOML agree.
+                    let toml = state.spec.toml.clone();
+                    (spec, toml)
+                };
                 sent = spec.clone();
-                spec.cluster_spec_toml = toml;
-                if tx.send(spec_message(spec)).await.is_err() {
+                if tx.send(spec_message(pb::NodeSpec { cluster_spec_toml: toml, ..spec })).await.is_err() {
                     break;
                 }
             }
@@ -164,6 +192,9 @@ async fn handle(
             }
             node.last_seen_unix = now;
             persist(c, node).await;
+            // Stored; the session has no use for it, and with thousands of
+            // sessions a copy each adds up (the store keeps it on later writes).
+            node.hardware_json = String::new();
             k3s_hello(c, node).await;
             if !*announced_online {
                 *announced_online = true;

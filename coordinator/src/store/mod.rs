@@ -52,8 +52,9 @@ pub struct NodeRecord {
     /// Conditions last reported by the agent.
     #[serde(default)]
     pub conditions: Vec<Condition>,
-    /// Hardware inventory document last reported by the agent (JSON).
-    #[serde(default)]
+    /// Hardware inventory document last reported by the agent (JSON). The store
+    /// keeps it apart from the rest of the record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hardware_json: String,
     /// The K3s version the node reports running healthy; empty before K3s.
     #[serde(default)]
@@ -275,7 +276,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn node_by_name(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
     fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
     /// Updates an existing node; returns false (and writes nothing) when it was removed.
+    /// An empty `hardware_json` keeps the stored document: sessions do not keep
+    /// the node's hardware inventory (the bulk of a record) in memory.
     fn update_node(&self, node: &NodeRecord) -> Result<bool, StoreError>;
+    /// Replaces a node's hardware inventory document; false when the node was removed.
+    fn set_node_hardware(&self, id: &str, hardware_json: &str) -> Result<bool, StoreError>;
     fn remove_node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
 
     fn get_spec(&self) -> Result<StoredSpec, StoreError>;

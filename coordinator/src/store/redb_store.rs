@@ -12,6 +12,11 @@ use super::*;
 
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// id → the node's hardware inventory document (JSON), apart from its record:
+/// it is most of a record's bytes, and the rollout driver lists every node's
+/// record on each step without needing it. Records written before this table
+/// existed carry the document inline until their next update.
+const NODE_HARDWARE: TableDefinition<&str, &str> = TableDefinition::new("node_hardware");
 /// name → id, the uniqueness index for node names.
 const NODE_NAMES: TableDefinition<&str, &str> = TableDefinition::new("node_names");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -62,6 +67,7 @@ impl RedbStore {
             txn.open_table(TOKENS).map_err(engine)?;
             txn.open_table(NODES).map_err(engine)?;
             txn.open_table(NODE_NAMES).map_err(engine)?;
+            txn.open_table(NODE_HARDWARE).map_err(engine)?;
             txn.open_table(META).map_err(engine)?;
             txn.open_table(EVENTS).map_err(engine)?;
             txn.open_table(SECRETS).map_err(engine)?;
@@ -166,7 +172,15 @@ impl Store for RedbStore {
     }
 
     fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
-        self.read_one(NODES, id)
+        let txn = self.db.begin_read().map_err(engine)?;
+        let nodes = txn.open_table(NODES).map_err(engine)?;
+        let Some(v) = nodes.get(id).map_err(engine)? else { return Ok(None) };
+        let mut node: NodeRecord = decode(id, v.value())?;
+        let hardware = txn.open_table(NODE_HARDWARE).map_err(engine)?;
+        if let Some(doc) = hardware.get(id).map_err(engine)? {
+            node.hardware_json = doc.value().to_owned();
+        }
+        Ok(Some(node))
     }
 
     fn node_by_name(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
@@ -182,7 +196,18 @@ impl Store for RedbStore {
     }
 
     fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        let mut nodes: Vec<NodeRecord> = self.read_all(NODES)?;
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(NODES).map_err(engine)?;
+        let hardware = txn.open_table(NODE_HARDWARE).map_err(engine)?;
+        let mut nodes = Vec::new();
+        for entry in table.iter().map_err(engine)? {
+            let (k, v) = entry.map_err(engine)?;
+            let mut node: NodeRecord = decode(k.value(), v.value())?;
+            if let Some(doc) = hardware.get(k.value()).map_err(engine)? {
+                node.hardware_json = doc.value().to_owned();
+            }
+            nodes.push(node);
+        }
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(nodes)
     }
@@ -191,12 +216,33 @@ impl Store for RedbStore {
         let txn = self.db.begin_write().map_err(engine)?;
         let exists = {
             let mut nodes = txn.open_table(NODES).map_err(engine)?;
-            let exists = nodes.get(node.id.as_str()).map_err(engine)?.is_some();
-            if exists {
-                nodes.insert(node.id.as_str(), encode(node).as_slice()).map_err(engine)?;
+            let stored = nodes.get(node.id.as_str()).map_err(engine)?.map(|v| v.value().to_vec());
+            let exists = stored.is_some();
+            if let Some(stored) = stored {
+                let mut hardware = txn.open_table(NODE_HARDWARE).map_err(engine)?;
+                let mut doc = node.hardware_json.clone();
+                if doc.is_empty() && hardware.get(node.id.as_str()).map_err(engine)?.is_none() {
+                    // A record from before NODE_HARDWARE: move its document out.
+                    doc = decode::<NodeRecord>(&node.id, &stored)?.hardware_json;
+                }
+                if !doc.is_empty() {
+                    hardware.insert(node.id.as_str(), doc.as_str()).map_err(engine)?;
+                }
+                let record = NodeRecord { hardware_json: String::new(), ..node.clone() };
+                nodes.insert(node.id.as_str(), encode(&record).as_slice()).map_err(engine)?;
             }
             exists
         };
+        txn.commit().map_err(engine)?;
+        Ok(exists)
+    }
+
+    fn set_node_hardware(&self, id: &str, hardware_json: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        let exists = txn.open_table(NODES).map_err(engine)?.get(id).map_err(engine)?.is_some();
+        if exists {
+            txn.open_table(NODE_HARDWARE).map_err(engine)?.insert(id, hardware_json).map_err(engine)?;
+        }
         txn.commit().map_err(engine)?;
         Ok(exists)
     }
@@ -209,10 +255,18 @@ impl Store for RedbStore {
                 Some(id) => id.value().to_owned(),
                 None => return Ok(None),
             };
+            let mut hardware = txn.open_table(NODE_HARDWARE).map_err(engine)?;
+            let doc = hardware.remove(id.as_str()).map_err(engine)?.map(|d| d.value().to_owned());
             let mut nodes = txn.open_table(NODES).map_err(engine)?;
             let removed = nodes.remove(id.as_str()).map_err(engine)?;
             match removed {
-                Some(v) => Some(decode::<NodeRecord>(&id, v.value())?),
+                Some(v) => {
+                    let mut node = decode::<NodeRecord>(&id, v.value())?;
+                    if let Some(doc) = doc {
+                        node.hardware_json = doc;
+                    }
+                    Some(node)
+                }
                 None => None,
             }
         };

@@ -62,6 +62,57 @@ fn removed_nodes_free_their_name_and_cannot_be_updated() {
 }
 
 #[test]
+fn updates_without_a_hardware_document_keep_the_stored_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+    let token = JoinToken::generate(&"ab".repeat(32));
+    store.create_token(&token_record(&token, 1)).unwrap();
+    store.enroll(&token.id, &|r: &TokenRecord| r.check(&token, 1), &node("n1", "alpha")).unwrap();
+
+    let mut n = node("n1", "alpha");
+    n.hardware_json = r#"{"gpus":[]}"#.into();
+    assert!(store.update_node(&n).unwrap());
+    // What a session writes later: its copy has dropped the document.
+    n.hardware_json.clear();
+    n.reconcile_state = "converged".into();
+    assert!(store.update_node(&n).unwrap());
+    let stored = store.get_node("n1").unwrap().unwrap();
+    assert_eq!(stored.reconcile_state, "converged");
+    assert_eq!(stored.hardware_json, r#"{"gpus":[]}"#);
+    // A new document replaces the old one.
+    n.hardware_json = r#"{"gpus":[1]}"#.into();
+    assert!(store.update_node(&n).unwrap());
+    assert_eq!(store.get_node("n1").unwrap().unwrap().hardware_json, r#"{"gpus":[1]}"#);
+    assert_eq!(store.list_nodes().unwrap()[0].hardware_json, r#"{"gpus":[1]}"#);
+    assert_eq!(store.remove_node("alpha").unwrap().unwrap().hardware_json, r#"{"gpus":[1]}"#);
+    assert!(store.get_node("n1").unwrap().is_none());
+}
+
+#[test]
+fn a_record_with_its_hardware_inline_keeps_it_when_updated() {
+    // Stores written before the hardware document had its own table.
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+    let token = JoinToken::generate(&"ab".repeat(32));
+    store.create_token(&token_record(&token, 1)).unwrap();
+    let mut old = node("n1", "alpha");
+    old.hardware_json = r#"{"cpu":"old"}"#.into();
+    store.enroll(&token.id, &|r: &TokenRecord| r.check(&token, 1), &old).unwrap();
+    assert_eq!(store.get_node("n1").unwrap().unwrap().hardware_json, r#"{"cpu":"old"}"#);
+
+    let mut n = node("n1", "alpha");
+    n.reconcile_state = "converged".into();
+    assert!(store.update_node(&n).unwrap());
+    let stored = store.get_node("n1").unwrap().unwrap();
+    assert_eq!(
+        (stored.reconcile_state.as_str(), stored.hardware_json.as_str()),
+        ("converged", r#"{"cpu":"old"}"#)
+    );
+    assert!(store.update_node(&n).unwrap());
+    assert_eq!(store.node_by_name("alpha").unwrap().unwrap().hardware_json, r#"{"cpu":"old"}"#);
+}
+
+#[test]
 fn spec_generations_and_conflicts() {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
