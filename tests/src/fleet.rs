@@ -203,8 +203,7 @@ pub struct FleetConfig {
     /// Reconnect backoff, as the real agent's (initial, max).
     pub backoff: (Duration, Duration),
     pub k3s: SimK3s,
-    /// Reported at every session start (`ReportHardware`), as a real agent
-    /// reports its hardware inventory.
+    /// Sent in every Hello, as a real agent sends its hardware inventory.
     pub hardware_json: Arc<str>,
 }
 
@@ -599,7 +598,7 @@ impl Agent {
             inventory: Some(inventory(&self.id.name)),
             held_generation: 0,
             applied_generation: 0,
-            hardware_json: String::new(),
+            hardware_json: self.config.hardware_json.to_string(),
         };
         out.try_send(msg(pb::agent_message::Msg::Hello(hello)))?;
         out.try_send(msg(pb::agent_message::Msg::K3s(self.k3s.report.clone())))?;
@@ -615,16 +614,6 @@ impl Agent {
             .await
             .map_err(|s| anyhow!("session refused: {}", s.message()))?
             .into_inner();
-        // As the agent does: the inventory in its own call, not on the stream.
-        if !self.config.hardware_json.is_empty() {
-            let mut c = client.clone();
-            let doc = self.config.hardware_json.to_string();
-            tokio::spawn(async move {
-                if let Err(status) = c.report_hardware(pb::HardwareReport { hardware_json: doc }).await {
-                    tracing::warn!(%status, "simulated agent could not report its hardware");
-                }
-            });
-        }
         self.shared.open.fetch_add(1, Ordering::Relaxed);
         self.shared.opened.fetch_add(1, Ordering::Relaxed);
         let _open = OpenGuard(self.shared.clone());

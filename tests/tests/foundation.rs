@@ -48,7 +48,7 @@ async fn a_node_joins_starts_its_service_and_comes_online() {
     eventually("alpha online", WAIT, || async { online(&c, "alpha").await.then_some(()) }).await;
     let rec = c.node("alpha").await.unwrap();
     assert_eq!(rec.agent_version, env!("CARGO_PKG_VERSION"));
-    // The hardware inventory comes in its own call, next to the session.
+    // The hardware inventory in the Hello is stored (apart from the record).
     let hardware = eventually("alpha's hardware inventory", WAIT, || async {
         c.node("alpha").await.map(|n| n.hardware_json).filter(|h| !h.is_empty())
     })
@@ -253,55 +253,6 @@ async fn node_certificates_cannot_administer_or_impersonate() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-}
-
-#[tokio::test]
-async fn hardware_reports_land_on_the_certificates_node_and_are_checked() {
-    let c = TestCoordinator::start().await;
-    let (a, b) = (TestNode::new("node-a"), TestNode::new("node-b"));
-    a.join(&c.url(), &c.token(1, 600).await).await.unwrap();
-    b.join(&c.url(), &c.token(1, 600).await).await.unwrap();
-    let session_client = |node: &TestNode| {
-        let fs = node.host.fs.clone();
-        let url = c.url();
-        async move {
-            let tls = transport::mtls(
-                &fs.read_to_string(paths::CA_CERT).unwrap(),
-                &fs.read_to_string(paths::NODE_CERT).unwrap(),
-                &fs.read_to_string(paths::NODE_KEY).unwrap(),
-            )
-            .unwrap();
-            let channel = transport::channel(&Target::parse(&url).unwrap(), tls).await.unwrap();
-            pb::node_session_client::NodeSessionClient::new(channel)
-        }
-    };
-    let report = |doc: &str| pb::HardwareReport { hardware_json: doc.into() };
-
-    let mut from_a = session_client(&a).await;
-    from_a.report_hardware(report(r#"{"pci":[{"class":"0300"}]}"#)).await.expect("report");
-    assert_eq!(c.node("node-a").await.unwrap().hardware_json, r#"{"pci":[{"class":"0300"}]}"#);
-    assert_eq!(c.node("node-b").await.unwrap().hardware_json, "", "node A's report reached node B");
-
-    // Not a JSON object: refused, and what was stored stays.
-    for bad in ["", "not json", "[1,2]"] {
-        let status = from_a.report_hardware(report(bad)).await.unwrap_err();
-        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}: {status:?}");
-    }
-    assert_eq!(c.node("node-a").await.unwrap().hardware_json, r#"{"pci":[{"class":"0300"}]}"#);
-
-    // The admin certificate is not a node; a removed node is no longer one.
-    let cfg = c.admin_config();
-    let tls = transport::mtls(&cfg.ca_pem, &cfg.cert_pem, &cfg.key_pem).unwrap();
-    let channel = transport::channel(&Target::parse(&c.url()).unwrap(), tls).await.unwrap();
-    let status = pb::node_session_client::NodeSessionClient::new(channel)
-        .report_hardware(report("{}"))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    c.admin().await.remove_node(pb::RemoveNodeRequest { name: "node-b".into() }).await.unwrap();
-    let status = session_client(&b).await.report_hardware(report("{}")).await.unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(c.node("node-b").await.is_none(), "a removed node's report brought it back");
 }
 
 #[tokio::test]

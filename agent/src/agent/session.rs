@@ -8,7 +8,6 @@ use elysium_host::Host;
 use elysium_proto::{MAX_MESSAGE_BYTES, PROTOCOL, v1 as pb};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::state::{self, HeldSpec};
 use super::{AgentOptions, ReconcileStatus};
@@ -108,8 +107,7 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
             inventory: Some(inventory::collect(&ctx.host.fs)),
             held_generation,
             applied_generation: status.applied_generation,
-            // Sent apart (report_hardware below).
-            hardware_json: String::new(),
+            hardware_json: hardware_json(&ctx.host),
         })),
     };
     // The channel is empty: these cannot block.
@@ -120,8 +118,6 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
     }
     let mut inbound =
         client.session(ReceiverStream::new(out_rx)).await.map_err(SessionEnd::Refused)?.into_inner();
-    // In its own call on the same connection, so the session does not wait for it.
-    tokio::spawn(report_hardware(client.clone(), hardware_json(&ctx.host)));
 
     tracing::info!(coordinator = %ctx.target.url, "session established");
     notify::ready(&format!("connected to {}", ctx.target.url));
@@ -227,25 +223,6 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
                     return Ok(());
                 }
             }
-        }
-    }
-}
-
-/// Sends the hardware inventory for `nodes get`. Failing to is logged, never
-/// fatal: the session works without it.
-async fn report_hardware(mut client: pb::node_session_client::NodeSessionClient<Channel>, doc: String) {
-    if doc.is_empty() {
-        return;
-    }
-    match client.report_hardware(pb::HardwareReport { hardware_json: doc }).await {
-        Ok(_) => tracing::debug!("hardware inventory reported"),
-        Err(status) if status.code() == tonic::Code::Unimplemented => {
-            tracing::warn!(
-                "the coordinator is too old to take the hardware inventory; upgrade it to see it in `nodes get`"
-            )
-        }
-        Err(status) => {
-            tracing::warn!(code = ?status.code(), message = status.message(), "could not report the hardware inventory")
         }
     }
 }

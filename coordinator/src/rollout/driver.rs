@@ -92,7 +92,7 @@ pub async fn tick(c: &Arc<Coordinator>) -> Result<(), StoreError> {
         return Ok(());
     }
     let store = c.store.clone();
-    let nodes = crate::services::blocking_store(move || store.list_nodes()).await?;
+    let nodes = crate::services::blocking_store(move || store.list_nodes_brief()).await?;
     let now = c.now();
     let obs = {
         let live = c.live();

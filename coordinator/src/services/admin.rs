@@ -49,7 +49,7 @@ impl AdminService {
             resolve_channel(&channel, &k3s.channel_url).await?
         };
         let store = c.store.clone();
-        let nodes = blocking(move || store.list_nodes()).await?.map_err(internal)?;
+        let nodes = blocking(move || store.list_nodes_brief()).await?.map_err(internal)?;
         let views = crate::rollout::driver::views(c, &nodes);
         let now = c.now();
         let id = format!("r{now}");
@@ -71,7 +71,7 @@ impl AdminService {
         crate::rollout::driver::save(c, next.clone()).await.map_err(internal)?;
         c.event(&format!("upgrade.{verb}"), &next.id, &format!("by {admin}"));
         let store = c.store.clone();
-        let nodes = blocking(move || store.list_nodes()).await?.map_err(internal)?;
+        let nodes = blocking(move || store.list_nodes_brief()).await?.map_err(internal)?;
         crate::rollout::driver::execute(c, &mut next, &nodes, effects);
         c.rollout_kick.notify_one();
         Ok(Response::new(self.rollout_view(&next)))

@@ -74,27 +74,6 @@ impl pb::node_session_server::NodeSession for SessionService {
         tokio::spawn(drive(c, node, session_id, end, inbound, tx));
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(ReceiverStream::new(rx), |m| *m))))
     }
-
-    async fn report_hardware(
-        &self,
-        request: Request<pb::HardwareReport>,
-    ) -> Result<Response<pb::HardwareAck>, Status> {
-        let node_id = require_node(&request)?;
-        let doc = request.into_inner().hardware_json;
-        // Shown by `nodes get` as JSON: refuse anything else now, not there.
-        if !serde_json::from_str::<serde_json::Value>(&doc).is_ok_and(|v| v.is_object()) {
-            return Err(Status::invalid_argument("the hardware inventory must be a JSON object"));
-        }
-        let store = self.coordinator.store.clone();
-        let id = node_id.clone();
-        if !blocking(move || store.set_node_hardware(&id, &doc)).await?.map_err(internal)? {
-            return Err(Status::permission_denied(
-                "this node was removed from the coordinator; join it again with a new token",
-            ));
-        }
-        tracing::debug!(node_id, "hardware inventory stored");
-        Ok(Response::new(pb::HardwareAck {}))
-    }
 }
 
 fn spec_message(spec: pb::NodeSpec) -> Result<pb::CoordinatorMessage, Status> {

@@ -275,12 +275,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError>;
     fn node_by_name(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
     fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// [`Store::list_nodes`] without the hardware documents (`hardware_json`
+    /// empty): for the rollout driver, which lists the fleet on every step.
+    fn list_nodes_brief(&self) -> Result<Vec<NodeRecord>, StoreError>;
     /// Updates an existing node; returns false (and writes nothing) when it was removed.
     /// An empty `hardware_json` keeps the stored document: sessions do not keep
     /// the node's hardware inventory (the bulk of a record) in memory.
     fn update_node(&self, node: &NodeRecord) -> Result<bool, StoreError>;
-    /// Replaces a node's hardware inventory document; false when the node was removed.
-    fn set_node_hardware(&self, id: &str, hardware_json: &str) -> Result<bool, StoreError>;
     fn remove_node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
 
     fn get_spec(&self) -> Result<StoredSpec, StoreError>;

@@ -89,6 +89,26 @@ impl RedbStore {
         Ok(out)
     }
 
+    fn list_nodes_with(&self, hardware: bool) -> Result<Vec<NodeRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(NODES).map_err(engine)?;
+        let docs = txn.open_table(NODE_HARDWARE).map_err(engine)?;
+        let mut nodes = Vec::new();
+        for entry in table.iter().map_err(engine)? {
+            let (k, v) = entry.map_err(engine)?;
+            let mut node: NodeRecord = decode(k.value(), v.value())?;
+            if !hardware {
+                // A record from before NODE_HARDWARE may carry it inline.
+                node.hardware_json = String::new();
+            } else if let Some(doc) = docs.get(k.value()).map_err(engine)? {
+                node.hardware_json = doc.value().to_owned();
+            }
+            nodes.push(node);
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nodes)
+    }
+
     fn read_one<T: DeserializeOwned>(
         &self,
         def: TableDefinition<&str, &[u8]>,
@@ -196,20 +216,11 @@ impl Store for RedbStore {
     }
 
     fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(engine)?;
-        let table = txn.open_table(NODES).map_err(engine)?;
-        let hardware = txn.open_table(NODE_HARDWARE).map_err(engine)?;
-        let mut nodes = Vec::new();
-        for entry in table.iter().map_err(engine)? {
-            let (k, v) = entry.map_err(engine)?;
-            let mut node: NodeRecord = decode(k.value(), v.value())?;
-            if let Some(doc) = hardware.get(k.value()).map_err(engine)? {
-                node.hardware_json = doc.value().to_owned();
-            }
-            nodes.push(node);
-        }
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(nodes)
+        self.list_nodes_with(true)
+    }
+
+    fn list_nodes_brief(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.list_nodes_with(false)
     }
 
     fn update_node(&self, node: &NodeRecord) -> Result<bool, StoreError> {
@@ -233,16 +244,6 @@ impl Store for RedbStore {
             }
             exists
         };
-        txn.commit().map_err(engine)?;
-        Ok(exists)
-    }
-
-    fn set_node_hardware(&self, id: &str, hardware_json: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write().map_err(engine)?;
-        let exists = txn.open_table(NODES).map_err(engine)?.get(id).map_err(engine)?.is_some();
-        if exists {
-            txn.open_table(NODE_HARDWARE).map_err(engine)?.insert(id, hardware_json).map_err(engine)?;
-        }
         txn.commit().map_err(engine)?;
         Ok(exists)
     }

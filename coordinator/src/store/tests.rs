@@ -84,6 +84,8 @@ fn updates_without_a_hardware_document_keep_the_stored_one() {
     assert!(store.update_node(&n).unwrap());
     assert_eq!(store.get_node("n1").unwrap().unwrap().hardware_json, r#"{"gpus":[1]}"#);
     assert_eq!(store.list_nodes().unwrap()[0].hardware_json, r#"{"gpus":[1]}"#);
+    let brief = &store.list_nodes_brief().unwrap()[0];
+    assert_eq!((brief.reconcile_state.as_str(), brief.hardware_json.as_str()), ("converged", ""));
     assert_eq!(store.remove_node("alpha").unwrap().unwrap().hardware_json, r#"{"gpus":[1]}"#);
     assert!(store.get_node("n1").unwrap().is_none());
 }
