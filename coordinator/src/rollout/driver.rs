@@ -134,7 +134,7 @@ pub async fn tick(c: &Arc<Coordinator>) -> Result<(), StoreError> {
         // A drain found no server to go through (say, just after a restart,
         // before the servers reconnected): forget it in memory so the next tick
         // sends it again; the node timeout bounds the waiting.
-        c.state.send_modify(|s| s.rollout = Some(Arc::new(super::Published::new(next))));
+        publish(c, next);
     }
     Ok(())
 }
@@ -144,8 +144,20 @@ pub async fn save(c: &Arc<Coordinator>, r: Rollout) -> Result<(), StoreError> {
     let store = c.store.clone();
     let stored = r.clone();
     crate::services::blocking_store(move || store.put_rollout(&stored)).await?;
-    c.state.send_modify(|s| s.rollout = Some(Arc::new(super::Published::new(r))));
+    publish(c, r);
     Ok(())
+}
+
+/// Makes `r` the current rollout. Sessions are woken only when a node's pin
+/// changes: waking all of them on every step cost most of a core with 1,000
+/// nodes (docs/BENCHMARKS-fleet.md). Readers (`upgrade status`, the driver,
+/// a session woken for another reason) see `r` either way.
+fn publish(c: &Coordinator, r: Rollout) {
+    c.state.send_if_modified(|s| {
+        let wake = s.rollout.as_ref().is_none_or(|old| !old.same_pins(&r));
+        s.rollout = Some(Arc::new(super::Published::new(r)));
+        wake
+    });
 }
 
 /// Carries out effects. Drains and uncordons go to a server node's agent, which

@@ -598,6 +598,19 @@ impl Published {
         Self { rollout, by_node }
     }
 
+    /// Whether every node would be pinned as under `other`: sessions need
+    /// waking only when that changes, which most steps (a drain starting, a
+    /// node passing its health gate) do not.
+    pub fn same_pins(&self, other: &Rollout) -> bool {
+        let r = &self.rollout;
+        r.id == other.id
+            && r.target == other.target
+            // A finished rollout also decides what new nodes install (driver).
+            && (r.state == State::Done) == (other.state == State::Done)
+            && r.nodes.len() == other.nodes.len()
+            && r.nodes.iter().zip(&other.nodes).all(|(a, b)| a.node_id == b.node_id && pin(r, a) == pin(other, b))
+    }
+
     /// [`pinned_version`], by index.
     pub fn pinned_version(&self, node_id: &str) -> Option<String> {
         pin(&self.rollout, &self.rollout.nodes[*self.by_node.get(node_id)?])

@@ -333,3 +333,30 @@ fn a_restarted_coordinator_drains_again() {
     assert!(matches!(&fx[..], [Effect::Drain { node, .. }] if node == "s00"), "{fx:?}");
     assert!(loaded.nodes[0].cordoned);
 }
+
+#[test]
+fn sessions_are_woken_only_when_a_pin_changes() {
+    let u = upgrade("");
+    let mut r = plan("r", NEW, &fleet(2, 1), &u, 1000).unwrap();
+    let published = Published::new(r.clone());
+    assert!(published.same_pins(&r));
+    assert_eq!(published.pinned_version("id-s00").as_deref(), Some(OLD));
+    assert_eq!(published.pinned_version("id-nobody"), None);
+
+    // s00 starts draining: a phase changes, no pin does.
+    let mut obs = observe(&r, 1000);
+    advance(&mut r, &obs);
+    assert_eq!(in_flight(&r), ["s00"]);
+    assert!(published.same_pins(&r), "a drain starting woke every session");
+
+    // Drained: s00 gets the target, which is a pin change.
+    obs.drains.insert(r.nodes[0].drain_op.clone().unwrap(), Ok(()));
+    advance(&mut r, &obs);
+    assert!(!published.same_pins(&r));
+    let published = Published::new(r.clone());
+    assert_eq!(published.pinned_version("id-s00").as_deref(), Some(NEW));
+
+    // Another rollout (or another target) always wakes them.
+    let other = plan("r2", NEW, &fleet(2, 1), &u, 1000).unwrap();
+    assert!(!Published::new(other).same_pins(&r));
+}
