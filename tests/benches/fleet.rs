@@ -54,6 +54,7 @@ use elysium_agent::transport::{self, Target};
 use elysium_coordinator::datadir;
 use elysium_proto::v1 as pb;
 use elysium_proto::v1::admin_client::AdminClient;
+use elysium_tests::bench::load_average;
 use elysium_tests::fleet::{self, Fleet, FleetConfig, FleetEvent, SimK3s, What};
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
@@ -187,33 +188,6 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 
 // ---------------------------------------------------------------------------
 // The machine and processes.
-
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    format!(
-        "- date: {date}\n- CPUs: {cpus} × {model}\n- kernel: {}\n- load average at start: {}\n",
-        kernel.trim(),
-        load()
-    )
-}
-
-fn load() -> String {
-    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-}
 
 fn node_binary() -> PathBuf {
     let p = match std::env::var_os("ELYSIUM_NODE_BIN") {
@@ -521,7 +495,7 @@ async fn sessions_run(bin: &Path, n: usize, o: &Options) -> Result<SessionRun> {
         gen_cpu_pct: cpu(g0.cpu_ticks, g1.cpu_ticks),
         gen_rss_mib: g1.rss_kib as f64 / MIB,
         stop_s: 0.0,
-        load: load(),
+        load: load_average(),
     };
     // Stop the coordinator first: a real shutdown, with every session open.
     let stop_s = coord.stop()?.as_secs_f64();
@@ -951,7 +925,7 @@ async fn rollout_run(bin: &Path, o: &Options) -> Result<RolloutRun> {
         rss_max_mib: rss_max.max(c1.rss_kib) as f64 / MIB,
         hwm_mib: c1.hwm_kib as f64 / MIB,
         coord_cpu_pct: 100.0 * (c1.cpu_ticks.saturating_sub(c0.cpu_ticks) as f64 / tick_hz()) / elapsed,
-        load: load(),
+        load: load_average(),
     };
     drop(fleet);
     coord.stop()?;
@@ -1066,7 +1040,7 @@ fn main() {
     let fd_limit = raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     println!("## elysium-node fleet benchmarks\n");
-    println!("{}", machine());
+    println!("{}", elysium_tests::bench::machine());
     println!("- coordinator binary: {} (RUST_LOG={})", bin.display(), o.log);
     println!("- RLIMIT_NOFILE (both processes): {fd_limit}");
     if o.selected("sessions") {
@@ -1075,5 +1049,5 @@ fn main() {
     if o.selected("rollout") {
         runtime.block_on(bench_rollout(&bin, &o));
     }
-    println!("\n- load average at end: {}", load());
+    println!("\n- load average at end: {}", load_average());
 }

@@ -110,42 +110,6 @@ fn spread(xs: &[f64], prec: usize) -> String {
 const MIB: f64 = 1024.0 * 1024.0;
 
 // ---------------------------------------------------------------------------
-// Machine description, printed with every run.
-
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let mem_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines().find_map(|l| {
-                l.strip_prefix("MemTotal:").map(|r| r.trim().trim_end_matches(" kB").to_owned())
-            })
-        })
-        .and_then(|k| k.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    format!(
-        "- date: {date}\n- CPUs: {cpus} × {model}\n- memory: {:.1} GiB\n- kernel: {}\n- load average at start: {}\n",
-        mem_kib / 1024.0 / 1024.0,
-        kernel.trim(),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-    )
-}
-
-// ---------------------------------------------------------------------------
 // 1. Agent idle memory and CPU.
 
 /// A child process killed and reaped on drop, so a failing run leaves no agent.
@@ -968,7 +932,7 @@ fn main() {
         .expect("client tokio runtime");
     CLIENTS.set(client_runtime.handle().clone()).expect("client runtime set once");
     println!("## elysium-node foundation benchmarks\n");
-    println!("{}", machine());
+    println!("{}", elysium_tests::bench::machine());
     if selected("rss") || selected("size") {
         let bin = node_binary();
         println!("- agent binary: {}", bin.display());

@@ -128,6 +128,18 @@ impl TestCoordinator {
             .token
     }
 
+    /// Sets the cluster spec through the Admin API (whatever the generation);
+    /// returns the new generation.
+    pub async fn set_spec(&self, toml: &str) -> u64 {
+        self.admin()
+            .await
+            .set_cluster_spec(pb::SetClusterSpecRequest { toml: toml.into(), expected_generation: 0 })
+            .await
+            .expect("set the cluster spec")
+            .into_inner()
+            .generation
+    }
+
     pub async fn node(&self, name: &str) -> Option<pb::NodeRecord> {
         self.admin()
             .await

@@ -1,4 +1,5 @@
 pub mod azurite;
+pub mod bench;
 pub mod e2e;
 pub mod fleet;
 pub mod harness;

@@ -332,10 +332,7 @@ async fn a_rollout_drains_through_the_server_agent_and_uncordons_after() {
 
     let mut admin = c.admin().await;
     let spec = "[k3s]\nversion = \"v1.31.4+k3s1\"\n[upgrade]\nversion = \"v1.31.5+k3s1\"\n[upgrade.drain]\ntimeout_seconds = 10\n";
-    admin
-        .set_cluster_spec(pb::SetClusterSpecRequest { toml: spec.into(), expected_generation: 0 })
-        .await
-        .unwrap();
+    c.set_spec(spec).await;
     admin.upgrade_start(pb::UpgradeStartRequest { version: "v1.31.5+k3s1".into() }).await.unwrap();
 
     let drained = event(&c, "drain.succeeded", "s1").await;

@@ -51,11 +51,8 @@ struct Setup {
 /// connected, each having reported its K3s version (so the plan skips none).
 async fn setup(servers: usize, agents: usize, spec: &str, sim: SimK3s) -> Setup {
     let c = TestCoordinator::start().await;
-    let mut admin = c.admin().await;
-    admin
-        .set_cluster_spec(pb::SetClusterSpecRequest { toml: spec.into(), expected_generation: 0 })
-        .await
-        .expect("set the cluster spec");
+    c.set_spec(spec).await;
+    let admin = c.admin().await;
     let server_token = c.token_for(pb::NodeRole::Server, servers as u32, 600).await;
     let agent_token = c.token(agents as u32, 600).await;
     let mut ids = fleet::enroll(&c.url(), &server_token, pb::NodeRole::Server, names("server", servers), 4)

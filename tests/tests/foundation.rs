@@ -479,14 +479,7 @@ async fn step_conditions_reach_the_node_record() {
     node.host.fs.write_atomic("/etc/motd.lock", b"", 0o644).unwrap();
     let agent =
         node.start_agent_with(elysium_agent::agent::reconcile::Reconciler::default().with_step(MotdStep));
-    c.admin()
-        .await
-        .set_cluster_spec(pb::SetClusterSpecRequest {
-            toml: "[cluster]\nname = \"kyrion\"\n".into(),
-            expected_generation: 0,
-        })
-        .await
-        .unwrap();
+    c.set_spec("[cluster]\nname = \"kyrion\"\n").await;
 
     let failed = eventually("failing condition reported", WAIT, || async {
         c.node("alpha").await.filter(|n| n.reconcile_state == "failed")

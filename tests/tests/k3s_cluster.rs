@@ -12,14 +12,7 @@ const WAIT: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn the_cluster_token_flows_from_the_first_server_to_the_others() {
     let c = TestCoordinator::start().await;
-    c.admin()
-        .await
-        .set_cluster_spec(pb::SetClusterSpecRequest {
-            toml: "[k3s]\nversion = \"v1.31.4+k3s1\"\n".into(),
-            expected_generation: 0,
-        })
-        .await
-        .unwrap();
+    c.set_spec("[k3s]\nversion = \"v1.31.4+k3s1\"\n").await;
 
     let server = TestNode::new("s1");
     server.join(&c.url(), &c.token_for(pb::NodeRole::Server, 1, 600).await).await.unwrap();

@@ -152,14 +152,7 @@ async fn keys_reach_the_vault_and_export_passes_recover() {
     let logs = LogCapture::global();
     let (older, newer) = (TestKey::generate(33), TestKey::generate(3));
     let c = TestCoordinator::start().await;
-    c.admin()
-        .await
-        .set_cluster_spec(pb::SetClusterSpecRequest {
-            toml: "[k3s]\nversion = \"v1.31.4+k3s1\"\n".into(),
-            expected_generation: 0,
-        })
-        .await
-        .unwrap();
+    c.set_spec("[k3s]\nversion = \"v1.31.4+k3s1\"\n").await;
     let server = TestNode::new("s1");
     server.join(&c.url(), &c.token_for(pb::NodeRole::Server, 1, 600).await).await.unwrap();
     assert_eq!(server.held_spec().unwrap().k3s.unwrap().role, "server-init");

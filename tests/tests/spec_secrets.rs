@@ -49,10 +49,7 @@ async fn secrets_reach_the_nodes_that_use_them_and_nothing_else() {
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{name}");
     }
-    admin
-        .set_cluster_spec(pb::SetClusterSpecRequest { toml: SPEC.into(), expected_generation: 0 })
-        .await
-        .unwrap();
+    c.set_spec(SPEC).await;
 
     let held = eventually("the secret on the node", WAIT, || async {
         node.held_spec().filter(|h| h.secrets.get("ts-authkey").is_some())
@@ -105,9 +102,5 @@ async fn secrets_survive_a_coordinator_restart() {
         .unwrap();
     c.restart().await;
     // Still known: the spec that names it is accepted.
-    c.admin()
-        .await
-        .set_cluster_spec(pb::SetClusterSpecRequest { toml: SPEC.into(), expected_generation: 0 })
-        .await
-        .expect("secret kept across restarts");
+    c.set_spec(SPEC).await;
 }

@@ -565,12 +565,7 @@ pub fn abort(r: &mut Rollout, now: i64) -> Result<Vec<Effect>, String> {
     Ok(fx)
 }
 
-/// The version a node must run while `r` is the latest rollout; `None` when the
-/// rollout does not concern it.
-pub fn pinned_version(r: &Rollout, node_id: &str) -> Option<String> {
-    pin(r, r.nodes.iter().find(|n| n.node_id == node_id)?)
-}
-
+/// The version node `n` of `r` must run while `r` is the latest rollout.
 fn pin(r: &Rollout, n: &NodeRollout) -> Option<String> {
     if n.phase.has_target() {
         Some(r.target.clone())
@@ -611,7 +606,8 @@ impl Published {
             && r.nodes.iter().zip(&other.nodes).all(|(a, b)| a.node_id == b.node_id && pin(r, a) == pin(other, b))
     }
 
-    /// [`pinned_version`], by index.
+    /// The version a node must run while this is the latest rollout; `None`
+    /// when the rollout does not concern it.
     pub fn pinned_version(&self, node_id: &str) -> Option<String> {
         pin(&self.rollout, &self.rollout.nodes[*self.by_node.get(node_id)?])
     }

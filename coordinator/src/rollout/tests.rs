@@ -47,6 +47,11 @@ fn phases(r: &Rollout) -> Vec<(&str, &str)> {
     r.nodes.iter().map(|n| (n.name.as_str(), n.phase.as_str())).collect()
 }
 
+/// What a node's session would be told, as the coordinator publishes `r`.
+fn pinned_version(r: &Rollout, node_id: &str) -> Option<String> {
+    Published::new(r.clone()).pinned_version(node_id)
+}
+
 fn in_flight(r: &Rollout) -> Vec<String> {
     r.nodes.iter().filter(|n| n.phase.in_flight()).map(|n| n.name.clone()).collect()
 }

@@ -51,6 +51,18 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError>
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })
 }
 
+/// Puts the node's hardware document from NODE_HARDWARE into `node`, if the
+/// table has one (a record from before the table carries it inline).
+fn attach_hardware(
+    docs: &impl ReadableTable<&'static str, &'static str>,
+    node: &mut NodeRecord,
+) -> Result<(), StoreError> {
+    if let Some(doc) = docs.get(node.id.as_str()).map_err(engine)? {
+        node.hardware_json = doc.value().to_owned();
+    }
+    Ok(())
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Our records are plain structs of strings, numbers and maps with string keys.
     serde_json::to_vec(value).unwrap_or_default()
@@ -97,11 +109,11 @@ impl RedbStore {
         for entry in table.iter().map_err(engine)? {
             let (k, v) = entry.map_err(engine)?;
             let mut node: NodeRecord = decode(k.value(), v.value())?;
-            if !hardware {
+            if hardware {
+                attach_hardware(&docs, &mut node)?;
+            } else {
                 // A record from before NODE_HARDWARE may carry it inline.
                 node.hardware_json = String::new();
-            } else if let Some(doc) = docs.get(k.value()).map_err(engine)? {
-                node.hardware_json = doc.value().to_owned();
             }
             nodes.push(node);
         }
@@ -196,10 +208,7 @@ impl Store for RedbStore {
         let nodes = txn.open_table(NODES).map_err(engine)?;
         let Some(v) = nodes.get(id).map_err(engine)? else { return Ok(None) };
         let mut node: NodeRecord = decode(id, v.value())?;
-        let hardware = txn.open_table(NODE_HARDWARE).map_err(engine)?;
-        if let Some(doc) = hardware.get(id).map_err(engine)? {
-            node.hardware_json = doc.value().to_owned();
-        }
+        attach_hardware(&txn.open_table(NODE_HARDWARE).map_err(engine)?, &mut node)?;
         Ok(Some(node))
     }
 
@@ -231,7 +240,8 @@ impl Store for RedbStore {
             let exists = stored.is_some();
             if let Some(stored) = stored {
                 let mut hardware = txn.open_table(NODE_HARDWARE).map_err(engine)?;
-                let mut doc = node.hardware_json.clone();
+                let mut record = node.clone();
+                let mut doc = std::mem::take(&mut record.hardware_json);
                 if doc.is_empty() && hardware.get(node.id.as_str()).map_err(engine)?.is_none() {
                     // A record from before NODE_HARDWARE: move its document out.
                     doc = decode::<NodeRecord>(&node.id, &stored)?.hardware_json;
@@ -239,7 +249,6 @@ impl Store for RedbStore {
                 if !doc.is_empty() {
                     hardware.insert(node.id.as_str(), doc.as_str()).map_err(engine)?;
                 }
-                let record = NodeRecord { hardware_json: String::new(), ..node.clone() };
                 nodes.insert(node.id.as_str(), encode(&record).as_slice()).map_err(engine)?;
             }
             exists
