@@ -45,6 +45,16 @@ fn recover(repo: &Path, keys_file: &Path, extra: &[&str]) -> (Output, String, St
     (out, stdout, stderr)
 }
 
+/// [`recover`] on a blocking thread: the API server stand-in runs on this
+/// test's runtime and must keep answering meanwhile.
+async fn recover_blocking(repo: PathBuf, keys: PathBuf, args: Vec<String>) -> (Output, String, String) {
+    tokio::task::spawn_blocking(move || {
+        recover(&repo, &keys, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("run")
+}
+
 fn keys_file(dir: &Path) -> PathBuf {
     let (a, b) = keys();
     write_keys_file(
@@ -106,12 +116,7 @@ async fn recover_applies_and_follows_flux_to_healthy() {
     let keys = keys_file(work.path());
     let state = work.path().join("recover-state.json");
     let args = apply_args(&kubeconfig, &state, &["--generate-deploy-key", "--yes", "--timeout", "2m"]);
-    let repo_path = repo.path().to_owned();
-    let (out, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        recover(&repo_path, &keys, &args.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-    .await
-    .expect("run");
+    let (out, stdout, stderr) = recover_blocking(repo.path().to_owned(), keys, args).await;
     assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     for part in [
         "Verdict: OK",
@@ -150,17 +155,14 @@ async fn recover_errors_apply_nothing() {
     let state = work.path().join("recover-state.json");
     let good = keys_file(work.path());
     let run = |keys: PathBuf, extra: Vec<String>| {
-        let repo_path = repo.path().to_owned();
         let mut args = apply_args(&kubeconfig, &state, &["--generate-deploy-key", "--yes"]);
         args.extend(extra);
-        tokio::task::spawn_blocking(move || {
-            recover(&repo_path, &keys, &args.iter().map(String::as_str).collect::<Vec<_>>())
-        })
+        recover_blocking(repo.path().to_owned(), keys, args)
     };
 
     // The API server is down.
     server.set_unreachable(true);
-    let (out, _, stderr) = run(good.clone(), vec![]).await.expect("run");
+    let (out, _, stderr) = run(good.clone(), vec![]).await;
     server.set_unreachable(false);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let expected = format!(
@@ -173,7 +175,7 @@ async fn recover_errors_apply_nothing() {
     // A malformed keys file, a key that is not its certificate's, a wrong --path.
     let malformed = work.path().join("malformed.key");
     std::fs::write(&malformed, "apiVersion: v1\nitems:\n- kind: Secret\n  data: [oops\n").expect("write");
-    let (out, _, stderr) = run(malformed, vec![]).await.expect("run");
+    let (out, _, stderr) = run(malformed, vec![]).await;
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("malformed.key is not usable\n  caused by: document 1 is not valid YAML"),
@@ -186,27 +188,20 @@ async fn recover_errors_apply_nothing() {
         &dir,
         &keys_list(&[KeySecret { cert_pem: &b.cert_pem, ..KeySecret::active("sealed-secrets-keya1b2c", a) }]),
     );
-    let (out, _, stderr) = run(mismatch, vec![]).await.expect("run");
+    let (out, _, stderr) = run(mismatch, vec![]).await;
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("(Secret sealed-secrets-keya1b2c): tls.key does not belong to tls.crt"),
         "{stderr}"
     );
 
-    let (out, _, stderr) =
-        run(good.clone(), vec!["--path".into(), "clusters/prod".into()]).await.expect("run");
+    let (out, _, stderr) = run(good.clone(), vec!["--path".into(), "clusters/prod".into()]).await;
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--path clusters/prod is not a directory in the repository"), "{stderr}");
 
     // No deploy key and none in the cluster: found by looking, before applying.
-    let repo_path = repo.path().to_owned();
     let args = apply_args(&kubeconfig, &state, &[]);
-    let keys = good.clone();
-    let (out, _, stderr) = tokio::task::spawn_blocking(move || {
-        recover(&repo_path, &keys, &args.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-    .await
-    .expect("run");
+    let (out, _, stderr) = recover_blocking(repo.path().to_owned(), good.clone(), args).await;
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("pass --deploy-key FILE"), "{stderr}");
 
@@ -223,12 +218,7 @@ async fn dry_run_as_json_changes_nothing() {
     let keys = keys_file(work.path());
     let state = work.path().join("recover-state.json");
     let args = apply_args(&kubeconfig, &state, &["--generate-deploy-key", "--dry-run", "-o", "json"]);
-    let repo_path = repo.path().to_owned();
-    let (out, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        recover(&repo_path, &keys, &args.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-    .await
-    .expect("run");
+    let (out, stdout, stderr) = recover_blocking(repo.path().to_owned(), keys, args).await;
     assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let json: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is only the JSON");
     assert_eq!(json["preflight"]["verdict"], "ok");
