@@ -184,6 +184,8 @@ pub async fn join(
         csr_der,
         requested_name: opts.name.clone().unwrap_or_default(),
         inventory: Some(inventory),
+        // Sent once here; sessions then carry only its hash.
+        hardware_json: crate::agent::session::hardware_json(host),
     };
     let response = client
         .enroll(request)

@@ -178,7 +178,7 @@ impl Coordinator {
         if let Some(token) = &k3s.server_token {
             // Reported before the vault existed: back it up now.
             let by = match &k3s.first_server_id {
-                Some(id) => store.get_node(id)?.map(|n| n.name).unwrap_or_default(),
+                Some(id) => store.get_node_brief(id)?.map(|n| n.name).unwrap_or_default(),
                 None => String::new(),
             };
             if let Err(e) = vault.backfill_k3s_token(store.as_ref(), &by, token, clock()) {

@@ -720,6 +720,7 @@ async fn enroll_rep(n: usize, concurrency: usize, connection: Connection, rep: u
     // The measurement: N real enrollments with unique names.
     let enroll_one = {
         let (token, csrs) = (token.clone(), csrs.clone());
+        let hardware = elysium_tests::fleet::this_machine_hardware();
         move |mut client: EnrollmentClient<Channel>, i: usize| {
             let name = format!("bench-{rep}-{i}");
             let req = pb::EnrollRequest {
@@ -727,6 +728,8 @@ async fn enroll_rep(n: usize, concurrency: usize, connection: Connection, rep: u
                 csr_der: csrs[i].clone(),
                 requested_name: name.clone(),
                 inventory: Some(inventory(&name)),
+                // What `elysium-node join` sends: this machine's hardware document.
+                hardware_json: hardware.clone(),
             };
             async move {
                 let resp = client.enroll(req).await.map_err(|s| format!("{name} refused: {s}"))?.into_inner();

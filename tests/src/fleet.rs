@@ -107,6 +107,8 @@ pub async fn enroll(
                     csr_der: csr,
                     requested_name: name.clone(),
                     inventory: Some(inventory(&name)),
+                    // As `elysium-node join` sends it.
+                    hardware_json: this_machine_hardware(),
                 };
                 let resp = client
                     .enroll(req)
@@ -203,7 +205,10 @@ pub struct FleetConfig {
     /// Reconnect backoff, as the real agent's (initial, max).
     pub backoff: (Duration, Duration),
     pub k3s: SimK3s,
-    /// Sent in every Hello, as a real agent sends its hardware inventory.
+    /// The agents' hardware document: its hash goes in every Hello, the
+    /// document itself when the coordinator asks, as with the real agent.
+    /// [`enroll`] sends [`this_machine_hardware`]; set something else to play
+    /// hardware that changed since.
     pub hardware_json: Arc<str>,
 }
 
@@ -225,10 +230,19 @@ impl FleetConfig {
 /// This machine's hardware inventory as the real agent reports it (a few KiB),
 /// so simulated nodes carry a real-sized one.
 pub fn this_machine_hardware() -> String {
-    elysium_agent::hardware::collect(&elysium_host::RootFs::new("/"))
-        .ok()
-        .and_then(|inv| serde_json::to_string(&inv).ok())
-        .unwrap_or_default()
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        elysium_agent::hardware::collect(&elysium_host::RootFs::new("/"))
+            .ok()
+            .and_then(|inv| serde_json::to_string(&inv).ok())
+            .unwrap_or_default()
+    })
+    .clone()
+}
+
+fn sha256_hex(doc: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(doc.as_bytes()))
 }
 
 // ---------------------------------------------------------------------------
@@ -265,6 +279,8 @@ pub struct FleetStats {
     pub heartbeats: u64,
     pub acks: u64,
     pub specs: u64,
+    /// How often the coordinator asked an agent for its hardware document.
+    pub hardware_requests: u64,
 }
 
 #[derive(Debug)]
@@ -278,6 +294,7 @@ struct Shared {
     heartbeats: AtomicU64,
     acked: AtomicU64,
     specs: AtomicU64,
+    hardware_requests: AtomicU64,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -334,6 +351,7 @@ impl Fleet {
             heartbeats: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             specs: AtomicU64::new(0),
+            hardware_requests: AtomicU64::new(0),
         });
         let config = Arc::new(config);
         let mut agents = Vec::with_capacity(identities.len());
@@ -392,6 +410,7 @@ impl Fleet {
             heartbeats: s.heartbeats.load(Ordering::Relaxed),
             acks: s.acked.load(Ordering::Relaxed),
             specs: s.specs.load(Ordering::Relaxed),
+            hardware_requests: s.hardware_requests.load(Ordering::Relaxed),
         }
     }
 
@@ -598,7 +617,8 @@ impl Agent {
             inventory: Some(inventory(&self.id.name)),
             held_generation: 0,
             applied_generation: 0,
-            hardware_json: self.config.hardware_json.to_string(),
+            hardware_json: String::new(),
+            hardware_sha256: sha256_hex(&self.config.hardware_json),
         };
         out.try_send(msg(pb::agent_message::Msg::Hello(hello)))?;
         out.try_send(msg(pb::agent_message::Msg::K3s(self.k3s.report.clone())))?;
@@ -664,6 +684,11 @@ impl Agent {
                                     self.online.send_replace(false);
                                 }
                             }
+                        }
+                        Some(pb::coordinator_message::Msg::HardwareRequest(_)) => {
+                            self.shared.hardware_requests.fetch_add(1, Ordering::Relaxed);
+                            let report = pb::HardwareReport { hardware_json: self.config.hardware_json.to_string() };
+                            out.send(msg(pb::agent_message::Msg::Hardware(report))).await?;
                         }
                         Some(pb::coordinator_message::Msg::Command(cmd)) => {
                             if matches!(cmd.kind, Some(pb::command::Kind::Drain(_) | pb::command::Kind::Uncordon(_))) {

@@ -43,17 +43,23 @@ async fn a_node_joins_starts_its_service_and_comes_online() {
     let rec = c.node("alpha").await.expect("node record");
     assert!(!rec.online);
     assert_eq!(rec.inventory.unwrap().os, "Debian GNU/Linux 12 (bookworm)");
+    // The hardware inventory came with the enrollment.
+    let doc: serde_json::Value = serde_json::from_str(&rec.hardware_json).expect("hardware is JSON");
+    assert!(doc.get("pci").is_some(), "{doc:#}");
+    assert_eq!(doc["memory_bytes"], 0, "the test node has no /proc/meminfo yet");
 
+    // The hardware changes before the agent first connects: its Hello's hash
+    // no longer matches, so the coordinator asks for the new document.
+    node.host.fs.write_atomic("/proc/meminfo", b"MemTotal:       16384 kB\n", 0o444).unwrap();
     let agent = node.start_agent();
     eventually("alpha online", WAIT, || async { online(&c, "alpha").await.then_some(()) }).await;
     let rec = c.node("alpha").await.unwrap();
     assert_eq!(rec.agent_version, env!("CARGO_PKG_VERSION"));
-    // The hardware inventory in the Hello is stored (apart from the record).
-    let hardware = eventually("alpha's hardware inventory", WAIT, || async {
-        c.node("alpha").await.map(|n| n.hardware_json).filter(|h| !h.is_empty())
+    let doc = eventually("alpha's new hardware inventory", WAIT, || async {
+        let doc: serde_json::Value = serde_json::from_str(&c.node("alpha").await?.hardware_json).ok()?;
+        (doc["memory_bytes"] == 16 << 20).then_some(doc)
     })
     .await;
-    let doc: serde_json::Value = serde_json::from_str(&hardware).expect("hardware is JSON");
     assert!(doc.get("pci").is_some(), "{doc:#}");
     agent.stop().await;
     eventually("alpha offline", WAIT, || async { (!online(&c, "alpha").await).then_some(()) }).await;
@@ -541,4 +547,51 @@ async fn dry_run_verifies_the_coordinator_and_changes_nothing() {
     .await
     .unwrap_err();
     assert!(matches!(err, JoinError::Transport(TransportError::FingerprintMismatch { .. })), "{err:?}");
+}
+
+/// Sessions carry only the hash of the node's hardware document: the document
+/// came with enrollment, and the coordinator asks for it again only when the
+/// hash differs. (Thousands of sessions each receiving a few KiB would keep a
+/// receive buffer that size per session.)
+#[tokio::test]
+async fn the_hardware_document_is_sent_again_only_when_it_changes() {
+    use elysium_tests::fleet::{self, Fleet, FleetConfig};
+    let c = TestCoordinator::start().await;
+    let names: Vec<String> = (0..3).map(|i| format!("sim-{i}")).collect();
+    let ids = fleet::enroll(&c.url(), &c.token(3, 600).await, pb::NodeRole::Agent, names.clone(), 2)
+        .await
+        .expect("enroll");
+    let enrolled = fleet::this_machine_hardware();
+    for n in &names {
+        assert_eq!(c.node(n).await.unwrap().hardware_json, enrolled, "{n}: stored at enrollment");
+    }
+
+    // Connect until every agent has had two heartbeats acknowledged: the
+    // coordinator answers a Hello (with a request, if any) before anything after it.
+    async fn run(c: &TestCoordinator, ids: Vec<fleet::Identity>, hardware: &str) -> u64 {
+        let mut config = FleetConfig::new(&c.url());
+        config.heartbeat = Duration::from_millis(100);
+        config.hardware_json = hardware.into();
+        let n = ids.len();
+        let fleet = Fleet::start(config, ids).await.expect("fleet");
+        fleet.wait_connected(n, WAIT).await.expect("connected");
+        eventually("heartbeats acknowledged", WAIT, || async {
+            (fleet.stats().acks >= 2 * n as u64).then_some(())
+        })
+        .await;
+        fleet.stats().hardware_requests
+    }
+    assert_eq!(run(&c, ids.clone(), &enrolled).await, 0, "unchanged hardware was asked for");
+
+    let changed = enrolled.replacen('{', r#"{"added_disk":"nvme1n1","#, 1);
+    assert_eq!(run(&c, ids.clone(), &changed).await, 3, "changed hardware not asked for once per node");
+    for n in &names {
+        let stored = eventually("the new document stored", WAIT, || async {
+            Some(c.node(n).await?.hardware_json).filter(|h| *h == changed)
+        })
+        .await;
+        assert_eq!(stored, changed);
+    }
+    // Stored, so the next connections carry the hash alone again.
+    assert_eq!(run(&c, ids, &changed).await, 0, "hardware asked for again after it was stored");
 }

@@ -100,6 +100,10 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
     let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(32);
     let status = ctx.status_rx.borrow_and_update().clone();
     let held_generation = ctx.spec_rx.borrow().as_ref().map(|h| h.generation).unwrap_or(0);
+    // Only its hash goes in the Hello; the coordinator asks for the document
+    // when the one it holds differs.
+    let hardware = hardware_json(&ctx.host);
+    let hardware_sha256 = if hardware.is_empty() { String::new() } else { sha256_hex(&hardware) };
     let hello = pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -107,7 +111,8 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
             inventory: Some(inventory::collect(&ctx.host.fs)),
             held_generation,
             applied_generation: status.applied_generation,
-            hardware_json: hardware_json(&ctx.host),
+            hardware_json: String::new(),
+            hardware_sha256,
         })),
     };
     // The channel is empty: these cannot block.
@@ -150,6 +155,14 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
                                 heartbeat = tokio::time::interval(period);
                                 heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                             }
+                        }
+                    }
+                    Some(pb::coordinator_message::Msg::HardwareRequest(_)) => {
+                        tracing::info!(bytes = hardware.len(), "coordinator asked for the hardware inventory");
+                        let report = pb::HardwareReport { hardware_json: hardware.clone() };
+                        let msg = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hardware(report)) };
+                        if out.send(msg).await.is_err() {
+                            return Ok(());
                         }
                     }
                     Some(pb::coordinator_message::Msg::HeartbeatAck(ack)) => {
@@ -228,8 +241,8 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
 }
 
 /// The hardware inventory for `nodes get`; a node whose sysfs cannot be read
-/// still connects (the error is logged, the field left empty).
-fn hardware_json(host: &Host) -> String {
+/// still connects (the error is logged, the document left empty).
+pub(crate) fn hardware_json(host: &Host) -> String {
     match crate::hardware::collect(&host.fs) {
         Ok(inventory) => serde_json::to_string(&inventory).unwrap_or_default(),
         Err(e) => {
@@ -237,6 +250,12 @@ fn hardware_json(host: &Host) -> String {
             String::new()
         }
     }
+}
+
+/// Hex SHA-256 of the hardware document, as the coordinator hashes what it stores.
+fn sha256_hex(doc: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(doc.as_bytes()))
 }
 
 fn heartbeat_message(seq: u64, status: &ReconcileStatus) -> pb::AgentMessage {

@@ -100,7 +100,9 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             certificate_sha256: pki::fingerprint(&cert_der),
             token_id: token.id.clone(),
             conditions: Vec::new(),
-            hardware_json: String::new(),
+            // Stored apart by the store, which also sets the hash.
+            hardware_json: req.hardware_json,
+            hardware_sha256: String::new(),
             k3s_version: String::new(),
             k3s_failed_version: String::new(),
             k3s_failure: String::new(),

@@ -47,14 +47,13 @@ impl pb::node_session_server::NodeSession for SessionService {
         let c = self.coordinator.clone();
         let store = c.store.clone();
         let id = node_id.clone();
-        let mut node = blocking(move || store.get_node(&id)).await?.map_err(internal)?.ok_or_else(|| {
+        // Without the hardware document: the session never reads it, and the
+        // store keeps it when the session writes the record (Store::update_node).
+        let node = blocking(move || store.get_node_brief(&id)).await?.map_err(internal)?.ok_or_else(|| {
             Status::permission_denied(
                 "this node was removed from the coordinator; join it again with a new token",
             )
         })?;
-        // The session never reads the hardware document, and the store keeps it
-        // when the session writes the record (Store::update_node).
-        node.hardware_json = String::new();
 
         let session_id = c.next_session.fetch_add(1, Ordering::Relaxed);
         let end = Arc::new(Notify::new());
@@ -166,18 +165,32 @@ async fn handle(
                 node.inventory = convert::inventory_from_pb(inv);
             }
             node.applied_generation = hello.applied_generation;
-            if !hello.hardware_json.is_empty() {
-                node.hardware_json = hello.hardware_json;
-            }
             node.last_seen_unix = now;
-            persist(c, node).await;
-            // Stored; the session has no use for it, and with thousands of
-            // sessions a copy each adds up (the store keeps it on later writes).
-            node.hardware_json = String::new();
+            // Agents send only the hash of their hardware document; the
+            // document itself came with enrollment, and is asked for again only
+            // when the hardware changed (or the store lost it). Agents from
+            // before the hash send the document in every Hello.
+            let ask_for_hardware = !hello.hardware_sha256.is_empty()
+                && hello.hardware_json.is_empty()
+                && hello.hardware_sha256 != node.hardware_sha256;
+            if hello.hardware_json.is_empty() {
+                persist(c, node).await;
+            } else {
+                persist_hardware(c, node, hello.hardware_json).await;
+            }
             k3s_hello(c, node).await;
             if !*announced_online {
                 *announced_online = true;
                 c.event("node.online", &node.name, &format!("agent {}", node.agent_version));
+            }
+            ask_for_hardware.then(|| pb::CoordinatorMessage {
+                msg: Some(pb::coordinator_message::Msg::HardwareRequest(pb::HardwareRequest {})),
+            })
+        }
+        Msg::Hardware(report) => {
+            if !report.hardware_json.is_empty() {
+                tracing::info!(node = %node.name, bytes = report.hardware_json.len(), "hardware inventory updated");
+                persist_hardware(c, node, report.hardware_json).await;
             }
             None
         }
@@ -329,6 +342,15 @@ async fn persist(c: &Arc<Coordinator>, node: &NodeRecord) {
         Ok(Err(e)) => tracing::warn!(node = %node.name, error = %e, "could not persist node state"),
         Err(status) => tracing::warn!(node = %node.name, %status, "could not persist node state"),
     }
+}
+
+/// Stores the node's record with a new hardware document, and keeps only the
+/// document's hash in the session: with thousands of sessions a copy each adds up.
+async fn persist_hardware(c: &Arc<Coordinator>, node: &mut NodeRecord, doc: String) {
+    node.hardware_sha256 = crate::store::hardware_sha256(&doc);
+    node.hardware_json = doc;
+    persist(c, node).await;
+    node.hardware_json = String::new();
 }
 
 async fn finish(c: &Arc<Coordinator>, node: &mut NodeRecord, session_id: u64) {

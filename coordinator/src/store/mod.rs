@@ -53,9 +53,16 @@ pub struct NodeRecord {
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Hardware inventory document last reported by the agent (JSON). The store
-    /// keeps it apart from the rest of the record.
+    /// keeps it apart from the rest of the record; only [`Store::get_node`],
+    /// [`Store::node_by_name`], [`Store::list_nodes`] and [`Store::remove_node`]
+    /// fill it in.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hardware_json: String,
+    /// Hex SHA-256 of the stored hardware document, set by the store when it
+    /// stores one; empty when there is none. Sessions compare it with the hash
+    /// in the agent's Hello and ask for the document only when they differ.
+    #[serde(default)]
+    pub hardware_sha256: String,
     /// The K3s version the node reports running healthy; empty before K3s.
     #[serde(default)]
     pub k3s_version: String,
@@ -86,11 +93,19 @@ impl NodeRecord {
             token_id: String::new(),
             conditions: Vec::new(),
             hardware_json: String::new(),
+            hardware_sha256: String::new(),
             k3s_version: String::new(),
             k3s_failed_version: String::new(),
             k3s_failure: String::new(),
         }
     }
+}
+
+/// Hex SHA-256 of a hardware document: what agents send in their Hello and
+/// the store keeps in [`NodeRecord::hardware_sha256`].
+pub fn hardware_sha256(doc: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(doc.as_bytes()))
 }
 
 /// See `elysium.v1.Condition`.
@@ -264,7 +279,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// In one transaction: look the token up, let `check` decide, consume one use,
     /// and insert `node` (whose name must be free) with the token's role and labels.
-    /// Either all of it happens or none. Returns the token and the node as stored.
+    /// Either all of it happens or none. A `hardware_json` on `node` is stored
+    /// as its hardware document. Returns the token and the node as stored.
     fn enroll(
         &self,
         token_id: &str,
@@ -273,14 +289,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<(TokenRecord, NodeRecord), EnrollRefusal>;
 
     fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError>;
+    /// [`Store::get_node`] without the hardware document: what a session needs.
+    fn get_node_brief(&self, id: &str) -> Result<Option<NodeRecord>, StoreError>;
     fn node_by_name(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
     fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
     /// [`Store::list_nodes`] without the hardware documents (`hardware_json`
     /// empty): for the rollout driver, which lists the fleet on every step.
     fn list_nodes_brief(&self) -> Result<Vec<NodeRecord>, StoreError>;
     /// Updates an existing node; returns false (and writes nothing) when it was removed.
-    /// An empty `hardware_json` keeps the stored document: sessions do not keep
-    /// the node's hardware inventory (the bulk of a record) in memory.
+    /// An empty `hardware_json` keeps the stored document (and its hash):
+    /// sessions do not keep the node's hardware inventory (the bulk of a
+    /// record) in memory. A non-empty one replaces it, and its hash with it.
     fn update_node(&self, node: &NodeRecord) -> Result<bool, StoreError>;
     fn remove_node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
 

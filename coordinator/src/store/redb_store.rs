@@ -13,9 +13,9 @@ use super::*;
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// id → the node's hardware inventory document (JSON), apart from its record:
-/// it is most of a record's bytes, and the rollout driver lists every node's
-/// record on each step without needing it. Records written before this table
-/// existed carry the document inline until their next update.
+/// it is most of a record's bytes, and neither sessions nor the rollout driver
+/// (which lists every node's record on each step) need it. Stores written
+/// before this table existed carried the document inline; `open` moves those.
 const NODE_HARDWARE: TableDefinition<&str, &str> = TableDefinition::new("node_hardware");
 /// name → id, the uniqueness index for node names.
 const NODE_NAMES: TableDefinition<&str, &str> = TableDefinition::new("node_names");
@@ -63,6 +63,20 @@ fn attach_hardware(
     Ok(())
 }
 
+/// Moves `record`'s hardware document (if any) into NODE_HARDWARE and sets its
+/// hash, leaving the record itself without it.
+fn store_hardware(
+    docs: &mut redb::Table<&'static str, &'static str>,
+    record: &mut NodeRecord,
+) -> Result<(), StoreError> {
+    let doc = std::mem::take(&mut record.hardware_json);
+    if !doc.is_empty() {
+        record.hardware_sha256 = hardware_sha256(&doc);
+        docs.insert(record.id.as_str(), doc.as_str()).map_err(engine)?;
+    }
+    Ok(())
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Our records are plain structs of strings, numbers and maps with string keys.
     serde_json::to_vec(value).unwrap_or_default()
@@ -87,7 +101,49 @@ impl RedbStore {
             txn.open_table(VAULT_SEALED).map_err(engine)?;
         }
         txn.commit().map_err(engine)?;
-        Ok(Self { db })
+        let store = Self { db };
+        store.move_inline_hardware()?;
+        Ok(store)
+    }
+
+    /// Records written before NODE_HARDWARE existed carry their hardware
+    /// document inline: move each into the table (with its hash), once.
+    fn move_inline_hardware(&self) -> Result<(), StoreError> {
+        let inline: Vec<NodeRecord> = {
+            let txn = self.db.begin_read().map_err(engine)?;
+            let nodes = txn.open_table(NODES).map_err(engine)?;
+            let mut inline = Vec::new();
+            for entry in nodes.iter().map_err(engine)? {
+                let (k, v) = entry.map_err(engine)?;
+                let node: NodeRecord = decode(k.value(), v.value())?;
+                if !node.hardware_json.is_empty() {
+                    inline.push(node);
+                }
+            }
+            inline
+        };
+        if inline.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(engine)?;
+        {
+            let mut nodes = txn.open_table(NODES).map_err(engine)?;
+            let mut docs = txn.open_table(NODE_HARDWARE).map_err(engine)?;
+            for mut node in inline {
+                store_hardware(&mut docs, &mut node)?;
+                nodes.insert(node.id.as_str(), encode(&node).as_slice()).map_err(engine)?;
+            }
+        }
+        txn.commit().map_err(engine)
+    }
+
+    /// Writes a record as stores before NODE_HARDWARE did, document inline.
+    #[cfg(test)]
+    pub(super) fn put_legacy_node(&self, node: &NodeRecord) {
+        let txn = self.db.begin_write().unwrap();
+        txn.open_table(NODES).unwrap().insert(node.id.as_str(), encode(node).as_slice()).unwrap();
+        txn.open_table(NODE_NAMES).unwrap().insert(node.name.as_str(), node.id.as_str()).unwrap();
+        txn.commit().unwrap();
     }
 
     fn read_all<T: DeserializeOwned>(&self, def: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
@@ -111,9 +167,6 @@ impl RedbStore {
             let mut node: NodeRecord = decode(k.value(), v.value())?;
             if hardware {
                 attach_hardware(&docs, &mut node)?;
-            } else {
-                // A record from before NODE_HARDWARE may carry it inline.
-                node.hardware_json = String::new();
             }
             nodes.push(node);
         }
@@ -194,6 +247,7 @@ impl Store for RedbStore {
             node.labels = token.labels.clone();
             tokens.insert(token_id, encode(&token).as_slice()).map_err(engine)?;
             names.insert(node.name.as_str(), node.id.as_str()).map_err(engine)?;
+            store_hardware(&mut txn.open_table(NODE_HARDWARE).map_err(engine)?, &mut node)?;
             let mut nodes = txn.open_table(NODES).map_err(engine)?;
             nodes.insert(node.id.as_str(), encode(&node).as_slice()).map_err(engine)?;
             token
@@ -210,6 +264,12 @@ impl Store for RedbStore {
         let mut node: NodeRecord = decode(id, v.value())?;
         attach_hardware(&txn.open_table(NODE_HARDWARE).map_err(engine)?, &mut node)?;
         Ok(Some(node))
+    }
+
+    fn get_node_brief(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
+        // Not through get_node: reading the document would pull its pages into
+        // redb's cache for every session that opens.
+        self.read_one(NODES, id)
     }
 
     fn node_by_name(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
@@ -239,15 +299,12 @@ impl Store for RedbStore {
             let stored = nodes.get(node.id.as_str()).map_err(engine)?.map(|v| v.value().to_vec());
             let exists = stored.is_some();
             if let Some(stored) = stored {
-                let mut hardware = txn.open_table(NODE_HARDWARE).map_err(engine)?;
                 let mut record = node.clone();
-                let mut doc = std::mem::take(&mut record.hardware_json);
-                if doc.is_empty() && hardware.get(node.id.as_str()).map_err(engine)?.is_none() {
-                    // A record from before NODE_HARDWARE: move its document out.
-                    doc = decode::<NodeRecord>(&node.id, &stored)?.hardware_json;
-                }
-                if !doc.is_empty() {
-                    hardware.insert(node.id.as_str(), doc.as_str()).map_err(engine)?;
+                if record.hardware_json.is_empty() {
+                    // Keep the stored document's hash, whatever the caller's copy says.
+                    record.hardware_sha256 = decode::<NodeRecord>(&node.id, &stored)?.hardware_sha256;
+                } else {
+                    store_hardware(&mut txn.open_table(NODE_HARDWARE).map_err(engine)?, &mut record)?;
                 }
                 nodes.insert(node.id.as_str(), encode(&record).as_slice()).map_err(engine)?;
             }

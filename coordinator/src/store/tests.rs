@@ -79,11 +79,17 @@ fn updates_without_a_hardware_document_keep_the_stored_one() {
     let stored = store.get_node("n1").unwrap().unwrap();
     assert_eq!(stored.reconcile_state, "converged");
     assert_eq!(stored.hardware_json, r#"{"gpus":[]}"#);
+    assert_eq!(stored.hardware_sha256, sha256_hex(r#"{"gpus":[]}"#));
     // A new document replaces the old one.
     n.hardware_json = r#"{"gpus":[1]}"#.into();
     assert!(store.update_node(&n).unwrap());
     assert_eq!(store.get_node("n1").unwrap().unwrap().hardware_json, r#"{"gpus":[1]}"#);
     assert_eq!(store.list_nodes().unwrap()[0].hardware_json, r#"{"gpus":[1]}"#);
+    // A stale hash in the caller's copy does not overwrite the stored one.
+    n.hardware_json.clear();
+    n.hardware_sha256 = "stale".into();
+    assert!(store.update_node(&n).unwrap());
+    assert_eq!(store.get_node_brief("n1").unwrap().unwrap().hardware_sha256, sha256_hex(r#"{"gpus":[1]}"#));
     let brief = &store.list_nodes_brief().unwrap()[0];
     assert_eq!((brief.reconcile_state.as_str(), brief.hardware_json.as_str()), ("converged", ""));
     assert_eq!(store.remove_node("alpha").unwrap().unwrap().hardware_json, r#"{"gpus":[1]}"#);
@@ -91,27 +97,50 @@ fn updates_without_a_hardware_document_keep_the_stored_one() {
 }
 
 #[test]
-fn a_record_with_its_hardware_inline_keeps_it_when_updated() {
+fn a_record_with_its_hardware_inline_has_it_moved_out_on_open() {
     // Stores written before the hardware document had its own table.
     let dir = tempfile::tempdir().unwrap();
-    let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
-    let token = JoinToken::generate(&"ab".repeat(32));
-    store.create_token(&token_record(&token, 1)).unwrap();
-    let mut old = node("n1", "alpha");
-    old.hardware_json = r#"{"cpu":"old"}"#.into();
-    store.enroll(&token.id, &|r: &TokenRecord| r.check(&token, 1), &old).unwrap();
-    assert_eq!(store.get_node("n1").unwrap().unwrap().hardware_json, r#"{"cpu":"old"}"#);
+    let path = dir.path().join("s.redb");
+    {
+        let store = RedbStore::open(&path).unwrap();
+        let mut old = node("n1", "alpha");
+        old.hardware_json = r#"{"cpu":"old"}"#.into();
+        store.put_legacy_node(&old);
+    }
+    let store = RedbStore::open(&path).unwrap();
+    let brief = store.get_node_brief("n1").unwrap().unwrap();
+    assert_eq!(brief.hardware_json, "");
+    assert_eq!(brief.hardware_sha256, sha256_hex(r#"{"cpu":"old"}"#));
+    assert_eq!(store.list_nodes_brief().unwrap()[0].hardware_json, "");
 
     let mut n = node("n1", "alpha");
     n.reconcile_state = "converged".into();
     assert!(store.update_node(&n).unwrap());
-    let stored = store.get_node("n1").unwrap().unwrap();
+    let stored = store.node_by_name("alpha").unwrap().unwrap();
     assert_eq!(
         (stored.reconcile_state.as_str(), stored.hardware_json.as_str()),
         ("converged", r#"{"cpu":"old"}"#)
     );
-    assert!(store.update_node(&n).unwrap());
-    assert_eq!(store.node_by_name("alpha").unwrap().unwrap().hardware_json, r#"{"cpu":"old"}"#);
+    assert_eq!(stored.hardware_sha256, sha256_hex(r#"{"cpu":"old"}"#));
+}
+
+#[test]
+fn enrollment_stores_the_hardware_document_apart_with_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+    let token = JoinToken::generate(&"ab".repeat(32));
+    store.create_token(&token_record(&token, 1)).unwrap();
+    let mut n = node("n1", "alpha");
+    n.hardware_json = r#"{"gpus":[]}"#.into();
+    let (_, stored) = store.enroll(&token.id, &|r: &TokenRecord| r.check(&token, 1), &n).unwrap();
+    assert_eq!(stored.hardware_sha256, sha256_hex(r#"{"gpus":[]}"#));
+    assert_eq!(store.get_node("n1").unwrap().unwrap().hardware_json, r#"{"gpus":[]}"#);
+    let brief = store.get_node_brief("n1").unwrap().unwrap();
+    assert_eq!((brief.hardware_json.as_str(), brief.hardware_sha256.as_str()), ("", stored.hardware_sha256.as_str()));
+}
+
+fn sha256_hex(s: &str) -> String {
+    hardware_sha256(s)
 }
 
 #[test]
