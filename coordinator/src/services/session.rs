@@ -183,7 +183,7 @@ async fn handle(
                 *announced_online = true;
                 c.event("node.online", &node.name, &format!("agent {}", node.agent_version));
             }
-            ask_for_hardware.then(|| pb::CoordinatorMessage {
+            ask_for_hardware.then_some(pb::CoordinatorMessage {
                 msg: Some(pb::coordinator_message::Msg::HardwareRequest(pb::HardwareRequest {})),
             })
         }
