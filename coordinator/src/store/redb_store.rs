@@ -29,6 +29,14 @@ const VAULT_SEALED: TableDefinition<&str, &[u8]> = TableDefinition::new("vault_s
 const SPEC_KEY: &str = "cluster_spec";
 const K3S_KEY: &str = "k3s_cluster";
 const ROLLOUT_KEY: &str = "rollout";
+/// redb's page cache (9/10 for reads, 1/10 for writes). redb's default is
+/// 1 GiB, and it keeps every page it wrote or read until that is full: the
+/// hardware documents of 5,000 enrollments alone held 13 MiB of the
+/// coordinator's memory for good (docs/BENCHMARKS-fleet.md). What is read
+/// again and again (node records, the rollout, the spec) is about 1 KiB per
+/// node, so this holds it for ~15,000 nodes; past that, misses are reads from
+/// the kernel's page cache.
+const CACHE_BYTES: usize = 16 << 20;
 /// The event log is a ring: older entries are dropped past this many.
 const MAX_EVENTS: u64 = 10_000;
 
@@ -85,7 +93,9 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 impl RedbStore {
     /// Opens (or creates) the store file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
             .map_err(|source| StoreError::Open { path: path.to_path_buf(), source: Box::new(source) })?;
         // Create every table once so read transactions never meet a missing one.
         let txn = db.begin_write().map_err(engine)?;
