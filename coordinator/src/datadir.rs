@@ -7,6 +7,7 @@
 //! DIR/server.crt, .key   the TLS server certificate (key 0600)
 //! DIR/admin.toml         admin credentials, like a kubeconfig (0600)
 //! DIR/state.redb         tokens, nodes, spec, events, the key vault (encrypted)
+//! DIR/hardware/          each node's hardware document, `<node id>.json` (store::hardware)
 //! DIR/vault.key          the key vault's age identity (0600); not in state.redb,
 //!                        so a copy of the store alone reveals no sealing key
 //! ```

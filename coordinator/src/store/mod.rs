@@ -5,13 +5,14 @@
 //! why redb). Every write is one ACID transaction, so a `kill -9` at any moment
 //! leaves the last committed state.
 
+mod hardware;
 mod redb_store;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use redb_store::RedbStore;
+pub use redb_store::{HARDWARE_DIR, RedbStore};
 
 use crate::tokens::{Role, TokenRecord, TokenRejection};
 
@@ -236,6 +237,12 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("could not keep a node's hardware document")]
+    Hardware(#[source] Box<elysium_host::FsError>),
+    #[error("{path} is not a UTF-8 hardware document")]
+    CorruptHardware { path: std::path::PathBuf },
+    #[error("{0:?} is not a node id")]
+    BadNodeId(String),
     #[error("could not start the event-log writer: {0}")]
     Thread(String),
     #[error("could not open the state store at {path}")]

@@ -8,14 +8,14 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::hardware::HardwareDocs;
 use super::*;
 
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
-/// id → the node's hardware inventory document (JSON), apart from its record:
-/// it is most of a record's bytes, and neither sessions nor the rollout driver
-/// (which lists every node's record on each step) need it. Stores written
-/// before this table existed carried the document inline; `open` moves those.
+/// id → the node's hardware inventory document (JSON): where stores of the
+/// previous release kept it (and the one before, inline in the record). `open`
+/// moves both to [`HardwareDocs`] files and deletes the table.
 const NODE_HARDWARE: TableDefinition<&str, &str> = TableDefinition::new("node_hardware");
 /// name → id, the uniqueness index for node names.
 const NODE_NAMES: TableDefinition<&str, &str> = TableDefinition::new("node_names");
@@ -25,6 +25,9 @@ const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 /// Key vault: id → [`VaultRecord`] (plain metadata), and id → age ciphertext.
 const VAULT: TableDefinition<&str, &[u8]> = TableDefinition::new("vault");
 const VAULT_SEALED: TableDefinition<&str, &[u8]> = TableDefinition::new("vault_sealed");
+
+/// The hardware documents' directory, beside the store file.
+pub const HARDWARE_DIR: &str = "hardware";
 
 const SPEC_KEY: &str = "cluster_spec";
 const K3S_KEY: &str = "k3s_cluster";
@@ -43,6 +46,7 @@ const MAX_EVENTS: u64 = 10_000;
 /// The embedded store.
 pub struct RedbStore {
     db: Database,
+    hardware: HardwareDocs,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -59,39 +63,14 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError>
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })
 }
 
-/// Puts the node's hardware document from NODE_HARDWARE into `node`, if the
-/// table has one (a record from before the table carries it inline).
-fn attach_hardware(
-    docs: &impl ReadableTable<&'static str, &'static str>,
-    node: &mut NodeRecord,
-) -> Result<(), StoreError> {
-    if let Some(doc) = docs.get(node.id.as_str()).map_err(engine)? {
-        node.hardware_json = doc.value().to_owned();
-    }
-    Ok(())
-}
-
-/// Moves `record`'s hardware document (if any) into NODE_HARDWARE and sets its
-/// hash, leaving the record itself without it.
-fn store_hardware(
-    docs: &mut redb::Table<&'static str, &'static str>,
-    record: &mut NodeRecord,
-) -> Result<(), StoreError> {
-    let doc = std::mem::take(&mut record.hardware_json);
-    if !doc.is_empty() {
-        record.hardware_sha256 = hardware_sha256(&doc);
-        docs.insert(record.id.as_str(), doc.as_str()).map_err(engine)?;
-    }
-    Ok(())
-}
-
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Our records are plain structs of strings, numbers and maps with string keys.
     serde_json::to_vec(value).unwrap_or_default()
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store file.
+    /// Opens (or creates) the store file, and the hardware documents'
+    /// directory `hardware/` beside it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
@@ -103,7 +82,6 @@ impl RedbStore {
             txn.open_table(TOKENS).map_err(engine)?;
             txn.open_table(NODES).map_err(engine)?;
             txn.open_table(NODE_NAMES).map_err(engine)?;
-            txn.open_table(NODE_HARDWARE).map_err(engine)?;
             txn.open_table(META).map_err(engine)?;
             txn.open_table(EVENTS).map_err(engine)?;
             txn.open_table(SECRETS).map_err(engine)?;
@@ -111,49 +89,102 @@ impl RedbStore {
             txn.open_table(VAULT_SEALED).map_err(engine)?;
         }
         txn.commit().map_err(engine)?;
-        let store = Self { db };
-        store.move_inline_hardware()?;
+        let dir = path.parent().unwrap_or(Path::new(".")).join(HARDWARE_DIR);
+        let store = Self { db, hardware: HardwareDocs::open(dir)? };
+        store.move_stored_hardware()?;
+        let ids: std::collections::HashSet<String> = store.node_ids()?;
+        let swept = store.hardware.sweep(&|id| ids.contains(id))?;
+        if swept > 0 {
+            tracing::info!(files = swept, "removed hardware documents of nodes that are gone");
+        }
         Ok(store)
     }
 
-    /// Records written before NODE_HARDWARE existed carry their hardware
-    /// document inline: move each into the table (with its hash), once.
-    fn move_inline_hardware(&self) -> Result<(), StoreError> {
-        let inline: Vec<NodeRecord> = {
+    fn node_ids(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let nodes = txn.open_table(NODES).map_err(engine)?;
+        let mut ids = std::collections::HashSet::new();
+        for entry in nodes.iter().map_err(engine)? {
+            ids.insert(entry.map_err(engine)?.0.value().to_owned());
+        }
+        Ok(ids)
+    }
+
+    /// Moves hardware documents kept by older stores (inline in the record, or
+    /// in NODE_HARDWARE) to their files, then sets the records' hashes and
+    /// deletes the table. Files first: a crash half-way redoes it at next open.
+    fn move_stored_hardware(&self) -> Result<(), StoreError> {
+        let mut found: Vec<(NodeRecord, String)> = Vec::new();
+        {
             let txn = self.db.begin_read().map_err(engine)?;
             let nodes = txn.open_table(NODES).map_err(engine)?;
-            let mut inline = Vec::new();
+            let table = match txn.open_table(NODE_HARDWARE) {
+                Ok(t) => Some(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(engine(e)),
+            };
             for entry in nodes.iter().map_err(engine)? {
                 let (k, v) = entry.map_err(engine)?;
-                let node: NodeRecord = decode(k.value(), v.value())?;
-                if !node.hardware_json.is_empty() {
-                    inline.push(node);
+                let mut node: NodeRecord = decode(k.value(), v.value())?;
+                let mut doc = std::mem::take(&mut node.hardware_json);
+                if let Some(t) = &table
+                    && let Some(d) = t.get(k.value()).map_err(engine)?
+                {
+                    doc = d.value().to_owned();
+                }
+                if !doc.is_empty() {
+                    found.push((node, doc));
                 }
             }
-            inline
-        };
-        if inline.is_empty() {
-            return Ok(());
+            if table.is_none() && found.is_empty() {
+                return Ok(());
+            }
+        }
+        for (node, doc) in &found {
+            self.hardware.write(&node.id, doc)?;
         }
         let txn = self.db.begin_write().map_err(engine)?;
         {
             let mut nodes = txn.open_table(NODES).map_err(engine)?;
-            let mut docs = txn.open_table(NODE_HARDWARE).map_err(engine)?;
-            for mut node in inline {
-                store_hardware(&mut docs, &mut node)?;
+            for (mut node, doc) in found {
+                node.hardware_sha256 = hardware_sha256(&doc);
                 nodes.insert(node.id.as_str(), encode(&node).as_slice()).map_err(engine)?;
             }
         }
+        txn.delete_table(NODE_HARDWARE).map_err(engine)?;
         txn.commit().map_err(engine)
     }
 
-    /// Writes a record as stores before NODE_HARDWARE did, document inline.
+    /// Writes a record as older stores did: the document inline, or (with
+    /// `in_table`) in NODE_HARDWARE.
     #[cfg(test)]
-    pub(super) fn put_legacy_node(&self, node: &NodeRecord) {
+    pub(super) fn put_legacy_node(&self, node: &NodeRecord, in_table: bool) {
         let txn = self.db.begin_write().unwrap();
-        txn.open_table(NODES).unwrap().insert(node.id.as_str(), encode(node).as_slice()).unwrap();
+        let mut record = node.clone();
+        if in_table {
+            let doc = std::mem::take(&mut record.hardware_json);
+            txn.open_table(NODE_HARDWARE).unwrap().insert(node.id.as_str(), doc.as_str()).unwrap();
+        }
+        txn.open_table(NODES).unwrap().insert(node.id.as_str(), encode(&record).as_slice()).unwrap();
         txn.open_table(NODE_NAMES).unwrap().insert(node.name.as_str(), node.id.as_str()).unwrap();
         txn.commit().unwrap();
+    }
+
+    /// Fills in `node`'s hardware document from its file.
+    fn attach_hardware(&self, node: &mut NodeRecord) -> Result<(), StoreError> {
+        node.hardware_json = self.hardware.read(&node.id)?.unwrap_or_default();
+        Ok(())
+    }
+
+    /// Writes `node`'s hardware document (if it carries one) to its file, and
+    /// leaves the record with the document's hash instead.
+    fn write_hardware(&self, node: &mut NodeRecord) -> Result<(), StoreError> {
+        let doc = std::mem::take(&mut node.hardware_json);
+        if !doc.is_empty() {
+            self.hardware.write(&node.id, &doc)?;
+            node.hardware_sha256 = hardware_sha256(&doc);
+        }
+        Ok(())
     }
 
     fn read_all<T: DeserializeOwned>(&self, def: TableDefinition<&str, &[u8]>) -> Result<Vec<T>, StoreError> {
@@ -170,13 +201,12 @@ impl RedbStore {
     fn list_nodes_with(&self, hardware: bool) -> Result<Vec<NodeRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(engine)?;
         let table = txn.open_table(NODES).map_err(engine)?;
-        let docs = txn.open_table(NODE_HARDWARE).map_err(engine)?;
         let mut nodes = Vec::new();
         for entry in table.iter().map_err(engine)? {
             let (k, v) = entry.map_err(engine)?;
             let mut node: NodeRecord = decode(k.value(), v.value())?;
             if hardware {
-                attach_hardware(&docs, &mut node)?;
+                self.attach_hardware(&mut node)?;
             }
             nodes.push(node);
         }
@@ -241,6 +271,8 @@ impl Store for RedbStore {
     ) -> Result<(TokenRecord, NodeRecord), EnrollRefusal> {
         let txn = self.db.begin_write().map_err(engine)?;
         let mut node = node.clone();
+        // Stored once the enrollment is: the token decides whether anything is.
+        let doc = std::mem::take(&mut node.hardware_json);
         let token = {
             let mut tokens = txn.open_table(TOKENS).map_err(engine)?;
             let mut token: TokenRecord = match tokens.get(token_id).map_err(engine)? {
@@ -257,13 +289,20 @@ impl Store for RedbStore {
             node.labels = token.labels.clone();
             tokens.insert(token_id, encode(&token).as_slice()).map_err(engine)?;
             names.insert(node.name.as_str(), node.id.as_str()).map_err(engine)?;
-            store_hardware(&mut txn.open_table(NODE_HARDWARE).map_err(engine)?, &mut node)?;
             let mut nodes = txn.open_table(NODES).map_err(engine)?;
             nodes.insert(node.id.as_str(), encode(&node).as_slice()).map_err(engine)?;
             token
         };
         // Dropping `txn` without commit (any early return above) aborts it.
         txn.commit().map_err(engine)?;
+        if !doc.is_empty() {
+            // A crash before this leaves the record without a hash: the agent's
+            // first Hello then brings the document.
+            node.hardware_sha256 = hardware_sha256(&doc);
+            node.hardware_json = doc;
+            self.update_node(&node)?;
+            node.hardware_json = String::new();
+        }
         Ok((token, node))
     }
 
@@ -272,14 +311,18 @@ impl Store for RedbStore {
         let nodes = txn.open_table(NODES).map_err(engine)?;
         let Some(v) = nodes.get(id).map_err(engine)? else { return Ok(None) };
         let mut node: NodeRecord = decode(id, v.value())?;
-        attach_hardware(&txn.open_table(NODE_HARDWARE).map_err(engine)?, &mut node)?;
+        self.attach_hardware(&mut node)?;
         Ok(Some(node))
     }
 
     fn get_node_brief(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
-        // Not through get_node: reading the document would pull its pages into
-        // redb's cache for every session that opens.
-        self.read_one(NODES, id)
+        let Some(mut node) = self.read_one::<NodeRecord>(NODES, id)? else { return Ok(None) };
+        if !node.hardware_sha256.is_empty() && !self.hardware.exists(id)? {
+            // The file is gone (removed by hand, a lost disk): no hash, so the
+            // session asks the agent for the document again.
+            node.hardware_sha256 = String::new();
+        }
+        Ok(Some(node))
     }
 
     fn node_by_name(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
@@ -314,7 +357,8 @@ impl Store for RedbStore {
                     // Keep the stored document's hash, whatever the caller's copy says.
                     record.hardware_sha256 = decode::<NodeRecord>(&node.id, &stored)?.hardware_sha256;
                 } else {
-                    store_hardware(&mut txn.open_table(NODE_HARDWARE).map_err(engine)?, &mut record)?;
+                    // The file before the record that names its hash (module hardware).
+                    self.write_hardware(&mut record)?;
                 }
                 nodes.insert(node.id.as_str(), encode(&record).as_slice()).map_err(engine)?;
             }
@@ -332,23 +376,19 @@ impl Store for RedbStore {
                 Some(id) => id.value().to_owned(),
                 None => return Ok(None),
             };
-            let mut hardware = txn.open_table(NODE_HARDWARE).map_err(engine)?;
-            let doc = hardware.remove(id.as_str()).map_err(engine)?.map(|d| d.value().to_owned());
             let mut nodes = txn.open_table(NODES).map_err(engine)?;
             let removed = nodes.remove(id.as_str()).map_err(engine)?;
             match removed {
-                Some(v) => {
-                    let mut node = decode::<NodeRecord>(&id, v.value())?;
-                    if let Some(doc) = doc {
-                        node.hardware_json = doc;
-                    }
-                    Some(node)
-                }
+                Some(v) => Some(decode::<NodeRecord>(&id, v.value())?),
                 None => None,
             }
         };
         txn.commit().map_err(engine)?;
-        Ok(removed)
+        let Some(mut node) = removed else { return Ok(None) };
+        // After the record: a crash in between leaves a file that `open` sweeps.
+        self.attach_hardware(&mut node)?;
+        self.hardware.remove(&node.id)?;
+        Ok(Some(node))
     }
 
     fn get_spec(&self) -> Result<StoredSpec, StoreError> {

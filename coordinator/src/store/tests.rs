@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 
 use super::*;
 use crate::tokens::{JoinToken, Role, TokenRecord};
@@ -31,10 +32,14 @@ fn enrollment_is_atomic_and_survives_reopen() {
         store.create_token(&token_record(&token, 2)).unwrap();
         let check = |r: &TokenRecord| r.check(&token, 1);
         store.enroll(&token.id, &check, &node("n1", "alpha")).unwrap();
-        // Same name again: refused, and the token use is NOT consumed.
-        let err = store.enroll(&token.id, &check, &node("n2", "alpha")).unwrap_err();
+        // Same name again: refused, the token use is NOT consumed, and its
+        // hardware document is not kept.
+        let mut again = node("n2", "alpha");
+        again.hardware_json = "{}".into();
+        let err = store.enroll(&token.id, &check, &again).unwrap_err();
         assert!(matches!(err, EnrollRefusal::NameTaken(ref n) if n == "alpha"), "{err}");
         assert_eq!(store.list_tokens().unwrap()[0].uses_consumed, 1);
+        assert!(!dir.path().join(HARDWARE_DIR).join("n2.json").exists());
         store.enroll(&token.id, &check, &node("n3", "beta")).unwrap();
         let err = store.enroll(&token.id, &check, &node("n4", "gamma")).unwrap_err();
         assert!(matches!(err, EnrollRefusal::Token(TokenRejection::UsedUp { uses: 2 })), "{err}");
@@ -94,34 +99,72 @@ fn updates_without_a_hardware_document_keep_the_stored_one() {
     assert_eq!((brief.reconcile_state.as_str(), brief.hardware_json.as_str()), ("converged", ""));
     assert_eq!(store.remove_node("alpha").unwrap().unwrap().hardware_json, r#"{"gpus":[1]}"#);
     assert!(store.get_node("n1").unwrap().is_none());
+    assert!(!dir.path().join(HARDWARE_DIR).join("n1.json").exists(), "the file goes with the node");
 }
 
 #[test]
-fn a_record_with_its_hardware_inline_has_it_moved_out_on_open() {
-    // Stores written before the hardware document had its own table.
+fn hardware_documents_of_older_stores_are_moved_to_files_on_open() {
+    // Two releases ago the document was inline in the record; the last one
+    // kept it in a table of its own.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
     {
         let store = RedbStore::open(&path).unwrap();
-        let mut old = node("n1", "alpha");
-        old.hardware_json = r#"{"cpu":"old"}"#.into();
-        store.put_legacy_node(&old);
+        let mut inline = node("n1", "alpha");
+        inline.hardware_json = r#"{"cpu":"inline"}"#.into();
+        store.put_legacy_node(&inline, false);
+        let mut tabled = node("n2", "beta");
+        tabled.hardware_json = r#"{"cpu":"table"}"#.into();
+        store.put_legacy_node(&tabled, true);
     }
     let store = RedbStore::open(&path).unwrap();
-    let brief = store.get_node_brief("n1").unwrap().unwrap();
-    assert_eq!(brief.hardware_json, "");
-    assert_eq!(brief.hardware_sha256, sha256_hex(r#"{"cpu":"old"}"#));
-    assert_eq!(store.list_nodes_brief().unwrap()[0].hardware_json, "");
+    for (id, name, doc) in [("n1", "alpha", r#"{"cpu":"inline"}"#), ("n2", "beta", r#"{"cpu":"table"}"#)] {
+        let file = dir.path().join(HARDWARE_DIR).join(format!("{id}.json"));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), doc);
+        let brief = store.get_node_brief(id).unwrap().unwrap();
+        assert_eq!((brief.hardware_json.as_str(), brief.hardware_sha256.as_str()), ("", sha256_hex(doc).as_str()));
 
-    let mut n = node("n1", "alpha");
-    n.reconcile_state = "converged".into();
-    assert!(store.update_node(&n).unwrap());
-    let stored = store.node_by_name("alpha").unwrap().unwrap();
-    assert_eq!(
-        (stored.reconcile_state.as_str(), stored.hardware_json.as_str()),
-        ("converged", r#"{"cpu":"old"}"#)
-    );
-    assert_eq!(stored.hardware_sha256, sha256_hex(r#"{"cpu":"old"}"#));
+        let mut n = node(id, name);
+        n.reconcile_state = "converged".into();
+        assert!(store.update_node(&n).unwrap());
+        let stored = store.node_by_name(name).unwrap().unwrap();
+        assert_eq!((stored.reconcile_state.as_str(), stored.hardware_json.as_str()), ("converged", doc));
+    }
+    // Moved once: opening again changes nothing.
+    drop(store);
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(store.list_nodes().unwrap().len(), 2);
+    assert_eq!(store.list_nodes().unwrap()[1].hardware_json, r#"{"cpu":"table"}"#);
+}
+
+#[test]
+fn hardware_files_heal_after_crashes_and_hand_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let docs = dir.path().join(HARDWARE_DIR);
+    {
+        let store = RedbStore::open(&path).unwrap();
+        let token = JoinToken::generate(&"ab".repeat(32));
+        store.create_token(&token_record(&token, 1)).unwrap();
+        let mut n = node("n1", "alpha");
+        n.hardware_json = r#"{"gpus":[]}"#.into();
+        store.enroll(&token.id, &|r: &TokenRecord| r.check(&token, 1), &n).unwrap();
+    }
+    // What a crash can leave: the file of a node removed meanwhile, and a
+    // temporary file of an interrupted write.
+    std::fs::write(docs.join("n-gone.json"), "{}").unwrap();
+    std::fs::write(docs.join(".elysium-tmp-x1"), "{").unwrap();
+    let store = RedbStore::open(&path).unwrap();
+    let mut left: Vec<_> = std::fs::read_dir(&docs).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["n1.json"]);
+
+    // A document lost by hand: the record no longer claims a hash, so the
+    // session asks the agent again; `nodes get` shows none.
+    std::fs::remove_file(docs.join("n1.json")).unwrap();
+    assert_eq!(store.get_node_brief("n1").unwrap().unwrap().hardware_sha256, "");
+    assert_eq!(store.get_node("n1").unwrap().unwrap().hardware_json, "");
+    assert!(store.remove_node("alpha").unwrap().is_some());
 }
 
 #[test]
@@ -135,6 +178,9 @@ fn enrollment_stores_the_hardware_document_apart_with_its_hash() {
     let (_, stored) = store.enroll(&token.id, &|r: &TokenRecord| r.check(&token, 1), &n).unwrap();
     assert_eq!(stored.hardware_sha256, sha256_hex(r#"{"gpus":[]}"#));
     assert_eq!(store.get_node("n1").unwrap().unwrap().hardware_json, r#"{"gpus":[]}"#);
+    let file = dir.path().join(HARDWARE_DIR).join("n1.json");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), r#"{"gpus":[]}"#);
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     let brief = store.get_node_brief("n1").unwrap().unwrap();
     assert_eq!((brief.hardware_json.as_str(), brief.hardware_sha256.as_str()), ("", stored.hardware_sha256.as_str()));
 }

@@ -1,0 +1,102 @@
+//! The nodes' hardware inventory documents: one file per node,
+//! `DATA_DIR/hardware/<node id>.json`, beside the redb store rather than in it.
+//!
+//! A document is a few KiB that agents report and nothing in the coordinator
+//! reads except `nodes get`. In redb, every document written or read stayed in
+//! its page cache, in the coordinator's heap: 13 MiB for 5,000 enrollments
+//! (docs/BENCHMARKS-fleet.md). As files they live in the kernel's page cache,
+//! which gives them back under pressure.
+//!
+//! The files are outside the store's transactions, so the node record keeps the
+//! document's hash and the agent re-sends the document whenever its own hash
+//! differs (`Hello.hardware_sha256`). The writes are ordered so that every crash
+//! heals that way: a document is written (and synced) before the record that
+//! names its hash, and removed after the record that owned it. A record whose
+//! file went missing reads with no hash, so its agent is asked again.
+
+use std::path::{Path, PathBuf};
+
+use elysium_host::{FsError, RootFs};
+
+use super::StoreError;
+
+/// Temporary files of [`RootFs::write_atomic`] that a crash left behind.
+const TMP_PREFIX: &str = ".elysium-tmp-";
+
+#[derive(Debug)]
+pub(super) struct HardwareDocs {
+    fs: RootFs,
+}
+
+fn fs_error(source: FsError) -> StoreError {
+    StoreError::Hardware(Box::new(source))
+}
+
+impl HardwareDocs {
+    /// The directory is created (0700) when missing.
+    pub fn open(dir: PathBuf) -> Result<Self, StoreError> {
+        let fs = RootFs::new(dir);
+        fs.create_dir_all("/", 0o700).map_err(fs_error)?;
+        Ok(Self { fs })
+    }
+
+    /// Node ids are `n-` and hex (enrollment makes them); anything else would
+    /// not be a file name of ours.
+    fn path(id: &str) -> Result<PathBuf, StoreError> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(StoreError::BadNodeId(id.to_owned()));
+        }
+        Ok(Path::new("/").join(format!("{id}.json")))
+    }
+
+    pub fn read(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let path = Self::path(id)?;
+        match self.fs.read_optional(&path).map_err(fs_error)? {
+            None => Ok(None),
+            Some(bytes) => String::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| StoreError::CorruptHardware { path: self.fs.resolve(&path) }),
+        }
+    }
+
+    pub fn exists(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.fs.exists(Self::path(id)?))
+    }
+
+    /// Replaces the document atomically and durably.
+    pub fn write(&self, id: &str, doc: &str) -> Result<(), StoreError> {
+        self.fs.write_atomic(Self::path(id)?, doc.as_bytes(), 0o600).map_err(fs_error)
+    }
+
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        self.fs.remove_file(Self::path(id)?).map(|_| ()).map_err(fs_error)
+    }
+
+    /// Removes the documents of nodes that are not in `known` (a crash between
+    /// removing a node and its file, or an enrollment that was refused after
+    /// its document was written) and temporary files of interrupted writes.
+    /// Returns how many files went.
+    pub fn sweep(&self, known: &dyn Fn(&str) -> bool) -> Result<usize, StoreError> {
+        let dir = self.fs.root();
+        let entries = std::fs::read_dir(dir).map_err(|source| {
+            fs_error(FsError { op: "list", path: dir.to_path_buf(), source })
+        })?;
+        let mut removed = 0;
+        for entry in entries {
+            let entry =
+                entry.map_err(|source| fs_error(FsError { op: "list", path: dir.to_path_buf(), source }))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let stale = match name.strip_suffix(".json") {
+                _ if name.starts_with(TMP_PREFIX) => true,
+                Some(id) => !known(id),
+                None => false,
+            };
+            if stale {
+                self.fs.remove_file(Path::new("/").join(name)).map_err(fs_error)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
