@@ -271,8 +271,6 @@ impl Store for RedbStore {
     ) -> Result<(TokenRecord, NodeRecord), EnrollRefusal> {
         let txn = self.db.begin_write().map_err(engine)?;
         let mut node = node.clone();
-        // Stored once the enrollment is: the token decides whether anything is.
-        let doc = std::mem::take(&mut node.hardware_json);
         let token = {
             let mut tokens = txn.open_table(TOKENS).map_err(engine)?;
             let mut token: TokenRecord = match tokens.get(token_id).map_err(engine)? {
@@ -287,6 +285,9 @@ impl Store for RedbStore {
             token.uses_consumed += 1;
             node.role = token.role;
             node.labels = token.labels.clone();
+            // Only now that the token allows it; before the record names its
+            // hash. A commit that then fails leaves a file that `open` sweeps.
+            self.write_hardware(&mut node)?;
             tokens.insert(token_id, encode(&token).as_slice()).map_err(engine)?;
             names.insert(node.name.as_str(), node.id.as_str()).map_err(engine)?;
             let mut nodes = txn.open_table(NODES).map_err(engine)?;
@@ -295,14 +296,6 @@ impl Store for RedbStore {
         };
         // Dropping `txn` without commit (any early return above) aborts it.
         txn.commit().map_err(engine)?;
-        if !doc.is_empty() {
-            // A crash before this leaves the record without a hash: the agent's
-            // first Hello then brings the document.
-            node.hardware_sha256 = hardware_sha256(&doc);
-            node.hardware_json = doc;
-            self.update_node(&node)?;
-            node.hardware_json = String::new();
-        }
         Ok((token, node))
     }
 
