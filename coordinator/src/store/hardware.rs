@@ -7,12 +7,12 @@
 //! (docs/BENCHMARKS-fleet.md). As files they live in the kernel's page cache,
 //! which gives them back under pressure.
 //!
-//! The files are outside the store's transactions, so the node record keeps the
-//! document's hash and the agent re-sends the document whenever its own hash
-//! differs (`Hello.hardware_sha256`). The writes are ordered so that every crash
-//! heals that way: a document is written (and synced) before the record that
-//! names its hash, and removed after the record that owned it. A record whose
-//! file went missing reads with no hash, so its agent is asked again.
+//! The files are outside the store's transactions, and not synced: the node
+//! record keeps the document's hash, a session checks the file against it
+//! when it opens ([`HardwareDocs::matches`]), and the agent re-sends the
+//! document whenever the hashes differ (`Hello.hardware_sha256`). So a file
+//! lost or torn by a crash, or removed by hand, comes back at the node's next
+//! connection, and enrollment does not pay two more fsyncs per node.
 
 use std::path::{Path, PathBuf};
 
@@ -59,13 +59,31 @@ impl HardwareDocs {
         }
     }
 
-    pub fn exists(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.fs.exists(Self::path(id)?))
+    /// Whether the file holds the document whose hash is `sha256`.
+    pub fn matches(&self, id: &str, sha256: &str) -> Result<bool, StoreError> {
+        Ok(match self.fs.read_optional(Self::path(id)?).map_err(fs_error)? {
+            Some(bytes) => std::str::from_utf8(&bytes).is_ok_and(|doc| super::hardware_sha256(doc) == sha256),
+            None => false,
+        })
     }
 
-    /// Replaces the document atomically and durably.
+    /// Replaces the document: a temporary file renamed over it, so a reader
+    /// sees the old document or the new one. Not synced (module docs).
     pub fn write(&self, id: &str, doc: &str) -> Result<(), StoreError> {
-        self.fs.write_atomic(Self::path(id)?, doc.as_bytes(), 0o600).map_err(fs_error)
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = Self::path(id)?;
+        let (real, tmp) = (self.fs.resolve(&path), self.fs.resolve(format!("/{TMP_PREFIX}{id}")));
+        let io = |op, source| fs_error(FsError { op, path: real.clone(), source });
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io("create", e))?;
+        file.write_all(doc.as_bytes()).map_err(|e| io("write", e))?;
+        std::fs::rename(&tmp, &real).map_err(|e| io("rename into place", e))
     }
 
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {

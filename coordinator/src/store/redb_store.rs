@@ -271,6 +271,9 @@ impl Store for RedbStore {
     ) -> Result<(TokenRecord, NodeRecord), EnrollRefusal> {
         let txn = self.db.begin_write().map_err(engine)?;
         let mut node = node.clone();
+        // Written once the enrollment is committed: the token decides whether
+        // anything is stored, and the file is not worth holding the lock for.
+        let doc = std::mem::take(&mut node.hardware_json);
         let token = {
             let mut tokens = txn.open_table(TOKENS).map_err(engine)?;
             let mut token: TokenRecord = match tokens.get(token_id).map_err(engine)? {
@@ -285,9 +288,9 @@ impl Store for RedbStore {
             token.uses_consumed += 1;
             node.role = token.role;
             node.labels = token.labels.clone();
-            // Only now that the token allows it; before the record names its
-            // hash. A commit that then fails leaves a file that `open` sweeps.
-            self.write_hardware(&mut node)?;
+            if !doc.is_empty() {
+                node.hardware_sha256 = hardware_sha256(&doc);
+            }
             tokens.insert(token_id, encode(&token).as_slice()).map_err(engine)?;
             names.insert(node.name.as_str(), node.id.as_str()).map_err(engine)?;
             let mut nodes = txn.open_table(NODES).map_err(engine)?;
@@ -296,6 +299,13 @@ impl Store for RedbStore {
         };
         // Dropping `txn` without commit (any early return above) aborts it.
         txn.commit().map_err(engine)?;
+        if !doc.is_empty()
+            && let Err(e) = self.hardware.write(&node.id, &doc)
+        {
+            // The node is enrolled; its first session finds no matching file
+            // and asks the agent for the document again.
+            tracing::warn!(node = %node.name, error = %e, "could not store the hardware document");
+        }
         Ok((token, node))
     }
 
@@ -310,9 +320,9 @@ impl Store for RedbStore {
 
     fn get_node_brief(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
         let Some(mut node) = self.read_one::<NodeRecord>(NODES, id)? else { return Ok(None) };
-        if !node.hardware_sha256.is_empty() && !self.hardware.exists(id)? {
-            // The file is gone (removed by hand, a lost disk): no hash, so the
-            // session asks the agent for the document again.
+        if !node.hardware_sha256.is_empty() && !self.hardware.matches(id, &node.hardware_sha256)? {
+            // Lost or torn (a crash, a hand edit): no hash, so the session asks
+            // the agent for the document again.
             node.hardware_sha256 = String::new();
         }
         Ok(Some(node))
@@ -350,7 +360,6 @@ impl Store for RedbStore {
                     // Keep the stored document's hash, whatever the caller's copy says.
                     record.hardware_sha256 = decode::<NodeRecord>(&node.id, &stored)?.hardware_sha256;
                 } else {
-                    // The file before the record that names its hash (module hardware).
                     self.write_hardware(&mut record)?;
                 }
                 nodes.insert(node.id.as_str(), encode(&record).as_slice()).map_err(engine)?;

@@ -159,8 +159,12 @@ fn hardware_files_heal_after_crashes_and_hand_edits() {
     left.sort();
     assert_eq!(left, ["n1.json"]);
 
-    // A document lost by hand: the record no longer claims a hash, so the
-    // session asks the agent again; `nodes get` shows none.
+    // A document torn by a crash (the files are not synced) or lost by hand:
+    // the record no longer claims its hash, so the session asks the agent
+    // again; `nodes get` shows what there is.
+    assert_eq!(store.get_node_brief("n1").unwrap().unwrap().hardware_sha256, sha256_hex(r#"{"gpus":[]}"#));
+    std::fs::write(docs.join("n1.json"), r#"{"gp"#).unwrap();
+    assert_eq!(store.get_node_brief("n1").unwrap().unwrap().hardware_sha256, "");
     std::fs::remove_file(docs.join("n1.json")).unwrap();
     assert_eq!(store.get_node_brief("n1").unwrap().unwrap().hardware_sha256, "");
     assert_eq!(store.get_node("n1").unwrap().unwrap().hardware_json, "");
