@@ -49,11 +49,12 @@ impl pb::node_session_server::NodeSession for SessionService {
         let id = node_id.clone();
         // Without the hardware document: the session never reads it, and the
         // store keeps it when the session writes the record (Store::update_node).
-        let node = blocking(move || store.get_node_brief(&id)).await?.map_err(internal)?.ok_or_else(|| {
-            Status::permission_denied(
-                "this node was removed from the coordinator; join it again with a new token",
-            )
-        })?;
+        let node =
+            blocking(move || store.get_node_brief(&id)).await?.map_err(internal)?.ok_or_else(|| {
+                Status::permission_denied(
+                    "this node was removed from the coordinator; join it again with a new token",
+                )
+            })?;
 
         let session_id = c.next_session.fetch_add(1, Ordering::Relaxed);
         let end = Arc::new(Notify::new());

@@ -96,9 +96,8 @@ impl HardwareDocs {
     /// Returns how many files went.
     pub fn sweep(&self, known: &dyn Fn(&str) -> bool) -> Result<usize, StoreError> {
         let dir = self.fs.root();
-        let entries = std::fs::read_dir(dir).map_err(|source| {
-            fs_error(FsError { op: "list", path: dir.to_path_buf(), source })
-        })?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|source| fs_error(FsError { op: "list", path: dir.to_path_buf(), source }))?;
         let mut removed = 0;
         for entry in entries {
             let entry =

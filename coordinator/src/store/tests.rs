@@ -122,7 +122,10 @@ fn hardware_documents_of_older_stores_are_moved_to_files_on_open() {
         let file = dir.path().join(HARDWARE_DIR).join(format!("{id}.json"));
         assert_eq!(std::fs::read_to_string(&file).unwrap(), doc);
         let brief = store.get_node_brief(id).unwrap().unwrap();
-        assert_eq!((brief.hardware_json.as_str(), brief.hardware_sha256.as_str()), ("", sha256_hex(doc).as_str()));
+        assert_eq!(
+            (brief.hardware_json.as_str(), brief.hardware_sha256.as_str()),
+            ("", sha256_hex(doc).as_str())
+        );
 
         let mut n = node(id, name);
         n.reconcile_state = "converged".into();
@@ -186,7 +189,10 @@ fn enrollment_stores_the_hardware_document_apart_with_its_hash() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), r#"{"gpus":[]}"#);
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     let brief = store.get_node_brief("n1").unwrap().unwrap();
-    assert_eq!((brief.hardware_json.as_str(), brief.hardware_sha256.as_str()), ("", stored.hardware_sha256.as_str()));
+    assert_eq!(
+        (brief.hardware_json.as_str(), brief.hardware_sha256.as_str()),
+        ("", stored.hardware_sha256.as_str())
+    );
 }
 
 fn sha256_hex(s: &str) -> String {
