@@ -210,6 +210,9 @@ pub struct FleetConfig {
     /// [`enroll`] sends [`this_machine_hardware`]; set something else to play
     /// hardware that changed since.
     pub hardware_json: Arc<str>,
+    /// Send the document itself in every Hello and no hash, as agents did
+    /// before `Hello.hardware_sha256`.
+    pub legacy_hello: bool,
 }
 
 impl FleetConfig {
@@ -223,6 +226,7 @@ impl FleetConfig {
             backoff: (Duration::from_millis(50), Duration::from_millis(500)),
             k3s: SimK3s::default(),
             hardware_json: this_machine_hardware().into(),
+            legacy_hello: false,
         }
     }
 }
@@ -617,8 +621,17 @@ impl Agent {
             inventory: Some(inventory(&self.id.name)),
             held_generation: 0,
             applied_generation: 0,
-            hardware_json: String::new(),
-            hardware_sha256: sha256_hex(&self.config.hardware_json),
+            // Agents from before the hash sent the document in every Hello.
+            hardware_json: if self.config.legacy_hello {
+                self.config.hardware_json.to_string()
+            } else {
+                String::new()
+            },
+            hardware_sha256: if self.config.legacy_hello {
+                String::new()
+            } else {
+                sha256_hex(&self.config.hardware_json)
+            },
         };
         out.try_send(msg(pb::agent_message::Msg::Hello(hello)))?;
         out.try_send(msg(pb::agent_message::Msg::K3s(self.k3s.report.clone())))?;

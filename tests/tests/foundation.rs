@@ -568,10 +568,11 @@ async fn the_hardware_document_is_sent_again_only_when_it_changes() {
 
     // Connect until every agent has had two heartbeats acknowledged: the
     // coordinator answers a Hello (with a request, if any) before anything after it.
-    async fn run(c: &TestCoordinator, ids: Vec<fleet::Identity>, hardware: &str) -> u64 {
+    async fn run(c: &TestCoordinator, ids: Vec<fleet::Identity>, hardware: &str, legacy: bool) -> u64 {
         let mut config = FleetConfig::new(&c.url());
         config.heartbeat = Duration::from_millis(100);
         config.hardware_json = hardware.into();
+        config.legacy_hello = legacy;
         let n = ids.len();
         let fleet = Fleet::start(config, ids).await.expect("fleet");
         fleet.wait_connected(n, WAIT).await.expect("connected");
@@ -581,10 +582,14 @@ async fn the_hardware_document_is_sent_again_only_when_it_changes() {
         .await;
         fleet.stats().hardware_requests
     }
-    assert_eq!(run(&c, ids.clone(), &enrolled).await, 0, "unchanged hardware was asked for");
+    assert_eq!(run(&c, ids.clone(), &enrolled, false).await, 0, "unchanged hardware was asked for");
 
     let changed = enrolled.replacen('{', r#"{"added_disk":"nvme1n1","#, 1);
-    assert_eq!(run(&c, ids.clone(), &changed).await, 3, "changed hardware not asked for once per node");
+    assert_eq!(
+        run(&c, ids.clone(), &changed, false).await,
+        3,
+        "changed hardware not asked for once per node"
+    );
     for n in &names {
         let stored = eventually("the new document stored", WAIT, || async {
             Some(c.node(n).await?.hardware_json).filter(|h| *h == changed)
@@ -593,5 +598,22 @@ async fn the_hardware_document_is_sent_again_only_when_it_changes() {
         assert_eq!(stored, changed);
     }
     // Stored, so the next connections carry the hash alone again.
-    assert_eq!(run(&c, ids, &changed).await, 0, "hardware asked for again after it was stored");
+    assert_eq!(
+        run(&c, ids.clone(), &changed, false).await,
+        0,
+        "hardware asked for again after it was stored"
+    );
+
+    // Agents from before the hash send the document in the Hello: stored
+    // as it comes, never asked for.
+    let legacy = changed.replacen('{', r#"{"old_agent":true,"#, 1);
+    assert_eq!(run(&c, ids.clone(), &legacy, true).await, 0, "an old agent was asked for its hardware");
+    for n in &names {
+        eventually("the old agent's document stored", WAIT, || async {
+            Some(c.node(n).await?.hardware_json).filter(|h| *h == legacy)
+        })
+        .await;
+    }
+    // ...with its hash, so the same hardware behind an upgraded agent is not asked for.
+    assert_eq!(run(&c, ids, &legacy, false).await, 0, "stored from a Hello, then asked for again");
 }
