@@ -185,7 +185,7 @@ pub async fn join(
         requested_name: opts.name.clone().unwrap_or_default(),
         inventory: Some(inventory),
         // Sent once here; sessions then carry only its hash.
-        hardware_json: crate::agent::session::hardware_json(host),
+        hardware_json: crate::hardware::document(&host.fs),
     };
     let response = client
         .enroll(request)

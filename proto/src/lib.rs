@@ -86,3 +86,11 @@ pub const PROTOCOL: &str = "elysium.v1";
 /// Upper bound for any single gRPC message on every service. Our largest
 /// legitimate message is a cluster spec or a node record, well under this.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// `Hello.hardware_sha256`: lowercase hex SHA-256 of the hardware document's
+/// bytes. Agents send it, and the coordinator compares it with the hash of the
+/// document it stored, so both sides must compute it here.
+pub fn hardware_sha256(doc: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(doc.as_bytes()))
+}

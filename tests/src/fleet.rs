@@ -235,18 +235,7 @@ impl FleetConfig {
 /// so simulated nodes carry a real-sized one.
 pub fn this_machine_hardware() -> String {
     static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DOC.get_or_init(|| {
-        elysium_agent::hardware::collect(&elysium_host::RootFs::new("/"))
-            .ok()
-            .and_then(|inv| serde_json::to_string(&inv).ok())
-            .unwrap_or_default()
-    })
-    .clone()
-}
-
-fn sha256_hex(doc: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(doc.as_bytes()))
+    DOC.get_or_init(|| elysium_agent::hardware::document(&elysium_host::RootFs::new("/"))).clone()
 }
 
 // ---------------------------------------------------------------------------
@@ -615,23 +604,21 @@ impl Agent {
         self.k3s.settle(&self.id.name, cfg);
 
         let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(32);
+        let doc = &self.config.hardware_json;
+        // Agents from before the hash sent the document in every Hello.
+        let (hardware_json, hardware_sha256) = if self.config.legacy_hello {
+            (doc.to_string(), String::new())
+        } else {
+            (String::new(), elysium_proto::hardware_sha256(doc))
+        };
         let hello = pb::Hello {
             agent_version: concat!("sim-", env!("CARGO_PKG_VERSION")).into(),
             protocol: PROTOCOL.into(),
             inventory: Some(inventory(&self.id.name)),
             held_generation: 0,
             applied_generation: 0,
-            // Agents from before the hash sent the document in every Hello.
-            hardware_json: if self.config.legacy_hello {
-                self.config.hardware_json.to_string()
-            } else {
-                String::new()
-            },
-            hardware_sha256: if self.config.legacy_hello {
-                String::new()
-            } else {
-                sha256_hex(&self.config.hardware_json)
-            },
+            hardware_json,
+            hardware_sha256,
         };
         out.try_send(msg(pb::agent_message::Msg::Hello(hello)))?;
         out.try_send(msg(pb::agent_message::Msg::K3s(self.k3s.report.clone())))?;

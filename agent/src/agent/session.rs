@@ -102,8 +102,9 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
     let held_generation = ctx.spec_rx.borrow().as_ref().map(|h| h.generation).unwrap_or(0);
     // Only its hash goes in the Hello; the coordinator asks for the document
     // when the one it holds differs.
-    let hardware = hardware_json(&ctx.host);
-    let hardware_sha256 = if hardware.is_empty() { String::new() } else { sha256_hex(&hardware) };
+    let hardware = crate::hardware::document(&ctx.host.fs);
+    let hardware_sha256 =
+        if hardware.is_empty() { String::new() } else { elysium_proto::hardware_sha256(&hardware) };
     let hello = pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -238,24 +239,6 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
             }
         }
     }
-}
-
-/// The hardware inventory for `nodes get`; a node whose sysfs cannot be read
-/// still connects (the error is logged, the document left empty).
-pub(crate) fn hardware_json(host: &Host) -> String {
-    match crate::hardware::collect(&host.fs) {
-        Ok(inventory) => serde_json::to_string(&inventory).unwrap_or_default(),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not collect the hardware inventory");
-            String::new()
-        }
-    }
-}
-
-/// Hex SHA-256 of the hardware document, as the coordinator hashes what it stores.
-fn sha256_hex(doc: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(doc.as_bytes()))
 }
 
 fn heartbeat_message(seq: u64, status: &ReconcileStatus) -> pb::AgentMessage {

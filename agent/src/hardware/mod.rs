@@ -104,6 +104,19 @@ pub fn collect(fs: &RootFs) -> Result<Inventory, HardwareError> {
     })
 }
 
+/// The inventory as the JSON document the coordinator keeps for `nodes get`
+/// (sent at `join`, then when the coordinator asks). A node whose sysfs cannot
+/// be read still joins and connects: the error is logged, the document empty.
+pub fn document(fs: &RootFs) -> String {
+    match collect(fs) {
+        Ok(inventory) => serde_json::to_string(&inventory).unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not collect the hardware inventory");
+            String::new()
+        }
+    }
+}
+
 /// Intel GPU detection alone: reads only the PCI attributes it needs (vendor and class
 /// of every function, the rest only for Intel display devices), then DRM, modules,
 /// GuC/HuC and firmware. What the agent calls when it only needs labels.

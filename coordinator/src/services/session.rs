@@ -348,7 +348,7 @@ async fn persist(c: &Arc<Coordinator>, node: &NodeRecord) {
 /// Stores the node's record with a new hardware document, and keeps only the
 /// document's hash in the session: with thousands of sessions a copy each adds up.
 async fn persist_hardware(c: &Arc<Coordinator>, node: &mut NodeRecord, doc: String) {
-    node.hardware_sha256 = crate::store::hardware_sha256(&doc);
+    node.hardware_sha256 = elysium_proto::hardware_sha256(&doc);
     node.hardware_json = doc;
     persist(c, node).await;
     node.hardware_json = String::new();

@@ -20,7 +20,7 @@ use elysium_host::{FsError, RootFs};
 
 use super::StoreError;
 
-/// Temporary files of [`RootFs::write_atomic`] that a crash left behind.
+/// Names of documents being written ([`HardwareDocs::write`]); a crash can leave one.
 const TMP_PREFIX: &str = ".elysium-tmp-";
 
 #[derive(Debug)]
@@ -62,7 +62,9 @@ impl HardwareDocs {
     /// Whether the file holds the document whose hash is `sha256`.
     pub fn matches(&self, id: &str, sha256: &str) -> Result<bool, StoreError> {
         Ok(match self.fs.read_optional(Self::path(id)?).map_err(fs_error)? {
-            Some(bytes) => std::str::from_utf8(&bytes).is_ok_and(|doc| super::hardware_sha256(doc) == sha256),
+            Some(bytes) => {
+                std::str::from_utf8(&bytes).is_ok_and(|doc| elysium_proto::hardware_sha256(doc) == sha256)
+            }
             None => false,
         })
     }

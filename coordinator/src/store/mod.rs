@@ -102,13 +102,6 @@ impl NodeRecord {
     }
 }
 
-/// Hex SHA-256 of a hardware document: what agents send in their Hello and
-/// the store keeps in [`NodeRecord::hardware_sha256`].
-pub fn hardware_sha256(doc: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(doc.as_bytes()))
-}
-
 /// See `elysium.v1.Condition`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Condition {

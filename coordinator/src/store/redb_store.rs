@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use elysium_proto::hardware_sha256;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -3,6 +3,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use super::*;
 use crate::tokens::{JoinToken, Role, TokenRecord};
+use elysium_proto::hardware_sha256;
 
 fn token_record(token: &JoinToken, uses: u32) -> TokenRecord {
     TokenRecord {
@@ -84,7 +85,7 @@ fn updates_without_a_hardware_document_keep_the_stored_one() {
     let stored = store.get_node("n1").unwrap().unwrap();
     assert_eq!(stored.reconcile_state, "converged");
     assert_eq!(stored.hardware_json, r#"{"gpus":[]}"#);
-    assert_eq!(stored.hardware_sha256, sha256_hex(r#"{"gpus":[]}"#));
+    assert_eq!(stored.hardware_sha256, hardware_sha256(r#"{"gpus":[]}"#));
     // A new document replaces the old one.
     n.hardware_json = r#"{"gpus":[1]}"#.into();
     assert!(store.update_node(&n).unwrap());
@@ -94,7 +95,10 @@ fn updates_without_a_hardware_document_keep_the_stored_one() {
     n.hardware_json.clear();
     n.hardware_sha256 = "stale".into();
     assert!(store.update_node(&n).unwrap());
-    assert_eq!(store.get_node_brief("n1").unwrap().unwrap().hardware_sha256, sha256_hex(r#"{"gpus":[1]}"#));
+    assert_eq!(
+        store.get_node_brief("n1").unwrap().unwrap().hardware_sha256,
+        hardware_sha256(r#"{"gpus":[1]}"#)
+    );
     let brief = &store.list_nodes_brief().unwrap()[0];
     assert_eq!((brief.reconcile_state.as_str(), brief.hardware_json.as_str()), ("converged", ""));
     assert_eq!(store.remove_node("alpha").unwrap().unwrap().hardware_json, r#"{"gpus":[1]}"#);
@@ -124,7 +128,7 @@ fn hardware_documents_of_older_stores_are_moved_to_files_on_open() {
         let brief = store.get_node_brief(id).unwrap().unwrap();
         assert_eq!(
             (brief.hardware_json.as_str(), brief.hardware_sha256.as_str()),
-            ("", sha256_hex(doc).as_str())
+            ("", hardware_sha256(doc).as_str())
         );
 
         let mut n = node(id, name);
@@ -165,7 +169,10 @@ fn hardware_files_heal_after_crashes_and_hand_edits() {
     // A document torn by a crash (the files are not synced) or lost by hand:
     // the record no longer claims its hash, so the session asks the agent
     // again; `nodes get` shows what there is.
-    assert_eq!(store.get_node_brief("n1").unwrap().unwrap().hardware_sha256, sha256_hex(r#"{"gpus":[]}"#));
+    assert_eq!(
+        store.get_node_brief("n1").unwrap().unwrap().hardware_sha256,
+        hardware_sha256(r#"{"gpus":[]}"#)
+    );
     std::fs::write(docs.join("n1.json"), r#"{"gp"#).unwrap();
     assert_eq!(store.get_node_brief("n1").unwrap().unwrap().hardware_sha256, "");
     std::fs::remove_file(docs.join("n1.json")).unwrap();
@@ -183,7 +190,7 @@ fn enrollment_stores_the_hardware_document_apart_with_its_hash() {
     let mut n = node("n1", "alpha");
     n.hardware_json = r#"{"gpus":[]}"#.into();
     let (_, stored) = store.enroll(&token.id, &|r: &TokenRecord| r.check(&token, 1), &n).unwrap();
-    assert_eq!(stored.hardware_sha256, sha256_hex(r#"{"gpus":[]}"#));
+    assert_eq!(stored.hardware_sha256, hardware_sha256(r#"{"gpus":[]}"#));
     assert_eq!(store.get_node("n1").unwrap().unwrap().hardware_json, r#"{"gpus":[]}"#);
     let file = dir.path().join(HARDWARE_DIR).join("n1.json");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), r#"{"gpus":[]}"#);
@@ -193,10 +200,6 @@ fn enrollment_stores_the_hardware_document_apart_with_its_hash() {
         (brief.hardware_json.as_str(), brief.hardware_sha256.as_str()),
         ("", stored.hardware_sha256.as_str())
     );
-}
-
-fn sha256_hex(s: &str) -> String {
-    hardware_sha256(s)
 }
 
 #[test]
