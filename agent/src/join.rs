@@ -11,9 +11,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use elysium_coordinator::pki;
-use elysium_coordinator::tokens::{JoinToken, MalformedToken};
 use elysium_host::{FsError, Host, SystemdError};
+use elysium_identity::{CsrError, JoinToken, MalformedToken};
 use elysium_installer::{self as installer, InstallError};
 use elysium_proto::v1 as pb;
 use tonic::Code;
@@ -66,11 +65,13 @@ pub enum JoinError {
     )]
     EnrolledElsewhere { name: String, existing: String, requested: String },
     #[error("could not generate the node key")]
-    Key(#[source] pki::PkiError),
+    Key(#[source] CsrError),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error(transparent)]
     Install(#[from] InstallError),
     #[error(
@@ -174,7 +175,7 @@ pub async fn join(
     }
 
     progress(&actions[1]);
-    let (key_pem, csr_der) = pki::node_key_and_csr().map_err(JoinError::Key)?;
+    let (key_pem, csr_der) = elysium_identity::node_key_and_csr().map_err(JoinError::Key)?;
     progress(&actions[2]);
     let channel =
         transport::channel(&target, tls).await.map_err(|e| explain_pin(e, &pin, &target, &token))?;
@@ -222,7 +223,7 @@ pub async fn join(
         file.commit()?;
     }
     if let Some(spec) = response.spec {
-        crate::agent::state::save_spec(&host.fs, &spec)?;
+        crate::state::save_spec(&host.fs, &spec)?;
     }
 
     let service = plan_service(host, &opts.binary).await?;

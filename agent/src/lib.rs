@@ -1,18 +1,26 @@
-//! The `elysium-node` binary's library: command line, join, the agent service and
-//! the admin client.
+//! The node agent: everything that runs on a node. `join` enrolls the machine;
+//! [`service::run`] is the systemd service (the [`session`] with the coordinator and
+//! the reconcile loop over the [`steps`]); beside them run cluster commands
+//! ([`fleet`]: drains) and the sealing-key watch ([`vault`]); [`hardware`] reads the
+//! inventory.
 //!
-//! `main.rs` only parses arguments and calls [`cli::run`]; everything here is
-//! callable from tests with a temporary root and a fake systemd.
+//! It touches the machine only through `elysium-host`, so everything here runs
+//! against a temporary root and a fake systemd in tests. It knows the coordinator
+//! only through the wire contract (`elysium-proto`) and the shared identity
+//! (`elysium-identity`), never its crate. The command line is the `elysium-node`
+//! binary crate's.
 
-pub mod agent;
-pub mod cli;
 pub mod config;
 pub mod fleet;
 pub mod hardware;
 pub mod inventory;
 pub mod join;
-pub mod notify;
+pub mod link;
 pub mod paths;
+pub mod reconcile;
+pub mod service;
+pub mod session;
+pub mod state;
 pub mod steps;
 pub mod transport;
 pub mod vault;

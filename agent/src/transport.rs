@@ -11,7 +11,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use elysium_coordinator::pki::fingerprint;
+use elysium_identity::fingerprint;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -74,7 +74,7 @@ impl Target {
             return Err(bad());
         }
         let host = uri.host().ok_or_else(bad)?.trim_start_matches('[').trim_end_matches(']').to_owned();
-        let port = uri.port_u16().unwrap_or(elysium_coordinator::datadir::DEFAULT_PORT);
+        let port = uri.port_u16().unwrap_or(elysium_identity::DEFAULT_PORT);
         Ok(Self { url: url.trim_end_matches('/').to_owned(), host, port })
     }
 

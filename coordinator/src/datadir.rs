@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::pki::{Ca, PkiError};
 
-/// Default TCP port of the coordinator.
-pub const DEFAULT_PORT: u16 = 7443;
+/// Default TCP port of the coordinator (the nodes' default too: `elysium-identity`).
+pub use elysium_identity::DEFAULT_PORT;
 /// File names inside the data directory.
 pub const CONFIG_FILE: &str = "coordinator.toml";
 pub const CA_CERT: &str = "ca.crt";

@@ -46,17 +46,20 @@ pub fn assignment(node: &NodeRecord, spec: &ClusterSpec, cluster: &K3sCluster) -
         // server's token file must not change, or K3s would restart for nothing.
         return Some(pb::K3sAssignment {
             role: ROLE_SERVER_INIT.into(),
+            k3s_role: pb::K3sRole::ServerInit.into(),
             server_url: String::new(),
             token: cluster.init_secret.clone(),
             version: String::new(),
         });
     }
-    let role = match node.role {
-        Role::Server => ROLE_SERVER,
-        Role::Agent => ROLE_AGENT,
+    // The string too, for agents that predate `k3s_role`.
+    let (role, k3s_role) = match node.role {
+        Role::Server => (ROLE_SERVER, pb::K3sRole::Server),
+        Role::Agent => (ROLE_AGENT, pb::K3sRole::Agent),
     };
     Some(pb::K3sAssignment {
         role: role.into(),
+        k3s_role: k3s_role.into(),
         server_url: k3s.server_url.clone().or_else(|| cluster.first_server_url.clone()).unwrap_or_default(),
         token: cluster.server_token.clone().unwrap_or_default(),
         version: String::new(),

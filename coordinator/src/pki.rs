@@ -8,16 +8,14 @@
 
 use std::time::Duration;
 
+// The formats both sides share (subject prefixes, fingerprints, the node's CSR)
+// live in `elysium-identity`; re-exported for the coordinator's own code.
+use elysium_identity::cert::distinguished_name as dn;
+pub use elysium_identity::cert::{ADMIN_CN_PREFIX, NODE_CN_PREFIX, fingerprint, pem_to_der};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
-use sha2::{Digest, Sha256};
-
-/// Common-name prefix of node certificates: `node:<node id>`.
-pub const NODE_CN_PREFIX: &str = "node:";
-/// Common-name prefix of admin certificates: `admin:<name>`.
-pub const ADMIN_CN_PREFIX: &str = "admin:";
 
 /// Validity of the CA. Rotation of the CA is out of scope; ten years is what K3s
 /// uses for its own CAs.
@@ -42,12 +40,6 @@ pub enum PkiError {
     BadCertificate,
     #[error("the peer certificate's common name {0:?} names neither a node nor an admin")]
     UnknownSubject(String),
-}
-
-/// Hex SHA-256 of a certificate's DER bytes: the CA fingerprint carried by join
-/// tokens and the certificate id shown in node records.
-pub fn fingerprint(der: &[u8]) -> String {
-    hex::encode(Sha256::digest(der))
 }
 
 /// A certificate and its private key, both PEM.
@@ -177,30 +169,6 @@ pub fn identify(cert_der: &[u8]) -> Result<PeerIdentity, PkiError> {
     } else {
         Err(PkiError::UnknownSubject(cn))
     }
-}
-
-/// Generates a node key pair and a CSR for it (on the node, at join).
-/// Returns (key PEM, CSR DER).
-pub fn node_key_and_csr() -> Result<(String, Vec<u8>), PkiError> {
-    let key = KeyPair::generate().map_err(PkiError::Sign)?;
-    let mut params = CertificateParams::default();
-    // The coordinator overrides the subject; this one only documents intent.
-    params.distinguished_name = dn("elysium-node");
-    let csr = params.serialize_request(&key).map_err(PkiError::Sign)?;
-    Ok((key.serialize_pem(), csr.der().to_vec()))
-}
-
-/// First certificate of a PEM document, as DER.
-pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
-    let mut reader = std::io::BufReader::new(pem.as_bytes());
-    rustls_pemfile::certs(&mut reader).next()?.ok().map(|c| c.to_vec())
-}
-
-fn dn(cn: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    dn.push(DnType::OrganizationName, "elysium-node");
-    dn
 }
 
 fn set_validity(params: &mut CertificateParams, validity: Duration) {

@@ -7,6 +7,7 @@
 
 pub mod fs;
 pub mod net;
+pub mod notify;
 pub mod systemd;
 
 use std::sync::Arc;

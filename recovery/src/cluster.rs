@@ -11,16 +11,16 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use elysium_kube::{ClientError, ClientOptions, Connection};
+use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use kube::discovery::Scope;
-use kube::{Client, Config};
 
 use crate::plan::ObjectId;
 
 /// Where K3s writes the admin kubeconfig (k3s-io/k3s `--write-kubeconfig` default).
-pub const DEFAULT_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
+pub use elysium_kube::K3S_KUBECONFIG as DEFAULT_KUBECONFIG;
 /// How long connecting may take: an address that drops packets fails in this time, not
 /// in the OS's minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,13 +31,7 @@ pub enum ClusterError {
     Kubeconfig {
         path: PathBuf,
         #[source]
-        source: Box<kube::config::KubeconfigError>,
-    },
-    #[error("could not make a Kubernetes client from {path}")]
-    Client {
-        path: PathBuf,
-        #[source]
-        source: Box<kube::Error>,
+        source: KubeconfigSource,
     },
     #[error(
         "the Kubernetes API server {server} (from {kubeconfig}) cannot be reached; nothing was applied. \
@@ -78,22 +72,25 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// Why a kubeconfig gave no client: unreadable, or not one kube can use.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeconfigSource {
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
 /// Loads the kubeconfig and checks the API server answers.
 #[tracing::instrument(skip_all, fields(kubeconfig = %kubeconfig.display()))]
 pub async fn connect(kubeconfig: &Path) -> Result<Cluster, ClusterError> {
-    let kc = Kubeconfig::read_from(kubeconfig).map_err(|source| ClusterError::Kubeconfig {
-        path: kubeconfig.to_owned(),
-        source: Box::new(source),
-    })?;
-    let mut config =
-        Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|source| {
-            ClusterError::Kubeconfig { path: kubeconfig.to_owned(), source: Box::new(source) }
-        })?;
-    config.default_retry = false;
-    config.connect_timeout = Some(CONNECT_TIMEOUT);
-    let server = config.cluster_url.to_string().trim_end_matches('/').to_owned();
-    let client = Client::try_from(config)
-        .map_err(|source| ClusterError::Client { path: kubeconfig.to_owned(), source: Box::new(source) })?;
+    let failed = |source: KubeconfigSource| ClusterError::Kubeconfig { path: kubeconfig.to_owned(), source };
+    let yaml = std::fs::read_to_string(kubeconfig).map_err(|e| failed(e.into()))?;
+    let options = ClientOptions { connect_timeout: Some(CONNECT_TIMEOUT), ..ClientOptions::default() };
+    let Connection { client, server } =
+        elysium_kube::client_from_kubeconfig(&yaml, &kubeconfig.display().to_string(), options)
+            .await
+            .map_err(|e| failed(e.into()))?;
     let version = match client.apiserver_version().await {
         Ok(v) => v.git_version,
         Err(source) if is_code(&source, &[401, 403]) => {

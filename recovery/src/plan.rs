@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::flux::NamespacedName;
 
 /// The field manager of every write `recover` makes (server-side apply and patches).
-pub const FIELD_MANAGER: &str = "elysium-node";
+pub use elysium_kube::FIELD_MANAGER;
 /// `apiextensions.k8s.io`: CRDs are applied before everything else in gotk-components.
 pub const CRD_GROUP: &str = "apiextensions.k8s.io";
 

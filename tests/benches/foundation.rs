@@ -43,7 +43,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use elysium_agent::transport::{self, PinnedCa, Target};
-use elysium_coordinator::pki;
 use elysium_proto::v1 as pb;
 use elysium_proto::v1::enrollment_client::EnrollmentClient;
 use elysium_tests::harness::{TestCoordinator, TestNode};
@@ -618,7 +617,8 @@ async fn enroll_rep(n: usize, concurrency: usize, connection: Connection, rep: u
     // nodes do this on their own CPU, so it stays out of the enrollment window
     // and is reported as a baseline instead.
     let t = Instant::now();
-    let csrs: Vec<Vec<u8>> = (0..n).map(|_| pki::node_key_and_csr().expect("node key and CSR").1).collect();
+    let csrs: Vec<Vec<u8>> =
+        (0..n).map(|_| elysium_identity::node_key_and_csr().expect("node key and CSR").1).collect();
     let keygen = t.elapsed();
     let csrs = Arc::new(csrs);
 

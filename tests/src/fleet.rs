@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use elysium_agent::transport::{self, PinnedCa, Target};
-use elysium_coordinator::pki;
 use elysium_coordinator::tokens::JoinToken;
 use elysium_installer::k3s_version::K3sVersion;
 use elysium_proto::v1::enrollment_client::EnrollmentClient;
@@ -86,7 +85,7 @@ pub async fn enroll(
     let keyed = tokio::task::spawn_blocking(move || {
         names
             .into_iter()
-            .map(|n| pki::node_key_and_csr().map(|(key, csr)| (n, key, csr)))
+            .map(|n| elysium_identity::node_key_and_csr().map(|(key, csr)| (n, key, csr)))
             .collect::<Result<Vec<_>, _>>()
     })
     .await?
@@ -583,7 +582,7 @@ impl Agent {
                 attempt = 0;
             }
             let (initial, max) = self.config.backoff;
-            let delay = elysium_agent::agent::session::backoff(attempt, initial, max);
+            let delay = elysium_agent::session::backoff(attempt, initial, max);
             attempt = attempt.saturating_add(1);
             tokio::time::sleep(delay).await;
         }
@@ -709,6 +708,7 @@ impl Agent {
                         seq,
                         applied_generation: generation,
                         reconcile_state: "converged".into(),
+                        state: pb::ReconcileState::Converged.into(),
                         reconcile_error: String::new(),
                         conditions: vec![pb::Condition {
                             r#type: "K3s".into(),

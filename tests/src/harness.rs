@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use elysium_agent::agent::link::StepLink;
-use elysium_agent::agent::{self, AgentOptions, reconcile::Reconciler};
 use elysium_agent::config::AgentConfig;
 use elysium_agent::join::{self, JoinError, JoinOptions, JoinOutcome, Secret};
+use elysium_agent::link::StepLink;
+use elysium_agent::reconcile::Reconciler;
+use elysium_agent::service::{self as agent, AgentOptions};
 use elysium_agent::transport::{self, Target};
 use elysium_agent::vault::KeyWatchOptions;
 use elysium_coordinator::datadir::{self, AdminConfig, InitOptions};
@@ -230,7 +231,7 @@ impl TestNode {
     pub fn start_agent_with(&self, reconciler: Reconciler) -> TestAgent {
         // Steps that report to the coordinator get their link through the
         // reconciler; this one is for the session's end.
-        let (_step_link, session_link) = agent::link::link();
+        let (_step_link, session_link) = elysium_agent::link::link();
         self.run_agent(reconciler, session_link)
     }
 
@@ -238,14 +239,14 @@ impl TestNode {
     /// agent` does. Also returns the steps' end of the link, to report what a step
     /// would (the K3s token).
     pub fn start_agent_with_key_vault(&self, options: KeyWatchOptions) -> (TestAgent, StepLink) {
-        let (step_link, session_link) = agent::link::link();
+        let (step_link, session_link) = elysium_agent::link::link();
         let watcher = elysium_agent::vault::spawn(self.host.fs.clone(), step_link.clone(), options);
         let mut agent = self.run_agent(Reconciler::default(), session_link);
         agent.aux.push(watcher);
         (agent, step_link)
     }
 
-    fn run_agent(&self, reconciler: Reconciler, session_link: agent::link::SessionLink) -> TestAgent {
+    fn run_agent(&self, reconciler: Reconciler, session_link: elysium_agent::link::SessionLink) -> TestAgent {
         let config =
             AgentConfig::load(&self.host.fs, elysium_agent::paths::AGENT_CONFIG).expect("agent.toml");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -278,8 +279,8 @@ impl TestNode {
     }
 
     /// The spec persisted on the node, if any.
-    pub fn held_spec(&self) -> Option<elysium_agent::agent::state::HeldSpec> {
-        elysium_agent::agent::state::load_spec(&self.host.fs)
+    pub fn held_spec(&self) -> Option<elysium_agent::state::HeldSpec> {
+        elysium_agent::state::load_spec(&self.host.fs)
     }
 
     /// Whether nothing of an enrollment was written.

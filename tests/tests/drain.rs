@@ -11,10 +11,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use elysium_agent::agent::{self, AgentOptions, link, reconcile::Reconciler};
 use elysium_agent::config::AgentConfig;
 use elysium_agent::fleet::drain::{DrainError, DrainOptions, Drainer, Progress, Skip};
 use elysium_agent::fleet::{self, FleetCommand, FleetError, K3S_KUBECONFIG};
+use elysium_agent::link;
+use elysium_agent::reconcile::Reconciler;
+use elysium_agent::service::{self as agent, AgentOptions};
 use elysium_host::RootFs;
 use elysium_proto::v1 as pb;
 use elysium_tests::harness::{TestCoordinator, TestNode, eventually};
@@ -273,7 +275,10 @@ async fn errors_say_what_is_wrong() {
         "there is no kubeconfig at /etc/rancher/k3s/k3s.yaml: this node is not a K3s server, or K3s is not up"
     );
     empty.write_atomic(K3S_KUBECONFIG, b"clusters: [oops", 0o600).unwrap();
-    assert!(matches!(Drainer::connect(&empty, K3S_KUBECONFIG).await, Err(DrainError::Kubeconfig { .. })));
+    assert!(matches!(
+        Drainer::connect(&empty, K3S_KUBECONFIG).await,
+        Err(DrainError::Client(elysium_kube::ClientError::Kubeconfig { .. }))
+    ));
 
     // An agent-role node refuses before looking for a kubeconfig.
     let cmd = FleetCommand::Uncordon { node: "n1".into() };

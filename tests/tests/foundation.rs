@@ -440,24 +440,21 @@ impl std::fmt::Display for WriteMotd {
     }
 }
 
-impl elysium_agent::agent::reconcile::Step for MotdStep {
+impl elysium_agent::reconcile::Step for MotdStep {
     type Observed = Option<Vec<u8>>;
     type Action = WriteMotd;
+    type Error = elysium_agent::reconcile::StepError;
     fn name(&self) -> &'static str {
         "Motd"
     }
     async fn observe(
         &self,
         host: &elysium_host::Host,
-        _: &elysium_agent::agent::reconcile::Desired,
-    ) -> Result<Self::Observed, elysium_agent::agent::reconcile::StepError> {
+        _: &elysium_agent::reconcile::Desired,
+    ) -> Result<Self::Observed, elysium_agent::reconcile::StepError> {
         Ok(host.fs.read_optional("/etc/motd").unwrap())
     }
-    fn plan(
-        &self,
-        desired: &elysium_agent::agent::reconcile::Desired,
-        observed: &Self::Observed,
-    ) -> Vec<WriteMotd> {
+    fn plan(&self, desired: &elysium_agent::reconcile::Desired, observed: &Self::Observed) -> Vec<WriteMotd> {
         let want = desired.spec.cluster.name.clone();
         if observed.as_deref() == Some(want.as_bytes()) { vec![] } else { vec![WriteMotd(want)] }
     }
@@ -465,9 +462,9 @@ impl elysium_agent::agent::reconcile::Step for MotdStep {
         &self,
         host: &elysium_host::Host,
         a: &WriteMotd,
-    ) -> Result<(), elysium_agent::agent::reconcile::StepError> {
+    ) -> Result<(), elysium_agent::reconcile::StepError> {
         if host.fs.exists("/etc/motd.lock") {
-            return Err(elysium_agent::agent::reconcile::StepError {
+            return Err(elysium_agent::reconcile::StepError {
                 step: "Motd",
                 message: "/etc/motd is locked".into(),
             });
@@ -483,8 +480,7 @@ async fn step_conditions_reach_the_node_record() {
     let node = TestNode::new("alpha");
     node.join(&c.url(), &c.token(1, 600).await).await.unwrap();
     node.host.fs.write_atomic("/etc/motd.lock", b"", 0o644).unwrap();
-    let agent =
-        node.start_agent_with(elysium_agent::agent::reconcile::Reconciler::default().with_step(MotdStep));
+    let agent = node.start_agent_with(elysium_agent::reconcile::Reconciler::default().with_step(MotdStep));
     c.set_spec("[cluster]\nname = \"kyrion\"\n").await;
 
     let failed = eventually("failing condition reported", WAIT, || async {

@@ -2,6 +2,7 @@
 //! coordinator-generated secret, reports the secure K10 token, and only then do
 //! the other nodes receive it with the first server's URL.
 
+use elysium_agent::state::K3sAssignedRole;
 use std::time::Duration;
 
 use elysium_proto::v1 as pb;
@@ -23,12 +24,12 @@ async fn the_cluster_token_flows_from_the_first_server_to_the_others() {
 
     // Enrollment hands out the assignment already.
     let first = server.held_spec().unwrap().k3s.expect("assignment for s1");
-    assert_eq!(first.role, "server-init");
+    assert_eq!(first.role, K3sAssignedRole::ServerInit);
     assert_eq!(first.token.len(), 48, "the first server gets the coordinator's hex secret");
     let w = worker.held_spec().unwrap().k3s.expect("assignment for w1");
-    assert_eq!(w.role, "agent");
+    assert_eq!(w.role, K3sAssignedRole::Agent);
     assert!(w.token.is_empty(), "a joining node must wait for the secure token");
-    assert_eq!(second.held_spec().unwrap().k3s.unwrap().role, "server");
+    assert_eq!(second.held_spec().unwrap().k3s.unwrap().role, K3sAssignedRole::Server);
 
     // The worker's agent runs; the first server reports its token over its session.
     let worker_agent = worker.start_agent();

@@ -8,9 +8,9 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use elysium_agent::agent::link;
-use elysium_agent::agent::reconcile::{Desired, Reconciler, Report};
-use elysium_agent::agent::state::{HeldSpec, K3sAssignment};
+use elysium_agent::link;
+use elysium_agent::reconcile::{Desired, Reconciler, Report};
+use elysium_agent::state::{HeldSpec, K3sAssignedRole, K3sAssignment, NodeRole};
 use elysium_agent::steps::k3s::health::Probe;
 use elysium_agent::steps::k3s::journal::{self, FileBackup, Installed, Journal, Phase};
 use elysium_agent::steps::k3s::{K3sStep, Probes};
@@ -117,10 +117,10 @@ impl Fixture {
         Desired::from_held(&HeldSpec {
             generation,
             cluster_spec_toml: toml,
-            role: "agent".into(),
+            role: NodeRole::Agent,
             labels: Default::default(),
             k3s: Some(K3sAssignment {
-                role: "agent".into(),
+                role: K3sAssignedRole::Agent,
                 server_url: "https://10.0.0.1:6443".into(),
                 token: "K10abc::server:secret".into(),
                 version: String::new(),

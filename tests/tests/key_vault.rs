@@ -134,9 +134,8 @@ fn run(cmd: &mut Command) {
 
 /// Runs `elysium-node ARGS` in-process.
 async fn cli(args: &[&str]) -> anyhow::Result<ExitCode> {
-    let cli =
-        elysium_agent::cli::Cli::try_parse_from(std::iter::once("elysium-node").chain(args.iter().copied()))?;
-    elysium_agent::cli::run(cli).await
+    let cli = elysium_node::Cli::try_parse_from(std::iter::once("elysium-node").chain(args.iter().copied()))?;
+    elysium_node::run(cli).await
 }
 
 async fn list(c: &TestCoordinator) -> pb::ListSealingKeysResponse {
@@ -155,7 +154,10 @@ async fn keys_reach_the_vault_and_export_passes_recover() {
     c.set_spec("[k3s]\nversion = \"v1.31.4+k3s1\"\n").await;
     let server = TestNode::new("s1");
     server.join(&c.url(), &c.token_for(pb::NodeRole::Server, 1, 600).await).await.unwrap();
-    assert_eq!(server.held_spec().unwrap().k3s.unwrap().role, "server-init");
+    assert_eq!(
+        server.held_spec().unwrap().k3s.unwrap().role,
+        elysium_agent::state::K3sAssignedRole::ServerInit
+    );
 
     // The cluster, reachable through the kubeconfig K3s writes on a server.
     let api = ApiServer::start().await.unwrap();

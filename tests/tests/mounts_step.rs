@@ -13,8 +13,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use elysium_agent::agent::reconcile::{Desired, Reconciler, Report, Step, SubCondition};
-use elysium_agent::agent::state::HeldSpec;
+use elysium_agent::reconcile::{Desired, Reconciler, Report, Step, SubCondition};
+use elysium_agent::state::HeldSpec;
 use elysium_agent::steps::mounts::{MountsStep, obscure, rclone_conf};
 use elysium_host::{FakeSystemd, Host, RootFs};
 use elysium_tests::logs::LogCapture;
@@ -42,24 +42,17 @@ struct Shared(Arc<MountsStep>);
 impl Step for Shared {
     type Observed = <MountsStep as Step>::Observed;
     type Action = <MountsStep as Step>::Action;
+    type Error = <MountsStep as Step>::Error;
     fn name(&self) -> &'static str {
         self.0.name()
     }
-    async fn observe(
-        &self,
-        host: &Host,
-        d: &Desired,
-    ) -> Result<Self::Observed, elysium_agent::agent::reconcile::StepError> {
+    async fn observe(&self, host: &Host, d: &Desired) -> Result<Self::Observed, Self::Error> {
         self.0.observe(host, d).await
     }
     fn plan(&self, d: &Desired, o: &Self::Observed) -> Vec<Self::Action> {
         self.0.plan(d, o)
     }
-    async fn apply(
-        &self,
-        host: &Host,
-        a: &Self::Action,
-    ) -> Result<(), elysium_agent::agent::reconcile::StepError> {
+    async fn apply(&self, host: &Host, a: &Self::Action) -> Result<(), Self::Error> {
         self.0.apply(host, a).await
     }
     async fn conditions(&self, host: &Host, d: &Desired) -> Vec<SubCondition> {
@@ -108,7 +101,7 @@ impl Fixture {
         let held = HeldSpec {
             generation: 1,
             cluster_spec_toml: spec.to_owned(),
-            role: "agent".into(),
+            role: elysium_agent::state::NodeRole::Agent,
             labels: Default::default(),
             k3s: None,
             secrets: secrets.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use elysium_agent::agent::reconcile::{Desired, Reconciler, Report};
-use elysium_agent::agent::state::HeldSpec;
+use elysium_agent::reconcile::{Desired, Reconciler, Report};
+use elysium_agent::state::HeldSpec;
 use elysium_agent::steps::tailscale::{Tailnet, TailscaleStep};
 use elysium_host::{FakeSystemd, Host, RootFs};
 use elysium_tests::logs::LogCapture;
@@ -42,7 +42,7 @@ impl Fixture {
         let held = HeldSpec {
             generation: 1,
             cluster_spec_toml: spec.to_owned(),
-            role: "agent".into(),
+            role: elysium_agent::state::NodeRole::Agent,
             labels: Default::default(),
             k3s: None,
             secrets: [("ts-authkey".to_string(), key.to_string())].into_iter().collect(),

@@ -13,15 +13,13 @@ use std::fmt;
 use std::time::Duration;
 
 use elysium_host::{FsError, RootFs};
+use elysium_kube::{ClientError, ClientOptions, Connection, FIELD_MANAGER};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Client;
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
-use kube::{Client, Config};
 use serde_json::json;
 use tokio::time::Instant;
 
-/// The field manager of our writes, as the other Kubernetes code of elysium-node uses.
-pub const FIELD_MANAGER: &str = "elysium-node";
 /// The annotation the kubelet puts on the API's copy of a static pod
 /// (k8s.io/api `core/v1` `MirrorPodAnnotationKey`). Evicting one does nothing.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -48,18 +46,8 @@ pub enum DrainError {
         #[source]
         source: FsError,
     },
-    #[error("the kubeconfig {path} is not usable")]
-    Kubeconfig {
-        path: String,
-        #[source]
-        source: KubeconfigError,
-    },
-    #[error("could not build a Kubernetes client from {path}")]
-    Client {
-        path: String,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("the Kubernetes API at {url} is unreachable while {action} (is K3s running on this server?)")]
     Unreachable {
         url: String,
@@ -249,18 +237,10 @@ impl Drainer {
             Ok(None) => return Err(DrainError::NoKubeconfig { path: path.to_owned() }),
             Err(source) => return Err(DrainError::ReadKubeconfig { path: path.to_owned(), source }),
         };
-        let kubeconfig = Kubeconfig::from_yaml(&text)
-            .map_err(|source| DrainError::Kubeconfig { path: path.to_owned(), source })?;
-        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .map_err(|source| DrainError::Kubeconfig { path: path.to_owned(), source })?;
-        // kube retries 429/503/504 on its own, up to 15 times over minutes; a drain
-        // must see 429s (they are PodDisruptionBudgets) and keeps its own clock.
-        config.default_retry = false;
-        config.read_timeout = Some(REQUEST_TIMEOUT);
-        let url = config.cluster_url.to_string();
-        let client = Client::try_from(config)
-            .map_err(|source| DrainError::Client { path: path.to_owned(), source })?;
+        // A drain must see 429s (they are PodDisruptionBudgets) and keeps its own clock.
+        let options = ClientOptions { read_timeout: Some(REQUEST_TIMEOUT), ..ClientOptions::default() };
+        let Connection { client, server: url } =
+            elysium_kube::client_from_kubeconfig(&text, path, options).await?;
         Ok(Self { client, url, retry_interval: RETRY_INTERVAL, poll_interval: POLL_INTERVAL })
     }
 

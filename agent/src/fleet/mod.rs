@@ -12,13 +12,10 @@ use std::time::Duration;
 use elysium_host::RootFs;
 use elysium_proto::v1 as pb;
 
-use crate::agent::link::StepLink;
 use crate::error_chain;
+use crate::link::StepLink;
 use drain::{DrainError, DrainOptions, Drainer, Progress};
-
-/// Where K3s writes its admin kubeconfig on a server (the default of `k3s server
-/// --write-kubeconfig`, docs.k3s.io/cli/server). A node path, under the host root.
-pub const K3S_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
+pub use elysium_kube::K3S_KUBECONFIG;
 
 /// A command on the cluster, from the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]

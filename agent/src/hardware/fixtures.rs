@@ -15,7 +15,8 @@ use std::process::Command;
 use elysium_host::RootFs;
 
 /// A real snapshot, unpacked into a temporary directory with `tar`.
-pub(crate) struct Snapshot {
+#[derive(Debug)]
+pub struct Snapshot {
     dir: tempfile::TempDir,
 }
 
@@ -37,12 +38,14 @@ impl Snapshot {
 }
 
 /// A root directory built file by file. Paths are node paths (`/sys/...`).
-pub(crate) struct FixtureRoot {
+#[derive(Debug)]
+pub struct FixtureRoot {
     dir: tempfile::TempDir,
 }
 
 /// One PCI function to create.
-pub(crate) struct PciFn<'a> {
+#[derive(Debug)]
+pub struct PciFn<'a> {
     pub address: &'a str,
     /// Its parent below `/sys/devices`: `pci0000:00` for a root-complex device, longer
     /// behind bridges (`pci0000:00/0000:00:01.0`).
@@ -233,7 +236,7 @@ fn intel_fn<'a>(
 /// Both i915 and xe are loaded (udev loads every module whose alias matches; xe does not
 /// bind ADL-P without force_probe). GuC submission is the default on ADL-P, and
 /// linux-firmware's `adlp_guc_70.bin` / `tgl_huc.bin` / `adlp_dmc.bin` are installed.
-pub(crate) fn alder_lake_p() -> FixtureRoot {
+pub fn alder_lake_p() -> FixtureRoot {
     let root = base();
     root.pci(&intel_fn("0000:00:00.0", ROOT, 0x4621, 0x060000, 0x02, None))
         .pci(&intel_fn("0000:00:02.0", ROOT, 0x46a6, 0x038000, 0x0c, Some("i915")))
@@ -258,7 +261,7 @@ pub(crate) fn alder_lake_p() -> FixtureRoot {
 /// The same laptop with linux-firmware lacking the GuC blob: i915 logs "GuC firmware
 /// i915/adlp_guc_70.bin: fetch failed -ENOENT" and wedges the GT, yet the card and render
 /// nodes still exist (so the plugin alone would offer a dead GPU).
-pub(crate) fn alder_lake_p_guc_missing() -> FixtureRoot {
+pub fn alder_lake_p_guc_missing() -> FixtureRoot {
     let root = alder_lake_p();
     root.remove("/lib/firmware/i915/adlp_guc_70.bin").uc_debugfs(
         0,
@@ -273,7 +276,7 @@ pub(crate) fn alder_lake_p_guc_missing() -> FixtureRoot {
 
 /// Alder Lake-P with SR-IOV enabled (`echo 2 > sriov_numvfs`): the PF keeps i915, the
 /// two VFs (same device id, `physfn` link back to the PF) get their own DRM cards.
-pub(crate) fn alder_lake_p_sriov() -> FixtureRoot {
+pub fn alder_lake_p_sriov() -> FixtureRoot {
     let root = alder_lake_p();
     root.file("/sys/devices/pci0000:00/0000:00:02.0/sriov_totalvfs", "7\n")
         .file("/sys/devices/pci0000:00/0000:00:02.0/sriov_numvfs", "2\n");
@@ -294,7 +297,7 @@ pub(crate) fn alder_lake_p_sriov() -> FixtureRoot {
 ///         Kernel modules: i915
 /// ```
 /// Run without root: no debugfs.
-pub(crate) fn dg1() -> FixtureRoot {
+pub fn dg1() -> FixtureRoot {
     let root = base();
     let behind = "pci0000:00/0000:00:01.0";
     root.pci(&intel_fn("0000:00:01.0", ROOT, 0x1901, 0x060400, 0x05, Some("pcieport")))
@@ -311,7 +314,7 @@ pub(crate) fn dg1() -> FixtureRoot {
 /// 00:02.0 VGA compatible controller [0300]: Intel Corporation Haswell-ULT Integrated Graphics Controller [8086:0a16] (rev 0b)
 ///         Kernel modules: i915
 /// ```
-pub(crate) fn haswell_no_module() -> FixtureRoot {
+pub fn haswell_no_module() -> FixtureRoot {
     let root = base();
     root.pci(&intel_fn("0000:00:00.0", ROOT, 0x0a04, 0x060000, 0x0b, None))
         .pci(&intel_fn("0000:00:02.0", ROOT, 0x0a16, 0x030000, 0x0b, None))
@@ -327,7 +330,7 @@ pub(crate) fn haswell_no_module() -> FixtureRoot {
 /// 01:00.0 VGA compatible controller [0300]: NVIDIA Corporation GM206 [GeForce GTX 960] [10de:1401] (rev a1)
 ///         Kernel driver in use: nvidia
 /// ```
-pub(crate) fn hybrid_laptop() -> FixtureRoot {
+pub fn hybrid_laptop() -> FixtureRoot {
     let root = base();
     let behind = "pci0000:00/0000:00:01.0";
     root.pci(&intel_fn("0000:00:01.0", ROOT, 0x0c01, 0x060400, 0x06, Some("pcieport")))
@@ -354,7 +357,7 @@ pub(crate) fn hybrid_laptop() -> FixtureRoot {
 ///         Kernel driver in use: i915
 /// 00:02.1 Display controller [0380]: Intel Corporation 82915G Integrated Graphics Controller [8086:2782] (rev 04)
 /// ```
-pub(crate) fn i915g_multifunction() -> FixtureRoot {
+pub fn i915g_multifunction() -> FixtureRoot {
     let root = base();
     root.pci(&intel_fn("0000:00:00.0", ROOT, 0x2580, 0x060000, 0x04, None))
         .pci(&intel_fn("0000:00:02.0", ROOT, 0x2582, 0x030000, 0x04, Some("i915")))
@@ -370,7 +373,7 @@ pub(crate) fn i915g_multifunction() -> FixtureRoot {
 ///         Kernel driver in use: xe
 ///         Kernel modules: xe
 /// ```
-pub(crate) fn lunar_lake_xe() -> FixtureRoot {
+pub fn lunar_lake_xe() -> FixtureRoot {
     let root = base();
     root.pci(&intel_fn("0000:00:02.0", ROOT, 0x64a0, 0x030000, 0x04, Some("xe")))
         .drm("0000:00:02.0", ROOT, 0, Some(128))
@@ -388,7 +391,7 @@ pub(crate) fn lunar_lake_xe() -> FixtureRoot {
 /// 03:00.0 VGA compatible controller [0300]: Intel Corporation DG2 [Arc A380] [8086:56a5] (rev 05)
 ///         Kernel modules: i915
 /// ```
-pub(crate) fn arc_a380_unbound() -> FixtureRoot {
+pub fn arc_a380_unbound() -> FixtureRoot {
     let root = base();
     arc_a380(&root, None);
     root.modules(&["i915", "snd_hda_intel"]).firmware(&["i915/dg2_dmc_ver2_08.bin", "i915/dg2_guc_70.bin"]);
@@ -397,7 +400,7 @@ pub(crate) fn arc_a380_unbound() -> FixtureRoot {
 
 /// Adds the Arc A380 of [`arc_a380_unbound`] bound to xe as `card1`, to a machine that
 /// has a `card0` already.
-pub(crate) fn add_dg2_on_xe(root: &FixtureRoot) {
+pub fn add_dg2_on_xe(root: &FixtureRoot) {
     arc_a380(root, Some("xe"));
     root.drm("0000:03:00.0", ARC_PARENT, 1, Some(129));
 }

@@ -24,8 +24,11 @@ mod pci_ids;
 mod sysfs;
 pub(crate) mod system;
 
-#[cfg(test)]
-pub(crate) mod fixtures;
+// Test data, also for the binary crate's tests (feature `fixtures`); never in a
+// release build.
+#[cfg(any(test, feature = "fixtures"))]
+#[allow(clippy::unwrap_used)]
+pub mod fixtures;
 
 use std::path::PathBuf;
 

@@ -4,8 +4,8 @@ pub mod k3s;
 pub mod mounts;
 pub mod tailscale;
 
-use crate::agent::link::StepLink;
-use crate::agent::reconcile::Reconciler;
+use crate::link::StepLink;
+use crate::reconcile::Reconciler;
 
 /// The production reconciler, steps in dependency order.
 pub fn reconciler(node_name: &str, link: StepLink) -> Result<Reconciler, k3s::K3sStepError> {

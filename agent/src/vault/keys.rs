@@ -5,7 +5,7 @@
 //! so the coordinator's last-seen times mean "still in the cluster". The coordinator
 //! keeps each distinct key once, so resending costs a few kilobytes and no writes.
 //!
-//! [`StepLink`]: crate::agent::link::StepLink
+//! [`StepLink`]: crate::link::StepLink
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

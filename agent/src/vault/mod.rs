@@ -16,21 +16,16 @@ pub mod keys;
 use std::time::Duration;
 
 use elysium_host::{FsError, RootFs};
+pub use elysium_kube::K3S_KUBECONFIG;
+use elysium_kube::{ClientError, ClientOptions};
 use k8s_openapi::api::core::v1::Secret;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use tokio_stream::StreamExt as _;
 
-use crate::agent::link::StepLink;
-use crate::agent::state;
+use crate::link::StepLink;
+use crate::state::{HeldSpec, NodeRole};
 pub use keys::KeySet;
-
-/// Where K3s writes its admin kubeconfig on a server (the default of `k3s server
-/// --write-kubeconfig`, docs.k3s.io/cli/server; reference §1.6). A node path.
-pub const K3S_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
-/// K3s roles (`K3sAssignment.role`) that run an API server.
-const SERVER_ROLES: [&str; 2] = ["server-init", "server"];
 
 /// Where and how often.
 #[derive(Debug, Clone)]
@@ -53,18 +48,8 @@ impl Default for KeyWatchOptions {
 pub enum KeyWatchError {
     #[error(transparent)]
     Read(#[from] FsError),
-    #[error("{path} is not a usable kubeconfig")]
-    Kubeconfig {
-        path: String,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    #[error("could not build a Kubernetes client from {path}")]
-    Client {
-        path: String,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("the watch of sealed-secrets key Secrets failed")]
     Watch(#[source] watcher::Error),
     #[error("the watch of sealed-secrets key Secrets ended")]
@@ -82,12 +67,10 @@ enum Eligibility {
     Never,
 }
 
-fn eligibility(held: Option<&state::HeldSpec>) -> Eligibility {
+fn eligibility(held: Option<&HeldSpec>) -> Eligibility {
     match held {
-        Some(h) if h.role == "agent" => Eligibility::Never,
-        Some(h) if h.k3s.as_ref().is_some_and(|k| SERVER_ROLES.contains(&k.role.as_str())) => {
-            Eligibility::Server
-        }
+        Some(h) if h.role == NodeRole::Agent => Eligibility::Never,
+        Some(h) if h.k3s.as_ref().is_some_and(|k| k.role.is_server()) => Eligibility::Server,
         _ => Eligibility::NotYet,
     }
 }
@@ -98,17 +81,27 @@ pub fn spawn(fs: RootFs, link: StepLink, options: KeyWatchOptions) -> tokio::tas
     tokio::spawn(run(fs, link, options))
 }
 
-/// Watches for as long as it is useful: returns only on a worker node.
+/// Watches for as long as it is useful: returns only on a worker node. Follows
+/// the held spec through the link (no polling of `spec.json`); only K3s's
+/// kubeconfig, which appears when K3s first starts, is looked for on a timer.
 pub async fn run(fs: RootFs, link: StepLink, options: KeyWatchOptions) {
+    let mut spec = link.subscribe_spec();
     // Log a failure once, at warn; its repeats at debug until the watch works again.
     let mut failing = false;
     loop {
-        match eligibility(state::load_spec(&fs).as_ref()) {
+        let now = eligibility(spec.borrow_and_update().as_ref().map(|h| &h.spec));
+        match now {
             Eligibility::Never => {
                 tracing::debug!("not a server node: no sealing keys to back up");
                 return;
             }
-            Eligibility::NotYet => {}
+            // Nothing to do until the spec changes.
+            Eligibility::NotYet => {
+                if spec.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
             Eligibility::Server => match connect(&fs, &options.kubeconfig).await {
                 Ok(None) => {
                     tracing::debug!(path = %options.kubeconfig, "no kubeconfig yet (K3s not up?); looking again later");
@@ -120,7 +113,10 @@ pub async fn run(fs: RootFs, link: StepLink, options: KeyWatchOptions) {
                 Err(e) => report_failure(&e, &mut failing),
             },
         }
-        tokio::time::sleep(options.retry).await;
+        tokio::select! {
+            () = tokio::time::sleep(options.retry) => {}
+            changed = spec.changed() => if changed.is_err() { return },
+        }
     }
 }
 
@@ -137,18 +133,14 @@ fn report_failure(e: &KeyWatchError, failing: &mut bool) {
 /// A client from the kubeconfig at `path`; `None` when there is no such file.
 async fn connect(fs: &RootFs, path: &str) -> Result<Option<Client>, KeyWatchError> {
     let Some(bytes) = fs.read_optional(path)? else { return Ok(None) };
-    let text = String::from_utf8_lossy(&bytes);
-    let kubeconfig = Kubeconfig::from_yaml(&text)
-        .map_err(|source| KeyWatchError::Kubeconfig { path: path.to_owned(), source })?;
-    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(|source| KeyWatchError::Kubeconfig { path: path.to_owned(), source })?;
-    // The watcher's caller retries on its own clock; kube's built-in retries of
-    // 429/503 would only hide an API server that is down for minutes.
-    config.default_retry = false;
-    Client::try_from(config)
-        .map(Some)
-        .map_err(|source| KeyWatchError::Client { path: path.to_owned(), source })
+    // The watcher's caller retries on its own clock.
+    let connection = elysium_kube::client_from_kubeconfig(
+        &String::from_utf8_lossy(&bytes),
+        path,
+        ClientOptions::default(),
+    )
+    .await?;
+    Ok(Some(connection.client))
 }
 
 /// Publishes the cluster's key Secrets into the link until the watch fails.
@@ -219,16 +211,20 @@ fn usable(secret: &Secret) -> Option<elysium_proto::v1::SealingKeyReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::state::{HeldSpec, K3sAssignment};
+    use crate::state::{HeldSpec, K3sAssignedRole, K3sAssignment};
 
     fn held(role: &str, k3s_role: Option<&str>) -> HeldSpec {
+        fn parse<T: serde::de::DeserializeOwned>(s: &str) -> T {
+            serde_json::from_value(serde_json::Value::String(s.into())).unwrap()
+        }
+        let role: NodeRole = parse(role);
         HeldSpec {
             generation: 1,
             cluster_spec_toml: String::new(),
-            role: role.into(),
+            role,
             labels: Default::default(),
             k3s: k3s_role.map(|r| K3sAssignment {
-                role: r.into(),
+                role: parse::<K3sAssignedRole>(r),
                 server_url: String::new(),
                 token: String::new(),
                 version: String::new(),

@@ -87,7 +87,20 @@ pub fn load_state(fs: &RootFs) -> K3sState {
     read(fs, STATE_FILE).unwrap_or_default()
 }
 
-pub fn save_state(fs: &RootFs, state: &K3sState) -> Result<(), FsError> {
+/// A state file could not be written; the one on disk is left as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error(transparent)]
+    Write(#[from] FsError),
+    #[error("could not serialise {path}")]
+    Serialise {
+        path: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub fn save_state(fs: &RootFs, state: &K3sState) -> Result<(), JournalError> {
     write(fs, STATE_FILE, state)
 }
 
@@ -95,7 +108,7 @@ pub fn load_journal(fs: &RootFs) -> Option<Journal> {
     read(fs, JOURNAL_FILE)
 }
 
-pub fn save_journal(fs: &RootFs, journal: &Journal) -> Result<(), FsError> {
+pub fn save_journal(fs: &RootFs, journal: &Journal) -> Result<(), JournalError> {
     write(fs, JOURNAL_FILE, journal)
 }
 
@@ -116,8 +129,11 @@ fn read<T: for<'de> Deserialize<'de>>(fs: &RootFs, path: &str) -> Option<T> {
     }
 }
 
-fn write<T: Serialize>(fs: &RootFs, path: &str, value: &T) -> Result<(), FsError> {
-    fs.write_atomic(path, &serde_json::to_vec_pretty(value).unwrap_or_default(), 0o600)
+fn write<T: Serialize>(fs: &RootFs, path: &'static str, value: &T) -> Result<(), JournalError> {
+    // Serialise first: a failure must keep the file that is there, never write an empty one.
+    let bytes =
+        serde_json::to_vec_pretty(value).map_err(|source| JournalError::Serialise { path, source })?;
+    Ok(fs.write_atomic(path, &bytes, 0o600)?)
 }
 
 #[cfg(test)]

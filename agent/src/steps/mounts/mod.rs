@@ -25,8 +25,8 @@ use elysium_host::Host;
 use elysium_host::systemd::{SystemdError, UNIT_DIR};
 use elysium_spec::MountSpec;
 
-use crate::agent::reconcile::{Desired, Step, StepError, SubCondition};
 use crate::error_chain;
+use crate::reconcile::{Desired, Step, StepError, SubCondition};
 use failure::{Evidence, Reason};
 use plan::{Check, DesiredMount, DesiredMounts, MountAction, ObservedMounts, ObservedUnit, SecretText};
 use version::{RcloneVersion, Requirement};
@@ -154,7 +154,7 @@ pub async fn rclone_version(host: &Host, binary: &str) -> Result<RcloneVersion, 
 fn secret_values(desired: &Desired, mount: &MountSpec) -> Result<BTreeMap<String, String>, StepError> {
     let mut out = BTreeMap::new();
     for (option, secret) in &mount.remote.secret_options {
-        out.insert(option.clone(), desired.secret(STEP, secret)?.to_owned());
+        out.insert(option.clone(), desired.secret(secret).map_err(err)?.to_owned());
     }
     Ok(out)
 }
@@ -344,6 +344,7 @@ impl MountsStep {
 impl Step for MountsStep {
     type Observed = Observation;
     type Action = Action;
+    type Error = StepError;
 
     fn name(&self) -> &'static str {
         STEP

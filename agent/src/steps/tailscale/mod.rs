@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use elysium_host::Host;
 use elysium_spec::K3sOverTailscale;
 
-use crate::agent::reconcile::{Desired, Step, StepError};
-use localapi::{LocalApi, Prefs, Status};
+use crate::reconcile::{Desired, MissingSecret, Step};
+use localapi::{LocalApi, LocalApiError, Prefs, Status};
 use plan::{AuthKey, DesiredTailscale, TailscaleAction};
 
 pub const STEP: &str = "Tailscale";
@@ -99,24 +99,48 @@ impl std::fmt::Display for Action {
     }
 }
 
-fn err(message: impl std::fmt::Display) -> StepError {
-    StepError { step: STEP, message: message.to_string() }
+/// Why the node is not (yet) on the tailnet as the spec says. Never holds the
+/// auth key, only the name of the secret that holds it.
+#[derive(Debug, thiserror::Error)]
+pub enum TailscaleError {
+    #[error(transparent)]
+    Secret(#[from] MissingSecret),
+    #[error(transparent)]
+    LocalApi(#[from] LocalApiError),
+    /// The plan refuses the spec on this node (userspace networking under K3s, …).
+    #[error("{0}")]
+    Refused(String),
+    #[error(
+        "logged in, but the node waits for device approval: approve it in the tailnet's admin console (or use a pre-approved auth key)"
+    )]
+    AwaitingApproval,
+    #[error(
+        "the control server refused the auth key from secret {secret:?} (expired, revoked, or single-use and already used); create a new key and run `elysium-node secret set {secret} --from-file FILE`"
+    )]
+    KeyRefused { secret: String },
+    #[error(
+        "tailscaled did not reach Running within {}s (state {state}{}); check `journalctl -u tailscaled`",
+        timeout.as_secs(),
+        if health.is_empty() { String::new() } else { format!("; health: {health}") }
+    )]
+    NotRunning { timeout: Duration, state: String, health: String },
 }
 
 impl Step for TailscaleStep {
     type Observed = Observation;
     type Action = Action;
+    type Error = TailscaleError;
 
     fn name(&self) -> &'static str {
         STEP
     }
 
-    async fn observe(&self, host: &Host, desired: &Desired) -> Result<Observation, StepError> {
+    async fn observe(&self, host: &Host, desired: &Desired) -> Result<Observation, TailscaleError> {
         self.tailnet.set(None);
         let Some(section) = &desired.spec.tailscale else { return Ok(Observation::Unmanaged) };
         let auth_key = AuthKey {
             secret_name: section.auth_key_secret.clone(),
-            value: desired.secret(STEP, &section.auth_key_secret)?.to_owned(),
+            value: desired.secret(&section.auth_key_secret)?.to_owned(),
         };
         let want = DesiredTailscale {
             hostname: section.render_hostname(&self.node_name, &desired.spec.cluster.name),
@@ -131,8 +155,8 @@ impl Step for TailscaleStep {
         // Through the root, so a test's stand-in socket lives in its temp root.
         let socket = host.fs.resolve(&section.socket);
         let api = LocalApi::new(&socket);
-        let status = api.status().await.map_err(err)?;
-        let prefs = api.prefs().await.map_err(err)?;
+        let status = api.status().await?;
+        let prefs = api.prefs().await?;
         if status.backend_state == "Running" {
             self.tailnet.record(&status);
         }
@@ -154,17 +178,17 @@ impl Step for TailscaleStep {
         }
     }
 
-    async fn apply(&self, _host: &Host, action: &Action) -> Result<(), StepError> {
+    async fn apply(&self, _host: &Host, action: &Action) -> Result<(), TailscaleError> {
         let api = LocalApi::new(&action.socket);
         match &action.action {
-            TailscaleAction::Refuse(why) => Err(err(why)),
+            TailscaleAction::Refuse(why) => Err(TailscaleError::Refused(why.clone())),
             TailscaleAction::Set(patch) => {
                 tracing::info!(settings = %patch, "changing Tailscale settings");
-                api.edit_prefs(patch).await.map(drop).map_err(err)
+                Ok(api.edit_prefs(patch).await.map(drop)?)
             }
             TailscaleAction::Login { auth_key, prefs } => {
                 tracing::info!(secret = %auth_key.secret_name, hostname = %prefs.hostname, "logging in to the tailnet");
-                api.start(&auth_key.value, prefs).await.map_err(err)
+                Ok(api.start(&auth_key.value, prefs).await?)
             }
             TailscaleAction::WaitRunning { timeout, after_login } => {
                 let status = self.wait_running(&api, *timeout, after_login.as_deref()).await?;
@@ -182,35 +206,27 @@ impl TailscaleStep {
         api: &LocalApi,
         timeout: Duration,
         after_login: Option<&str>,
-    ) -> Result<Status, StepError> {
+    ) -> Result<Status, TailscaleError> {
         let started = Instant::now();
         loop {
-            let status = api.status().await.map_err(err)?;
+            let status = api.status().await?;
             match status.backend_state.as_str() {
                 "Running" if status.ipv4().is_some() || started.elapsed() >= timeout => return Ok(status),
-                "NeedsMachineAuth" => {
-                    return Err(err(
-                        "logged in, but the node waits for device approval: approve it in the tailnet's admin console (or use a pre-approved auth key)",
-                    ));
-                }
+                "NeedsMachineAuth" => return Err(TailscaleError::AwaitingApproval),
                 // The control server turned the key down and offers an interactive
                 // login instead: waiting longer will not change that.
                 "NeedsLogin" if !status.auth_url.is_empty() => {
-                    let secret = after_login.unwrap_or("the auth key secret");
-                    return Err(err(format!(
-                        "the control server refused the auth key from secret {secret:?} (expired, revoked, or single-use and already used); create a new key and run `elysium-node secret set {secret} --from-file FILE`"
-                    )));
+                    let secret = after_login.unwrap_or("the auth key secret").to_owned();
+                    return Err(TailscaleError::KeyRefused { secret });
                 }
                 _ => {}
             }
             if started.elapsed() >= timeout {
-                let health = status.health_summary();
-                return Err(err(format!(
-                    "tailscaled did not reach Running within {}s (state {}{}); check `journalctl -u tailscaled`",
-                    timeout.as_secs(),
-                    status.backend_state,
-                    if health.is_empty() { String::new() } else { format!("; health: {health}") }
-                )));
+                return Err(TailscaleError::NotRunning {
+                    timeout,
+                    state: status.backend_state.clone(),
+                    health: status.health_summary(),
+                });
             }
             tokio::time::sleep(self.poll).await;
         }

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = elysium_agent::cli::Cli::parse();
-    elysium_agent::cli::init_tracing(&cli);
+    let cli = elysium_node::Cli::parse();
+    elysium_node::init_tracing(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -14,7 +14,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(elysium_agent::cli::run(cli)) {
+    match runtime.block_on(elysium_node::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             // The whole chain, once, at the edge.

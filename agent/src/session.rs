@@ -9,10 +9,12 @@ use elysium_proto::{MAX_MESSAGE_BYTES, PROTOCOL, v1 as pb};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::state::{self, HeldSpec};
-use super::{AgentOptions, ReconcileStatus};
+use elysium_host::notify;
+
+use crate::inventory;
+use crate::service::{AgentOptions, ReconcileStatus};
+use crate::state::{self, Held, HeldSpec, NodeRole, StateError};
 use crate::transport::{self, Target, TransportError};
-use crate::{inventory, notify};
 
 /// Heartbeat period before any spec says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
@@ -21,12 +23,12 @@ pub(crate) struct SessionContext {
     pub host: Host,
     pub target: Target,
     pub tls: Arc<rustls::ClientConfig>,
-    pub spec_tx: watch::Sender<Option<HeldSpec>>,
-    pub spec_rx: watch::Receiver<Option<HeldSpec>>,
+    pub spec_tx: Arc<watch::Sender<Option<Arc<Held>>>>,
+    pub spec_rx: watch::Receiver<Option<Arc<Held>>>,
     pub status_rx: watch::Receiver<ReconcileStatus>,
     pub trigger: Arc<Notify>,
     pub options: AgentOptions,
-    pub link: super::link::SessionLink,
+    pub link: crate::link::SessionLink,
 }
 
 /// Why a session ended.
@@ -40,8 +42,8 @@ enum SessionEnd {
     Broken(tonic::Status),
     #[error("the coordinator closed the session")]
     Closed,
-    #[error("could not persist the received spec: {0}")]
-    Persist(#[from] elysium_host::FsError),
+    #[error("could not persist the received spec")]
+    Persist(#[from] StateError),
 }
 
 /// Delay before reconnect attempt `attempt` (0-based): exponential, capped, with
@@ -78,8 +80,8 @@ pub(crate) async fn run(mut ctx: SessionContext) {
     }
 }
 
-fn heartbeat_period(held: Option<&HeldSpec>) -> Duration {
-    held.and_then(|h| elysium_spec::ClusterSpec::parse(&h.cluster_spec_toml).ok())
+fn heartbeat_period(held: Option<&Held>) -> Duration {
+    held.and_then(Held::cluster)
         .map(|s| Duration::from_secs(s.agent.heartbeat_seconds.into()))
         .unwrap_or(DEFAULT_HEARTBEAT)
 }
@@ -99,7 +101,7 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
 
     let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(32);
     let status = ctx.status_rx.borrow_and_update().clone();
-    let held_generation = ctx.spec_rx.borrow().as_ref().map(|h| h.generation).unwrap_or(0);
+    let held_generation = ctx.spec_rx.borrow().as_ref().map(|h| h.spec.generation).unwrap_or(0);
     // Only its hash goes in the Hello; the coordinator asks for the document
     // when the one it holds differs.
     let hardware = crate::hardware::document(&ctx.host.fs);
@@ -129,7 +131,7 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
     notify::ready(&format!("connected to {}", ctx.target.url));
 
     let mut seq = 0u64;
-    let mut period = heartbeat_period(ctx.spec_rx.borrow().as_ref());
+    let mut period = heartbeat_period(ctx.spec_rx.borrow().as_deref());
     let mut heartbeat = tokio::time::interval(period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent_at: Option<(u64, Instant)> = None;
@@ -143,12 +145,15 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
                     Some(pb::coordinator_message::Msg::Spec(spec)) => {
                         let incoming = HeldSpec::from_pb(&spec);
                         let current = ctx.spec_rx.borrow().clone();
-                        if current.as_ref() != Some(&incoming) {
-                            if let Some(cur) = &current && incoming.generation < cur.generation {
-                                tracing::warn!(held = cur.generation, received = incoming.generation, "coordinator sent an older spec generation; taking it (was the coordinator's state restored?)");
+                        if current.as_ref().map(|h| &h.spec) != Some(&incoming) {
+                            if let Some(cur) = &current && incoming.generation < cur.spec.generation {
+                                tracing::warn!(held = cur.spec.generation, received = incoming.generation, "coordinator sent an older spec generation; taking it (was the coordinator's state restored?)");
                             }
-                            state::save_spec(&ctx.host.fs, &spec)?;
+                            state::save_held(&ctx.host.fs, &incoming)?;
                             tracing::info!(generation = spec.generation, "new spec received");
+                            // The one parse of this spec; the reconciler and the
+                            // sealing-key watch get it through the channel.
+                            let incoming = Held::new(incoming);
                             let new_period = heartbeat_period(Some(&incoming));
                             ctx.spec_tx.send_replace(Some(incoming));
                             if new_period != period {
@@ -179,7 +184,7 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
                         Some(kind) => {
                             if let Some(command) = crate::fleet::FleetCommand::from_pb(kind) {
                                 let is_server =
-                                    ctx.spec_rx.borrow().as_ref().is_some_and(|h| h.role == "server");
+                                    ctx.spec_rx.borrow().as_ref().is_some_and(|h| h.spec.role == NodeRole::Server);
                                 let (fs, link) = (ctx.host.fs.clone(), ctx.link.step_link());
                                 crate::fleet::spawn(fs, is_server, link, cmd.id, command);
                             }
@@ -246,9 +251,10 @@ fn heartbeat_message(seq: u64, status: &ReconcileStatus) -> pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat {
             seq,
             applied_generation: status.applied_generation,
-            reconcile_state: status.state.clone(),
+            reconcile_state: status.state.as_str().to_owned(),
             reconcile_error: status.error.clone(),
             conditions: status.conditions.clone(),
+            state: status.state.to_pb().into(),
         })),
     }
 }

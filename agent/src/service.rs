@@ -7,11 +7,6 @@
 //! reachable. Nothing polls: both wait on channels and timers, so an idle agent
 //! uses no CPU.
 
-pub mod link;
-pub mod reconcile;
-pub mod session;
-pub mod state;
-
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,19 +15,53 @@ use elysium_host::Host;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{AgentConfig, ConfigError};
-use crate::notify;
-use reconcile::{Desired, Reconciler};
-use state::HeldSpec;
+use elysium_host::notify;
+
+use crate::reconcile::Reconciler;
+use crate::state::{self, Held};
+use crate::{link, session};
 
 /// Reconcile period before any spec says otherwise.
 const DEFAULT_RECONCILE_PERIOD: Duration = Duration::from_secs(300);
+
+/// Where the reconciler stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReconcileState {
+    /// No spec held yet.
+    #[default]
+    Waiting,
+    Reconciling,
+    Converged,
+    Failed,
+}
+
+impl ReconcileState {
+    pub fn to_pb(self) -> elysium_proto::v1::ReconcileState {
+        use elysium_proto::v1::ReconcileState as P;
+        match self {
+            Self::Waiting => P::Waiting,
+            Self::Reconciling => P::Reconciling,
+            Self::Converged => P::Converged,
+            Self::Failed => P::Failed,
+        }
+    }
+
+    /// The name older coordinators read (`Heartbeat.reconcile_state`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Reconciling => "reconciling",
+            Self::Converged => "converged",
+            Self::Failed => "failed",
+        }
+    }
+}
 
 /// What the reconciler last reported.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReconcileStatus {
     pub applied_generation: u64,
-    /// `waiting` (no spec yet), `reconciling`, `converged`, `failed`.
-    pub state: String,
+    pub state: ReconcileState,
     pub error: String,
     /// One per step, from the last pass.
     pub conditions: Vec<elysium_proto::v1::Condition>,
@@ -72,23 +101,27 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let tls = config.tls(&host.fs)?;
     let target = config.target()?;
-    let held = state::load_spec(&host.fs);
+    // Parsed once here, and once per spec the session receives; everything else
+    // subscribes to the link's channel.
+    let held = state::load_spec(&host.fs).map(Held::new);
     let applied = state::load_applied(&host.fs);
     tracing::info!(
         node = %config.node_name,
         coordinator = %config.coordinator,
-        held_generation = held.as_ref().map(|h| h.generation),
+        held_generation = held.as_ref().map(|h| h.spec.generation),
         applied_generation = applied,
         "agent starting"
     );
     if let Some(h) = &held {
-        notify::ready(&format!("working from persisted spec generation {}", h.generation));
+        notify::ready(&format!("working from persisted spec generation {}", h.spec.generation));
     }
 
-    let (spec_tx, spec_rx) = watch::channel(held);
+    let spec_tx = link.spec_sender();
+    spec_tx.send_replace(held);
+    let spec_rx = spec_tx.subscribe();
     let (status_tx, status_rx) = watch::channel(ReconcileStatus {
         applied_generation: applied,
-        state: "waiting".into(),
+        state: ReconcileState::Waiting,
         error: String::new(),
         conditions: Vec::new(),
     });
@@ -124,9 +157,9 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-fn period_of(held: Option<&HeldSpec>) -> Duration {
-    held.and_then(|h| Desired::from_held(h).ok())
-        .map(|d| Duration::from_secs(d.spec.agent.reconcile_seconds.into()))
+fn period_of(held: Option<&Held>) -> Duration {
+    held.and_then(Held::cluster)
+        .map(|spec| Duration::from_secs(spec.agent.reconcile_seconds.into()))
         .unwrap_or(DEFAULT_RECONCILE_PERIOD)
 }
 
@@ -134,7 +167,7 @@ fn period_of(held: Option<&HeldSpec>) -> Duration {
 async fn reconcile_loop(
     host: Host,
     reconciler: Arc<Reconciler>,
-    mut spec_rx: watch::Receiver<Option<HeldSpec>>,
+    mut spec_rx: watch::Receiver<Option<Arc<Held>>>,
     status_tx: watch::Sender<ReconcileStatus>,
     trigger: Arc<Notify>,
 ) {
@@ -142,23 +175,23 @@ async fn reconcile_loop(
         let held = spec_rx.borrow_and_update().clone();
         if let Some(held) = &held {
             let applied = status_tx.borrow().applied_generation;
-            status_tx.send_modify(|s| s.state = "reconciling".into());
-            let status = match Desired::from_held(held) {
+            status_tx.send_modify(|s| s.state = ReconcileState::Reconciling);
+            let status = match &held.desired {
                 Err(e) => {
-                    let detail = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+                    let detail = std::error::Error::source(e).map(|s| format!(": {s}")).unwrap_or_default();
                     ReconcileStatus {
                         applied_generation: applied,
                         conditions: status_tx.borrow().conditions.clone(),
-                        state: "failed".into(),
+                        state: ReconcileState::Failed,
                         error: format!(
                             "spec generation {} cannot be used by agent {}: {e}{detail}",
-                            held.generation,
+                            held.spec.generation,
                             env!("CARGO_PKG_VERSION")
                         ),
                     }
                 }
                 Ok(desired) => {
-                    let report = reconciler.reconcile(&host, &desired, false).await;
+                    let report = reconciler.reconcile(&host, desired, false).await;
                     let conditions = report.conditions(&status_tx.borrow().conditions, unix_now());
                     match report.first_error() {
                         None => {
@@ -167,28 +200,28 @@ async fn reconcile_loop(
                             }
                             ReconcileStatus {
                                 applied_generation: desired.generation,
-                                state: "converged".into(),
+                                state: ReconcileState::Converged,
                                 error: String::new(),
                                 conditions,
                             }
                         }
                         Some(error) => ReconcileStatus {
                             applied_generation: applied,
-                            state: "failed".into(),
+                            state: ReconcileState::Failed,
                             error,
                             conditions,
                         },
                     }
                 }
             };
-            if status.state == "failed" {
-                tracing::warn!(generation = held.generation, error = %status.error, "reconcile failed");
+            if status.state == ReconcileState::Failed {
+                tracing::warn!(generation = held.spec.generation, error = %status.error, "reconcile failed");
             } else {
-                tracing::info!(generation = held.generation, "reconciled");
+                tracing::info!(generation = held.spec.generation, "reconciled");
             }
             status_tx.send_replace(status);
         }
-        let period = period_of(held.as_ref());
+        let period = period_of(held.as_deref());
         tokio::select! {
             changed = spec_rx.changed() => if changed.is_err() { return },
             () = trigger.notified() => {}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Regenerates agent/link/agent.order: the functions `elysium-node agent` runs
+# Regenerates cli/link/agent.order: the functions `elysium-node agent` runs
 # from start-up through an idle session, which the release link places first
-# and together (agent/build.rs). Why: the kernel maps an executable's cached
+# and together (cli/build.rs). Why: the kernel maps an executable's cached
 # pages 64 KiB around every page fault, so code run at start-up but spread
 # over the 10 MiB text segment kept most of the binary resident
 # (docs/BENCHMARKS.md, "Agent memory: link order").
@@ -17,7 +17,7 @@ trap 'rm -rf "$work"' EXIT
 
 # The same build with its symbols, which name the functions in the profile.
 # Only the final link differs from a normal release build.
-cargo rustc --release -p elysium-agent --bin elysium-node -- -C strip=none
+cargo rustc --release -p elysium-node --bin elysium-node -- -C strip=none
 cp target/release/elysium-node "$work/elysium-node"
 
 # The foundation benchmark's idle run (join, start, session, heartbeats) with
@@ -30,7 +30,7 @@ chmod +x "$work/agent-under-callgrind"
 BENCH_ONLY=rss BENCH_RSS_REPS=1 BENCH_IDLE_SECS=15 ELYSIUM_NODE_BIN="$work/agent-under-callgrind" \
     cargo bench -p elysium-tests --bench foundation >/dev/null
 
-agent/link/callgrind_order.py "$work/elysium-node" "$work"/callgrind.* > agent/link/agent.order
+cli/link/callgrind_order.py "$work/elysium-node" "$work"/callgrind.* > cli/link/agent.order
 # target/release/elysium-node is the unstripped build now: relink it.
-touch agent/build.rs
-cargo build --release -p elysium-agent
+touch cli/build.rs
+cargo build --release -p elysium-node

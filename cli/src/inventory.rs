@@ -9,8 +9,8 @@ use anyhow::Context;
 use elysium_host::RootFs;
 
 use super::{InventoryArgs, Output};
-use crate::hardware::gpu::{DebugfsAccess, GucHuc, ModuleState};
-use crate::hardware::{self, Gpu, Inventory, Verdict};
+use elysium_agent::hardware::gpu::{DebugfsAccess, GucHuc, ModuleState};
+use elysium_agent::hardware::{self, Gpu, Inventory, Verdict};
 
 pub fn run(root: &Path, args: InventoryArgs) -> anyhow::Result<ExitCode> {
     let inventory = hardware::collect(&RootFs::new(root))
@@ -264,9 +264,9 @@ fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, Command};
-    use crate::hardware::fixtures;
+    use crate::{Cli, Command};
     use clap::Parser;
+    use elysium_agent::hardware::fixtures;
 
     #[test]
     fn parses_output_and_root() {

@@ -9,7 +9,7 @@ use elysium_installer::k3s_service::K3sRole;
 use serde::Serialize;
 
 use super::{Output, ResetArgs};
-use crate::steps::k3s::{health, journal, reset};
+use elysium_agent::steps::k3s::{health, journal, reset};
 
 fn host(root: &Path) -> Host {
     let mut host = Host::real();
@@ -128,7 +128,7 @@ pub async fn reset(root: &Path, args: ResetArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    if host.systemd.status(crate::paths::UNIT_NAME).await.is_ok_and(|s| s.is_active()) {
+    if host.systemd.status(elysium_agent::paths::UNIT_NAME).await.is_ok_and(|s| s.is_active()) {
         eprintln!(
             "warning: elysium-node.service is running and will install K3s again if the cluster spec asks for it; \
              remove the node (`elysium-node nodes remove NAME`) or stop the agent first"

@@ -2,12 +2,17 @@
 //! long operations (best effort: dropped when the queue is full), operation
 //! results (queued until a session sends them, one per operation, never dropped
 //! for progress) and facts the coordinator keeps (level-triggered: the latest
-//! value is sent on every new session, so a reconnect never loses it).
+//! value is sent on every new session, so a reconnect never loses it); and, the
+//! other way, the spec the node holds, parsed once, for whoever needs it (the
+//! sealing-key watch subscribes instead of reading `spec.json`).
 
 use std::sync::Arc;
 
 use elysium_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
+
+use crate::state::Held;
+use crate::vault::keys::KeySet;
 
 /// Progress messages queued before old ones are dropped.
 const PROGRESS_QUEUE: usize = 64;
@@ -19,7 +24,9 @@ pub struct StepLink {
     results: mpsc::UnboundedSender<pb::AgentMessage>,
     k3s: Arc<watch::Sender<Option<pb::K3sReport>>>,
     /// The sealed-secrets keys a server sees (`crate::vault`), level-triggered.
-    keys: Arc<watch::Sender<crate::vault::KeySet>>,
+    keys: Arc<watch::Sender<KeySet>>,
+    /// The held spec; the agent service sends, anyone subscribes.
+    spec: Arc<watch::Sender<Option<Arc<Held>>>>,
 }
 
 /// The session's end.
@@ -28,7 +35,7 @@ pub struct SessionLink {
     pub(crate) progress: mpsc::Receiver<pb::AgentMessage>,
     pub(crate) results: mpsc::UnboundedReceiver<pb::AgentMessage>,
     pub(crate) k3s: watch::Receiver<Option<pb::K3sReport>>,
-    pub(crate) keys: watch::Receiver<crate::vault::KeySet>,
+    pub(crate) keys: watch::Receiver<KeySet>,
     /// For work the session starts itself (cluster commands), and to put back a
     /// result a closing session could not send.
     steps: StepLink,
@@ -39,13 +46,25 @@ pub fn link() -> (StepLink, SessionLink) {
     let (rtx, rrx) = mpsc::unbounded_channel();
     let (ktx, krx) = watch::channel(None);
     let (vtx, vrx) = watch::channel(Default::default());
-    let steps = StepLink { progress: ptx, results: rtx, k3s: Arc::new(ktx), keys: Arc::new(vtx) };
+    let (spec, _) = watch::channel(None);
+    let steps = StepLink {
+        progress: ptx,
+        results: rtx,
+        k3s: Arc::new(ktx),
+        keys: Arc::new(vtx),
+        spec: Arc::new(spec),
+    };
     (steps.clone(), SessionLink { progress: prx, results: rrx, k3s: krx, keys: vrx, steps })
 }
 
 impl SessionLink {
     pub(crate) fn step_link(&self) -> StepLink {
         self.steps.clone()
+    }
+
+    /// Where the agent service publishes the held spec.
+    pub(crate) fn spec_sender(&self) -> Arc<watch::Sender<Option<Arc<Held>>>> {
+        self.steps.spec.clone()
     }
 
     /// Queues a result again; the next session sends it.
@@ -95,7 +114,12 @@ impl StepLink {
 
     /// Changes the set of sealing keys with `f`, which says whether it changed
     /// anything; sessions send what changed. Returns `f`'s answer.
-    pub fn publish_sealing_keys(&self, f: impl FnOnce(&mut crate::vault::KeySet) -> bool) -> bool {
+    pub fn publish_sealing_keys(&self, f: impl FnOnce(&mut KeySet) -> bool) -> bool {
         self.keys.send_if_modified(f)
+    }
+
+    /// The held spec, now and whenever it changes (`None` until there is one).
+    pub fn subscribe_spec(&self) -> watch::Receiver<Option<Arc<Held>>> {
+        self.spec.subscribe()
     }
 }

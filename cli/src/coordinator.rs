@@ -13,7 +13,7 @@ use elysium_coordinator::store::RedbStore;
 use elysium_coordinator::tokens::Role;
 
 use super::{CoordinatorCommand, InitArgs};
-use crate::notify;
+use elysium_host::notify;
 
 pub async fn run(cmd: CoordinatorCommand) -> anyhow::Result<ExitCode> {
     match cmd {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use elysium_host::RootFs;
 
-use crate::steps::mounts::mountinfo::{self, WaitError};
+use elysium_agent::steps::mounts::mountinfo::{self, WaitError};
 
 pub const WAIT_MOUNT_HELP: &str = "\
 Polls /proc/self/mountinfo (of the calling process: in a container, mount the host

@@ -3,8 +3,9 @@
 //!
 //! `observe` reads the node through the host seam, `plan` is a pure function from
 //! (desired, observed) to actions (printable, testable without a machine), and
-//! `apply` carries out one action idempotently. The list of steps is empty for
-//! now; K3s, Tailscale, mounts and GPU labels plug in here.
+//! `apply` carries out one action idempotently. Each step has its own error type,
+//! which keeps its sources; the reconciler renders it once, with its whole chain,
+//! into the step's report. The steps themselves are in `crate::steps`.
 
 use std::fmt;
 use std::future::Future;
@@ -14,17 +15,18 @@ use elysium_host::Host;
 use elysium_proto::v1 as pb;
 use elysium_spec::ClusterSpec;
 
-use super::state::HeldSpec;
+use crate::error_chain;
+use crate::state::{HeldSpec, NodeRole};
 
 /// What the node should look like.
 #[derive(Debug, Clone)]
 pub struct Desired {
     pub generation: u64,
     pub spec: ClusterSpec,
-    pub role: String,
+    pub role: NodeRole,
     pub labels: std::collections::BTreeMap<String, String>,
-    pub k3s: Option<super::state::K3sAssignment>,
-    pub secrets: super::state::Secrets,
+    pub k3s: Option<crate::state::K3sAssignment>,
+    pub secrets: crate::state::Secrets,
 }
 
 impl Desired {
@@ -34,7 +36,7 @@ impl Desired {
         Ok(Self {
             generation: held.generation,
             spec: ClusterSpec::parse(&held.cluster_spec_toml)?,
-            role: held.role.clone(),
+            role: held.role,
             labels: held.labels.clone(),
             k3s: held.k3s.clone(),
             secrets: held.secrets.clone(),
@@ -43,19 +45,21 @@ impl Desired {
 
     /// A secret the spec refers to. Missing means the coordinator has not sent it
     /// (it refuses specs naming unset secrets, so this is a transient state).
-    pub fn secret(&self, step: &'static str, name: &str) -> Result<&str, StepError> {
-        self.secrets.get(name).ok_or_else(|| StepError {
-            step,
-            message: format!(
-                "secret {name:?} has not reached this node; check `elysium-node secret list` on the coordinator"
-            ),
-        })
+    pub fn secret(&self, name: &str) -> Result<&str, MissingSecret> {
+        self.secrets.get(name).ok_or_else(|| MissingSecret { name: name.to_owned() })
     }
 }
 
-/// A step failed; `message` is shown to the operator.
+/// A secret the spec names has not reached this node (yet).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("secret {name:?} has not reached this node; check `elysium-node secret list` on the coordinator")]
+pub struct MissingSecret {
+    pub name: String,
+}
+
+/// A plain error with a message, for steps with nothing more to say (and tests).
 #[derive(Debug, thiserror::Error)]
-#[error("{step}: {message}")]
+#[error("{message}")]
 pub struct StepError {
     pub step: &'static str,
     pub message: String,
@@ -65,6 +69,9 @@ pub struct StepError {
 pub trait Step: Send + Sync {
     type Observed: Send + Sync;
     type Action: fmt::Display + Send + Sync;
+    /// What went wrong, with its sources; shown to the operator as one line
+    /// (the error and its chain).
+    type Error: std::error::Error + Send + Sync + 'static;
 
     fn name(&self) -> &'static str;
     /// Steps that must have succeeded in this pass before this one runs (K3s
@@ -79,11 +86,14 @@ pub trait Step: Send + Sync {
         &self,
         host: &Host,
         desired: &Desired,
-    ) -> impl Future<Output = Result<Self::Observed, StepError>> + Send;
+    ) -> impl Future<Output = Result<Self::Observed, Self::Error>> + Send;
     /// Pure: no I/O.
     fn plan(&self, desired: &Desired, observed: &Self::Observed) -> Vec<Self::Action>;
-    fn apply(&self, host: &Host, action: &Self::Action)
-    -> impl Future<Output = Result<(), StepError>> + Send;
+    fn apply(
+        &self,
+        host: &Host,
+        action: &Self::Action,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// Conditions of the objects this step manages, read after the pass (also
     /// when it failed). Default: none beyond the step's own.
     fn conditions(&self, _host: &Host, _desired: &Desired) -> impl Future<Output = Vec<SubCondition>> + Send {
@@ -184,7 +194,8 @@ impl<S: Step> DynStep for S {
     async fn run(&self, host: &Host, desired: &Desired, dry_run: bool) -> StepReport {
         let step = self.name();
         let (actions, error) = match self.observe(host, desired).await {
-            Err(e) => (vec![], Some(e.message)),
+            // The one place a step's error becomes text.
+            Err(e) => (vec![], Some(error_chain(&e))),
             Ok(observed) => {
                 let plan = self.plan(desired, &observed);
                 let mut actions = Vec::with_capacity(plan.len());
@@ -196,7 +207,7 @@ impl<S: Step> DynStep for S {
                     }
                     tracing::info!(step, action = %action, "applying");
                     if let Err(e) = self.apply(host, action).await {
-                        error = Some(e.message);
+                        error = Some(error_chain(&e));
                         break;
                     }
                 }
@@ -277,24 +288,20 @@ mod tests {
     impl Step for MotdStep {
         type Observed = Option<String>;
         type Action = MotdAction;
+        type Error = elysium_host::FsError;
         fn name(&self) -> &'static str {
             "motd"
         }
-        async fn observe(&self, host: &Host, _: &Desired) -> Result<Option<String>, StepError> {
-            host.fs
-                .read_optional("/etc/motd")
-                .map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned()))
-                .map_err(|e| StepError { step: "motd", message: e.to_string() })
+        async fn observe(&self, host: &Host, _: &Desired) -> Result<Option<String>, Self::Error> {
+            host.fs.read_optional("/etc/motd").map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned()))
         }
         fn plan(&self, desired: &Desired, observed: &Option<String>) -> Vec<MotdAction> {
             let want = desired.spec.cluster.name.clone();
             if observed.as_deref() == Some(want.as_str()) { vec![] } else { vec![MotdAction::Write(want)] }
         }
-        async fn apply(&self, host: &Host, action: &MotdAction) -> Result<(), StepError> {
+        async fn apply(&self, host: &Host, action: &MotdAction) -> Result<(), Self::Error> {
             let MotdAction::Write(s) = action;
-            host.fs
-                .write_atomic("/etc/motd", s.as_bytes(), 0o644)
-                .map_err(|e| StepError { step: "motd", message: e.to_string() })
+            host.fs.write_atomic("/etc/motd", s.as_bytes(), 0o644)
         }
     }
 
@@ -307,7 +314,7 @@ mod tests {
         let held = HeldSpec {
             generation: 3,
             cluster_spec_toml: format!("[cluster]\nname = \"{name}\"\n"),
-            role: "agent".into(),
+            role: NodeRole::Agent,
             labels: Default::default(),
             k3s: None,
             secrets: Default::default(),
@@ -346,7 +353,7 @@ mod tests {
         let held = HeldSpec {
             generation: 1,
             cluster_spec_toml: "[future]\n".into(),
-            role: "agent".into(),
+            role: NodeRole::Agent,
             labels: Default::default(),
             k3s: None,
             secrets: Default::default(),

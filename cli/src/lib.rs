@@ -1,6 +1,9 @@
-//! The command line: argument types and dispatch. Each subcommand's work lives in
-//! the library module that owns it; this module only parses, prints and maps
-//! outcomes to exit codes.
+//! The `elysium-node` command line: argument types and dispatch for every command
+//! (the node's `join` and `agent`, the coordinator's, administration, `recover`).
+//! Each subcommand's work lives in the library crate that owns it (`elysium-agent`,
+//! `elysium-coordinator`, `elysium-recovery`, …); this crate only parses, prints,
+//! runs the admin client and maps outcomes to exit codes. `main.rs` calls [`run`];
+//! tests call it too.
 
 mod admin;
 mod coordinator;
@@ -160,7 +163,7 @@ pub struct JoinArgs {
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Agent configuration written by `join`.
-    #[arg(long, default_value = crate::paths::AGENT_CONFIG)]
+    #[arg(long, default_value = elysium_agent::paths::AGENT_CONFIG)]
     pub config: String,
 }
 
@@ -190,7 +193,7 @@ pub struct InitArgs {
     #[arg(long = "san")]
     pub sans: Vec<String>,
     /// Port for the admin credentials' address.
-    #[arg(long, default_value_t = elysium_coordinator::datadir::DEFAULT_PORT)]
+    #[arg(long, default_value_t = elysium_identity::DEFAULT_PORT)]
     pub port: u16,
 }
 

@@ -8,9 +8,9 @@ use anyhow::Context;
 use elysium_host::Host;
 
 use super::{AgentArgs, JoinArgs};
-use crate::agent::{self, AgentOptions};
-use crate::config::AgentConfig;
-use crate::join::{self, JoinOptions, JoinOutcome, Secret};
+use elysium_agent::config::AgentConfig;
+use elysium_agent::join::{self, JoinOptions, JoinOutcome, Secret};
+use elysium_agent::service::{self as agent, AgentOptions};
 
 fn host(root: &Path) -> Host {
     let mut host = Host::real();
@@ -82,10 +82,10 @@ pub async fn join(root: &Path, args: JoinArgs) -> anyhow::Result<ExitCode> {
 pub async fn agent(root: &Path, args: AgentArgs) -> anyhow::Result<ExitCode> {
     let host = host(root);
     let config = AgentConfig::load(&host.fs, &args.config)?;
-    let (step_link, session_link) = agent::link::link();
+    let (step_link, session_link) = elysium_agent::link::link();
     // On K3s servers: back up the sealed-secrets keys to the coordinator.
-    let _keys = crate::vault::spawn(host.fs.clone(), step_link.clone(), Default::default());
-    let reconciler = crate::steps::reconciler(&config.node_name, step_link)?;
+    let _keys = elysium_agent::vault::spawn(host.fs.clone(), step_link.clone(), Default::default());
+    let reconciler = elysium_agent::steps::reconciler(&config.node_name, step_link)?;
     agent::run(host, config, reconciler, session_link, AgentOptions::default(), super::shutdown_signal())
         .await?;
     Ok(ExitCode::SUCCESS)

@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 use super::{
     AdminConn, EventsArgs, NodesArgs, NodesCommand, Output, RoleArg, SecretCommand, SpecCommand, TokenCommand,
 };
-use crate::transport::{self, Target};
+use elysium_agent::transport::{self, Target};
 
 /// Where quickstart puts its credentials, tried when nothing else is given.
 const QUICKSTART_ADMIN: &str = "elysium-data/admin.toml";
