@@ -27,7 +27,7 @@ use crate::agent::state;
 pub use keys::KeySet;
 
 /// Where K3s writes its admin kubeconfig on a server (the default of `k3s server
-/// --write-kubeconfig`, docs.k3s.io/cli/server; reference §1.6). A node path.
+/// --write-kubeconfig`, docs.k3s.io/cli/server; docs/reference/k3s.md#files). A node path.
 pub const K3S_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
 /// K3s roles (`K3sAssignment.role`) that run an API server.
 const SERVER_ROLES: [&str; 2] = ["server-init", "server"];
