@@ -16,7 +16,8 @@ use super::admin::{client, print_json, print_table, rpc};
 use super::{AdminConn, Output};
 
 /// The sealed-secrets controller's default `--key-renew-period` (30*24h,
-/// cmd/controller/main.go; reference §3): a new key every 30 days.
+/// cmd/controller/main.go; docs/reference/sealed-secrets.md#key-renewal): a new key
+/// every 30 days.
 const DEFAULT_RENEW_PERIOD: &str = "30d";
 /// How far past the renewal period the newest key may be before `status` warns: the
 /// controller renews on time, but the agents report only while a server runs.

@@ -14,7 +14,7 @@ use kube::Client;
 use kube::config::{Config, KubeConfigOptions, Kubeconfig, KubeconfigError};
 
 /// Where K3s writes the admin kubeconfig on a server (`--write-kubeconfig`'s
-/// default, docs.k3s.io/cli/server).
+/// default, docs.k3s.io/cli/server; docs/reference/k3s.md#files).
 pub const K3S_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
 
 /// Our server-side-apply field manager, on everything we write.

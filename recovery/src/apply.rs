@@ -617,11 +617,12 @@ impl Run<'_> {
     }
 
     /// Restarts the controller's Deployment if it exists, so it loads the restored keys
-    /// (it reads them once, at start-up: reference §3). The restart is kubectl's: the
-    /// `restartedAt` annotation on the pod template, so the Deployment rolls its pods with
-    /// its own strategy, whatever labels the chart or manifest gave them (deleting pods by
-    /// label would need to know which). A Deployment that exists but is not available is
-    /// restarted too: a pod that is up but not ready has still read its keys.
+    /// (it reads them once, at start-up: docs/reference/sealed-secrets.md#start-up). The
+    /// restart is kubectl's: the `restartedAt` annotation on the pod template, so the
+    /// Deployment rolls its pods with its own strategy, whatever labels the chart or
+    /// manifest gave them (deleting pods by label would need to know which). A Deployment
+    /// that exists but is not available is restarted too: a pod that is up but not ready
+    /// has still read its keys.
     #[tracing::instrument(skip_all, fields(deployment = %deployment))]
     async fn controller(
         &mut self,

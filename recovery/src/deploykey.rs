@@ -1,9 +1,9 @@
 //! Flux's deploy key: the Secret the sync GitRepository reads (`secretRef`, `flux-system`
 //! by default) with `identity` (the private key), `identity.pub` and `known_hosts`
-//! (fluxcd/flux2 pkg/manifestgen/sourcesecret; reference §2). The key is either read from
-//! `--deploy-key FILE` or generated as `flux bootstrap` does by default (ECDSA P-384), and
-//! `known_hosts` comes from `--known-hosts FILE` or, for github.com only, GitHub's
-//! published host keys. The private key is never printed, logged or written to disk by
+//! (fluxcd/flux2 pkg/manifestgen/sourcesecret; docs/reference/flux.md#deploy-key). The key
+//! is either read from `--deploy-key FILE` or generated as `flux bootstrap` does by default
+//! (ECDSA P-384), and `known_hosts` comes from `--known-hosts FILE` or, for github.com
+//! only, GitHub's published host keys. The private key is never printed, logged or written to disk by
 //! this module: `Debug` redacts it and only the public half and its fingerprint are shown.
 
 use std::fmt;

@@ -3,7 +3,8 @@
 //! are ready, one of them cannot become ready, or the time is up.
 //!
 //! Readiness is judged by pure functions over the objects as the API returns them, with
-//! `flux bootstrap`'s rules (fluxcd/flux2 `objectReconciled`, reference §2): `Ready=True`
+//! `flux bootstrap`'s rules (fluxcd/flux2 `objectReconciled`,
+//! docs/reference/flux.md#readiness): `Ready=True`
 //! **and** `status.observedGeneration == metadata.generation` **and** the expected revision
 //! (`<branch>@sha1:<commit>`) in `status.artifact.revision` (the GitRepository) or
 //! `status.lastAttemptedRevision` (a Kustomization). `Ready=False` is shown at once with its

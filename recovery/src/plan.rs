@@ -3,7 +3,8 @@
 //! deploy key; `--dry-run` prints it, [`crate::apply`] carries it out. Reading files and
 //! talking to the cluster are not this module's.
 //!
-//! The order is the one that cannot strand the cluster (issue 5; reference §2–§3):
+//! The order is the one that cannot strand the cluster (issue 5; docs/reference/flux.md#bootstrap,
+//! docs/reference/sealed-secrets.md#start-up):
 //! 1. Namespaces, then the sealing-key Secrets, **before** any sealed-secrets controller
 //!    starts: it lists the keys once, at start-up, and generates a fresh one if it finds
 //!    none.
@@ -29,8 +30,8 @@ pub const CRD_GROUP: &str = "apiextensions.k8s.io";
 
 /// Metadata the API server owns. A backup (`kubectl get -o yaml`) carries them and the
 /// server refuses or misreads them on a new cluster ("resourceVersion should not be set on
-/// objects to be created", reference §3); the last-applied annotation may hold a copy of a
-/// Secret's data.
+/// objects to be created", docs/reference/kubernetes.md#objects-from-backups); the
+/// last-applied annotation may hold a copy of a Secret's data.
 const SERVER_METADATA: &[&str] = &[
     "resourceVersion",
     "uid",

@@ -23,8 +23,9 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 const KEY_LABEL: &str = "sealedsecrets.bitnami.com/sealed-secrets-key";
-/// The Elysium repository snapshot (reference §8), as recovery's tests use it.
-const FIXTURE: &str = "../../shared/fixtures/cluster-repo/elysium-74291b2-classic-bootstrap.tar.gz";
+/// The Elysium repository snapshot (`tests/fixtures/README.md`,
+/// `docs/reference/elysium-cluster.md`), as recovery's tests use it.
+const FIXTURE: &str = "fixtures/cluster-repo/elysium-74291b2-classic-bootstrap.tar.gz";
 
 /// A sealing key like the controller's (RSA, PKCS#1 `tls.key`, self-signed `tls.crt`),
 /// 2048 bits for speed, with NotBefore `days_ago` days back.

@@ -1,4 +1,4 @@
-//! Test fixtures: the real sysfs/procfs snapshots from `shared/fixtures/hardware`, and
+//! Test fixtures: the real sysfs/procfs snapshots in `tests/fixtures/hardware`, and
 //! Intel GPU machines built as directory trees in the same layout.
 //!
 //! No machine with an Intel GPU was available, so each Intel scenario below is built from
@@ -21,9 +21,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// `name` in `shared/fixtures/hardware/` (beside the project's root).
+    /// `name` in the repository's `tests/fixtures/hardware/` (see its README).
     pub fn unpack(name: &str) -> Self {
-        let tarball = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/hardware").join(name);
+        let tarball = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hardware").join(name);
         assert!(tarball.exists(), "fixture {} is missing", tarball.display());
         let dir = tempfile::tempdir().unwrap();
         let status =

@@ -13,7 +13,7 @@ use super::sysfs::{link_basename, list_dir, read_best_effort, read_optional};
 
 /// One entry per interface (Documentation/ABI/testing/sysfs-class-net).
 const SYS_CLASS_NET: &str = "/sys/class/net";
-/// The captured snapshots in `shared/fixtures/hardware` flatten each interface into a
+/// The captured snapshots in `tests/fixtures/hardware` flatten each interface into a
 /// directory and record the outcome of the `device` check below in this file (`1`/`0`).
 /// Real sysfs has no such attribute, so on a live machine it is simply absent.
 const SNAPSHOT_PHYSICAL_MARKER: &str = "physical";

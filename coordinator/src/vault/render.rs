@@ -2,7 +2,8 @@
 //! -o yaml` prints, a `v1 List` of `kubernetes.io/tls` Secrets, which `elysium-node recover
 //! --sealed-secrets-keys` reads (`elysium_recovery::keys`). Without `resourceVersion`, `uid`,
 //! `creationTimestamp` and `managedFields`: a restore creates the Secrets anew, and the API
-//! server refuses a create that carries a resourceVersion (reference §3).
+//! server refuses a create that carries a resourceVersion
+//! (docs/reference/kubernetes.md#objects-from-backups).
 
 use std::collections::{BTreeMap, BTreeSet};
 

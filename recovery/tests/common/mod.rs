@@ -19,7 +19,8 @@ use rsa::pkcs8::{EncodePrivateKey, LineEnding};
 use rsa::rand_core::OsRng;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 
-pub const FIXTURE: &str = "../../shared/fixtures/cluster-repo/elysium-74291b2-classic-bootstrap.tar.gz";
+/// The Elysium repository snapshot, relative to this crate (`tests/fixtures/README.md`).
+pub const FIXTURE: &str = "../tests/fixtures/cluster-repo/elysium-74291b2-classic-bootstrap.tar.gz";
 pub const CLUSTER: &str = "clusters/kyrion";
 pub const CERT_FILE: &str = "etc/certs/pub-sealed-secrets.pem";
 pub const VARS_FILE: &str = "clusters/kyrion/sealed-secrets.yaml";

@@ -1,5 +1,6 @@
 //! Flags from argv, `config.yaml` (+ drop-ins) and `K3S_*` variables, merged as K3s
-//! merges them (reference §1.4; k3s-io/k3s:pkg/configfilearg/parser.go).
+//! merges them (docs/reference/k3s.md#configuration-file;
+//! k3s-io/k3s:pkg/configfilearg/parser.go).
 //!
 //! - The config file is `K3S_CONFIG_FILE` if set, else `--config`/`-c`, else
 //!   `/etc/rancher/k3s/config.yaml` (upstream checks the variable first).
@@ -11,7 +12,7 @@
 //! - Precedence: argv > config files > `K3S_*` variables > defaults. Upstream gets
 //!   this by splicing the file's values into argv before the user's flags; for a
 //!   repeatable flag given on the command line, the command line's values replace the
-//!   file's list (§1.4).
+//!   file's list (docs/reference/k3s.md#configuration-file).
 //! - Unknown flags and keys are kept but unused: K3s has far more flags than the
 //!   stand-in models, and a valid K3s flag must not make the stand-in fail.
 //!
@@ -24,13 +25,13 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::Value;
 
-/// Default config file (reference §1.4).
+/// Default config file (docs/reference/k3s.md#configuration-file).
 pub const DEFAULT_CONFIG: &str = "/etc/rancher/k3s/config.yaml";
 /// Variable naming the config file.
 pub const CONFIG_ENV: &str = "K3S_CONFIG_FILE";
 /// Default `--data-dir`.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/rancher/k3s";
-/// Default `--write-kubeconfig` (reference §1.6).
+/// Default `--write-kubeconfig` (docs/reference/k3s.md#files).
 pub const DEFAULT_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
 /// Test-only variable: a directory that prefixes every absolute path the stand-in
 /// touches, so host tests need no root privileges. Unset on test nodes.
@@ -111,7 +112,7 @@ const VALUE_FLAGS: &[&str] = &[
     "write-kubeconfig-mode",
 ];
 
-/// Flags with a `K3S_*` variable (reference §1.3, k3s `--help`).
+/// Flags with a `K3S_*` variable (docs/reference/k3s.md#environment-variables, k3s `--help`).
 const ENV_FLAGS: &[(&str, &str)] = &[
     ("K3S_TOKEN", "token"),
     ("K3S_TOKEN_FILE", "token-file"),

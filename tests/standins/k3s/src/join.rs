@@ -1,6 +1,6 @@
 //! The client side of joining: fetch the cluster CA from `<server>/cacerts` without
 //! verification, check it against the token's CA hash, then talk to the server with
-//! verification against that CA (reference §1.6; upstream
+//! verification against that CA (docs/reference/k3s.md#tokens; upstream
 //! `clientaccess.ParseAndValidateToken`). Error texts follow upstream's.
 
 use std::sync::Arc;

@@ -1,8 +1,9 @@
 //! A **stand-in for the K3s binary**, for tests only. It is not K3s and runs no
 //! Kubernetes: it implements the service contract that systemd and elysium-node rely on
-//! (reference §1.4–§1.7), faithfully where upstream's behaviour is documented, so the
-//! agent under test can install, start, health-check, upgrade and roll back "K3s" on
-//! machines where the real binary cannot be downloaded.
+//! (docs/reference/k3s.md, from #configuration-file to #health-endpoints), faithfully
+//! where upstream's behaviour is documented, so the agent under test can install, start,
+//! health-check, upgrade and roll back "K3s" on machines where the real binary cannot be
+//! downloaded.
 //!
 //! # Contract as implemented
 //!

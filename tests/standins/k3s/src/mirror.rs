@@ -1,12 +1,13 @@
 //! A local copy of the K3s GitHub release layout, and a tiny static HTTP server for it.
 //!
-//! Layout (reference §1.1, amd64): `<dir>/download/<version>/k3s` and
+//! Layout (docs/reference/k3s.md#release-layout, amd64): `<dir>/download/<version>/k3s` and
 //! `<dir>/download/<version>/sha256sum-amd64.txt` in `sha256sum` format. The hash file
 //! also lists airgap assets, first, so a parser that takes the first line (or matches
 //! `k3s` as a prefix) picks the wrong hash. Serve `<dir>` and point the downloader's
 //! base URL at `http://ADDR/` (the equivalent of `https://github.com/k3s-io/k3s/releases/`).
 //!
-//! This module does not implement the channel server (§1.2) or other architectures.
+//! This module does not implement the channel server (docs/reference/k3s.md#channels) or
+//! other architectures.
 
 use std::fs;
 use std::io;

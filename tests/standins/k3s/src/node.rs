@@ -18,9 +18,9 @@ use crate::join::JoinError;
 use crate::log;
 use crate::token::TokenError;
 
-/// Supervisor (and apiserver) port (reference §1.7).
+/// Supervisor (and apiserver) port (docs/reference/k3s.md#health-endpoints).
 pub const SUPERVISOR_PORT: u16 = 6443;
-/// kubelet healthz port, bound to 127.0.0.1 (reference §1.7).
+/// kubelet healthz port, bound to 127.0.0.1 (docs/reference/k3s.md#health-endpoints).
 pub const KUBELET_HEALTHZ_PORT: u16 = 10248;
 /// Test-only override of the supervisor port, for several stand-ins in one netns.
 pub const SUPERVISOR_PORT_ENV: &str = "K3S_STANDIN_SUPERVISOR_PORT";

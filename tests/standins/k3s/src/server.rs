@@ -31,7 +31,7 @@ use crate::token::{self, NODE_USER, SERVER_USER};
 const JOIN_RETRY: Duration = Duration::from_secs(2);
 /// Path a joining server fetches the cluster CA from (upstream's bootstrap endpoint).
 pub const BOOTSTRAP_PATH: &str = "/v1-k3s/server-bootstrap";
-/// Authenticated readiness endpoint of the supervisor (reference §1.7).
+/// Authenticated readiness endpoint of the supervisor (docs/reference/k3s.md#health-endpoints).
 pub const READYZ_PATH: &str = "/v1-k3s/readyz";
 /// Service CIDR's first address, in K3s's default serving-certificate SANs.
 const SERVICE_IP: &str = "10.43.0.1";
@@ -88,7 +88,7 @@ pub async fn run(ctx: &Context, flags: &Flags) -> Result<Infallible, RunError> {
             format!("{}\n", token::format(&ca_pem, NODE_USER, pw)).as_bytes(),
             0o600,
         )?,
-        // Upstream: "a link to token if unset" (reference §1.6).
+        // Upstream: "a link to token if unset" (docs/reference/k3s.md#files).
         None => node::symlink(&token_file, &agent_token_file)?,
     }
     log::info(&format!("Agent node token is available at {}", display_path(ctx, &agent_token_file)));
@@ -242,7 +242,7 @@ fn supervisor_handler(ca_pem: String, ca_key_pem: String, passwords: Passwords) 
             || is(SERVER_USER, &passwords.server)
             || passwords.agent.as_deref().is_some_and(|pw| is(NODE_USER, pw));
         match req.path.as_str() {
-            // reference §1.7: no auth; 200 `pong`, text/plain.
+            // docs/reference/k3s.md#health-endpoints: no auth; 200 `pong`, text/plain.
             "/ping" => Response::new(200, "text/plain", "pong"),
             "/cacerts" => Response::new(200, "text/plain", ca_pem.clone()),
             READYZ_PATH if node_ok => Response::new(200, "text/plain", "ok"),
@@ -264,7 +264,7 @@ fn supervisor_handler(ca_pem: String, ca_key_pem: String, passwords: Passwords) 
     })
 }
 
-/// Writes the admin kubeconfig (reference §1.6) with `write-kubeconfig-mode`.
+/// Writes the admin kubeconfig (docs/reference/k3s.md#files) with `write-kubeconfig-mode`.
 fn write_kubeconfig(
     ctx: &Context,
     flags: &Flags,

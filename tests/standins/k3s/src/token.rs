@@ -1,4 +1,4 @@
-//! K3s join tokens: parsing and formatting as upstream does (reference §1.6;
+//! K3s join tokens: parsing and formatting as upstream does (docs/reference/k3s.md#tokens;
 //! k3s-io/k3s:pkg/clientaccess/token.go). Error texts are upstream's, so logs read alike.
 //!
 //! Forms: `K10<sha256-hex of CA>::<user>:<password>`, `K10<hash>:::<password>`, a bare

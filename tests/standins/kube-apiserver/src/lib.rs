@@ -97,8 +97,8 @@ pub use status::ApiError;
 use server::{Shared, lock};
 use store::Store;
 
-/// The version `/version` reports by default: the Elysium cluster's K3s
-/// (`../shared/fixtures/cluster-repo`, reference §8).
+/// The version `/version` reports by default: the K3s release the project's example
+/// spec pins (`docs/examples/cluster.toml`).
 pub const DEFAULT_GIT_VERSION: &str = "v1.31.4+k3s1";
 
 /// Namespaces every cluster starts with.
