@@ -13,11 +13,13 @@
 pub mod config;
 pub mod fleet;
 pub mod hardware;
+pub mod held;
 pub mod inventory;
 pub mod join;
 pub mod link;
 pub mod paths;
 pub mod reconcile;
+pub mod sealing_keys;
 pub mod service;
 pub mod session;
 pub mod state;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use elysium_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 
-use crate::state::Held;
-use crate::vault::keys::KeySet;
+use crate::held::Held;
+use crate::sealing_keys::KeySet;
 
 /// Progress messages queued before old ones are dropped.
 const PROGRESS_QUEUE: usize = 64;

@@ -65,6 +65,49 @@ pub struct StepError {
     pub message: String,
 }
 
+/// Where the reconciler stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReconcileState {
+    /// No spec held yet.
+    #[default]
+    Waiting,
+    Reconciling,
+    Converged,
+    Failed,
+}
+
+impl ReconcileState {
+    pub fn to_pb(self) -> elysium_proto::v1::ReconcileState {
+        use elysium_proto::v1::ReconcileState as P;
+        match self {
+            Self::Waiting => P::Waiting,
+            Self::Reconciling => P::Reconciling,
+            Self::Converged => P::Converged,
+            Self::Failed => P::Failed,
+        }
+    }
+
+    /// The name older coordinators read (`Heartbeat.reconcile_state`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Reconciling => "reconciling",
+            Self::Converged => "converged",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// What the reconciler last reported.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReconcileStatus {
+    pub applied_generation: u64,
+    pub state: ReconcileState,
+    pub error: String,
+    /// One per step, from the last pass.
+    pub conditions: Vec<elysium_proto::v1::Condition>,
+}
+
 /// One managed aspect of the node.
 pub trait Step: Send + Sync {
     type Observed: Send + Sync;

@@ -17,55 +17,15 @@ use tokio::sync::{Notify, watch};
 use crate::config::{AgentConfig, ConfigError};
 use elysium_host::notify;
 
+use crate::held::Held;
 use crate::reconcile::Reconciler;
-use crate::state::{self, Held};
+pub use crate::reconcile::{ReconcileState, ReconcileStatus};
+pub use crate::session::AgentOptions;
+use crate::state;
 use crate::{link, session};
 
 /// Reconcile period before any spec says otherwise.
 const DEFAULT_RECONCILE_PERIOD: Duration = Duration::from_secs(300);
-
-/// Where the reconciler stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ReconcileState {
-    /// No spec held yet.
-    #[default]
-    Waiting,
-    Reconciling,
-    Converged,
-    Failed,
-}
-
-impl ReconcileState {
-    pub fn to_pb(self) -> elysium_proto::v1::ReconcileState {
-        use elysium_proto::v1::ReconcileState as P;
-        match self {
-            Self::Waiting => P::Waiting,
-            Self::Reconciling => P::Reconciling,
-            Self::Converged => P::Converged,
-            Self::Failed => P::Failed,
-        }
-    }
-
-    /// The name older coordinators read (`Heartbeat.reconcile_state`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Waiting => "waiting",
-            Self::Reconciling => "reconciling",
-            Self::Converged => "converged",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-/// What the reconciler last reported.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ReconcileStatus {
-    pub applied_generation: u64,
-    pub state: ReconcileState,
-    pub error: String,
-    /// One per step, from the last pass.
-    pub conditions: Vec<elysium_proto::v1::Condition>,
-}
 
 /// The agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,20 +34,6 @@ pub enum AgentError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
-}
-
-/// Tunables, mostly for tests.
-#[derive(Debug, Clone)]
-pub struct AgentOptions {
-    /// First reconnect delay; doubles up to `backoff_max`.
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-}
-
-impl Default for AgentOptions {
-    fn default() -> Self {
-        Self { backoff_initial: Duration::from_millis(500), backoff_max: Duration::from_secs(30) }
-    }
 }
 
 /// Runs the agent until `shutdown` completes.

@@ -11,9 +11,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use elysium_host::notify;
 
+use crate::held::Held;
 use crate::inventory;
-use crate::service::{AgentOptions, ReconcileStatus};
-use crate::state::{self, Held, HeldSpec, NodeRole, StateError};
+use crate::reconcile::ReconcileStatus;
+use crate::state::{self, HeldSpec, NodeRole, StateError};
 use crate::transport::{self, Target, TransportError};
 
 /// Heartbeat period before any spec says otherwise.
@@ -29,6 +30,20 @@ pub(crate) struct SessionContext {
     pub trigger: Arc<Notify>,
     pub options: AgentOptions,
     pub link: crate::link::SessionLink,
+}
+
+/// Tunables, mostly for tests.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// First reconnect delay; doubles up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self { backoff_initial: Duration::from_millis(500), backoff_max: Duration::from_secs(30) }
+    }
 }
 
 /// Why a session ended.
@@ -136,7 +151,7 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent_at: Option<(u64, Instant)> = None;
     // Every sealing key again on each session: the coordinator may not have them.
-    let mut keys = crate::vault::keys::KeySender::new(&ctx.link.keys, crate::vault::keys::REFRESH);
+    let mut keys = crate::sealing_keys::KeySender::new(&ctx.link.keys, crate::sealing_keys::REFRESH);
     loop {
         tokio::select! {
             msg = inbound.message() => {

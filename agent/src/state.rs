@@ -1,18 +1,13 @@
 //! What the agent keeps on disk between runs: the last spec received (so the node
-//! stays converged while the coordinator is away) and the generation last applied;
-//! and [`Held`], that spec parsed once, which the session, the reconciler and the
-//! sealing-key watch all read from one watch channel.
-
-use std::sync::Arc;
+//! stays converged while the coordinator is away) and the generation last applied,
+//! and the roles that spec gives the node.
 
 use elysium_host::{FsError, RootFs};
 use elysium_installer::k3s_service::K3sRole;
 use elysium_proto::v1 as pb;
-use elysium_spec::{ClusterSpec, SpecError};
 use serde::{Deserialize, Serialize};
 
 use crate::paths;
-use crate::reconcile::Desired;
 
 /// The role a node joined with (its token's): a K3s server or a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,26 +66,6 @@ impl K3sAssignedRole {
     /// Servers run an API server (and hold the sealing keys).
     pub fn is_server(self) -> bool {
         matches!(self, Self::ServerInit | Self::Server)
-    }
-}
-
-/// The held spec, parsed once when it arrived or was loaded: `desired` is what
-/// the reconciler applies, or why this agent cannot use the spec.
-#[derive(Debug)]
-pub struct Held {
-    pub spec: HeldSpec,
-    pub desired: Result<Desired, SpecError>,
-}
-
-impl Held {
-    pub fn new(spec: HeldSpec) -> Arc<Self> {
-        let desired = Desired::from_held(&spec);
-        Arc::new(Self { spec, desired })
-    }
-
-    /// The parsed cluster spec, when usable.
-    pub fn cluster(&self) -> Option<&ClusterSpec> {
-        self.desired.as_ref().ok().map(|d| &d.spec)
     }
 }
 

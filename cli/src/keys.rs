@@ -202,7 +202,7 @@ impl Status {
             .map(|k| KeyView {
                 namespace: k.namespace.clone(),
                 name: k.name.clone(),
-                state: k.labels.get(elysium_agent::vault::keys::KEY_LABEL).cloned().unwrap_or_default(),
+                state: k.labels.get(elysium_agent::sealing_keys::KEY_LABEL).cloned().unwrap_or_default(),
                 fingerprint: k.fingerprint.clone(),
                 not_before_unix: k.not_before_unix,
                 not_after_unix: k.not_after_unix,
@@ -337,7 +337,7 @@ mod tests {
         pb::SealingKeyInfo {
             namespace: "flux-system".into(),
             name: name.into(),
-            labels: [(elysium_agent::vault::keys::KEY_LABEL.to_owned(), "active".to_owned())].into(),
+            labels: [(elysium_agent::sealing_keys::KEY_LABEL.to_owned(), "active".to_owned())].into(),
             not_before_unix: not_before,
             last_seen_unix: last_seen,
             ..Default::default()

@@ -11,8 +11,6 @@
 //! written its kubeconfig, then watches for as long as the agent runs, reconnecting
 //! when the API server goes away.
 
-pub mod keys;
-
 use std::time::Duration;
 
 use elysium_host::{FsError, RootFs};
@@ -24,8 +22,9 @@ use kube::{Api, Client};
 use tokio_stream::StreamExt as _;
 
 use crate::link::StepLink;
+use crate::sealing_keys as keys;
+pub use crate::sealing_keys::KeySet;
 use crate::state::{HeldSpec, NodeRole};
-pub use keys::KeySet;
 
 /// Where and how often.
 #[derive(Debug, Clone)]
