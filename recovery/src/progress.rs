@@ -5,9 +5,47 @@
 
 use std::fmt;
 
+use serde::Serialize;
+
 use crate::flux::NamespacedName;
-use crate::follow::Readiness;
 use crate::plan::{ObjectId, Phase};
+
+/// Where one object stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum Readiness {
+    /// Does not exist yet.
+    Missing,
+    /// Being reconciled, or waiting for its first reconciliation.
+    Progressing {
+        message: String,
+    },
+    Ready {
+        revision: Option<String>,
+    },
+    /// `Ready=False` (`Synced=False` for a SealedSecret).
+    NotReady {
+        reason: String,
+        message: String,
+    },
+    /// `Stalled=True`: Flux gave up until something changes.
+    Stalled {
+        reason: String,
+        message: String,
+    },
+    /// `spec.suspend: true`.
+    Suspended,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Readiness::Ready { .. })
+    }
+    /// Will not change without someone acting.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Readiness::Stalled { .. } | Readiness::Suspended)
+    }
+}
 
 /// Something happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
