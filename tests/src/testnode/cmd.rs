@@ -1,5 +1,5 @@
-//! Running host tools: finding them on PATH, running them with errors that name the command line,
-//! bounded waits for children, and the `flock`s that serialise work across test processes.
+//! Running host tools: finding them on PATH, running them (with a timeout where asked) with errors
+//! that name the command line, and the `flock`s that serialise work across test processes.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -7,14 +7,13 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use nix::fcntl::{Flock, FlockArg};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+
+use crate::child::{kill_group, wait_timeout};
 
 /// Host runtime dir holding the lock that serialises subnet allocation and stale cleanup.
 const RUNTIME_DIR: &str = "/run/elysium-testnode";
@@ -81,11 +80,7 @@ pub(super) fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Ou
         buf
     };
     let Some(status) = status else {
-        if let Ok(pid) = i32::try_from(child.id()) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_group(&mut child);
         bail!(
             "timed out after {timeout:?}; stdout: {} stderr: {}",
             String::from_utf8_lossy(&read_all(&mut out_file)).trim(),
@@ -93,22 +88,6 @@ pub(super) fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Ou
         );
     };
     Ok(Output { status, stdout: read_all(&mut out_file), stderr: read_all(&mut err_file) })
-}
-
-/// Waits for `child` to exit, at most `timeout`.
-pub(super) fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if let Some(status) = child.try_wait().context("waiting for child")? {
-            return Ok(Some(status));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
 }
 
 /// Takes the exclusive lock serialising subnet allocation and stale cleanup across processes.

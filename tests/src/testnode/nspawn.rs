@@ -12,11 +12,12 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use super::cgroup::{CGROUP_PARENT, cgroup_hierarchies, kill_cgroup_tree};
-use super::cmd::{NODE_PATH, tool, wait_timeout};
+use super::cmd::{NODE_PATH, tool};
 use super::files::path_str;
 use super::net::NETNS_DIR;
 use super::procs::parent_of;
 use super::{NodeOptions, TestNode};
+use crate::child::wait_timeout;
 
 /// Per-machine dirs nspawn creates (and only removes on a clean exit).
 pub(super) const NSPAWN_PROPAGATE_DIR: &str = "/run/systemd/nspawn/propagate";
