@@ -71,7 +71,7 @@ pub enum RunError {
     #[error("timed out waiting for {path} to be available")]
     FileWait { path: PathBuf },
     #[error("could not create certificates")]
-    Pki(#[source] rcgen::Error),
+    Pki(#[source] crate::pki::Error),
     #[error("could not set up TLS")]
     Tls(#[source] rustls::Error),
     #[error("listen tcp {addr}")]
