@@ -121,18 +121,7 @@ pub async fn run(ctx: &Context, flags: &Flags) -> Result<Infallible, RunError> {
     tokio::spawn(http::serve_tls(listener, tls, handler));
     log::info(&format!("Running supervisor on {}", SocketAddr::new(bind_ip, port)));
 
-    if !flags.flag("disable-agent") {
-        let addr = node::start_kubelet_healthz(ctx.kubelet_port).await?;
-        log::info(&format!("kubelet healthz listening on http://{addr}/healthz"));
-    }
-
-    node::notify_ready();
-    log::info(&format!(
-        "k3s is up and running (stand-in {}, node {})",
-        ctx.stamp.version,
-        node::node_name(flags)
-    ));
-    std::future::pending().await
+    node::run_until_killed(ctx, flags, !flags.flag("disable-agent"), "k3s").await
 }
 
 /// The CA on disk, else the one of the server we join (`--server`), else a new one.
