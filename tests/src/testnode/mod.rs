@@ -362,6 +362,8 @@ impl TestNode {
         self.cleanup()
     }
 
+    // --- boot steps: `setup_rootfs` (rootfs.rs), `setup_network` (net.rs) and `spawn` (nspawn.rs) ------
+
     /// Polls until PID 1 exists and `systemctl is-system-running` says `running` or `degraded`.
     fn wait_booted(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
