@@ -8,7 +8,7 @@
 
 use std::fs::{self, File};
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -16,10 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 
-use crate::e2e::{describe, free_port, poll};
+use crate::child::kill_group;
+use crate::e2e::{describe, free_port, read_log, wait_listening};
 
 /// Azurite's built-in account (documented by Microsoft for the emulator; also in
 /// rclone's backend/azureblob/auth/auth.go as `emulatorAccount`/`emulatorAccountKey`).
@@ -96,13 +95,13 @@ impl Azurite {
             .context("spawning Azurite with `node` (is Node.js installed? tests/run installs it)")?;
         let mut azurite =
             Azurite { addr: SocketAddr::from((ip, port)), dir: dir.to_path_buf(), log, child: Some(child) };
-        let addr = azurite.addr;
-        let up = poll("Azurite to listen", Duration::from_secs(30), || {
-            if let Some(status) = azurite.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("Azurite exited with {status}");
-            }
-            Ok(TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok().map(|_| ()))
-        });
+        let up = wait_listening(
+            "Azurite",
+            azurite.child.as_mut(),
+            azurite.addr,
+            Duration::from_secs(30),
+            Duration::from_millis(300),
+        );
         if let Err(e) = up {
             bail!("{e:#}\n--- azurite log ---\n{}", azurite.log());
         }
@@ -115,9 +114,7 @@ impl Azurite {
     }
 
     pub fn log(&self) -> String {
-        fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_else(|e| format!("<{} unreadable: {e}>", self.log.display()))
+        read_log(&self.log)
     }
 
     /// Runs the host's upstream rclone against this Azurite as remote `az:` (config
@@ -162,11 +159,7 @@ impl Azurite {
 impl Drop for Azurite {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
         }
     }
 }

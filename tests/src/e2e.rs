@@ -15,6 +15,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::child::wait_timeout;
+
 /// The `elysium-node` binary under test: `$ELYSIUM_NODE_BIN`, else `<workspace>/target/debug/elysium-node`.
 pub fn node_binary() -> Result<PathBuf> {
     let path = match std::env::var_os("ELYSIUM_NODE_BIN") {
@@ -44,6 +46,31 @@ pub fn free_port(ip: Ipv4Addr) -> Result<u16> {
 pub fn poll<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
     // Back off from 100 ms to 500 ms: quick when things are quick, quiet when not.
     poll_with(what, timeout, Duration::from_millis(100), |p| (p * 2).min(Duration::from_millis(500)), probe)
+}
+
+/// Polls until `addr` accepts TCP connections (each attempt at most `connect_timeout`), at most
+/// `timeout`; fails at once when `child`, the process that is to listen, exits first. `name` names
+/// that process in messages ("{name} to listen", "{name} exited with ...").
+pub fn wait_listening(
+    name: &str,
+    mut child: Option<&mut Child>,
+    addr: SocketAddr,
+    timeout: Duration,
+    connect_timeout: Duration,
+) -> Result<()> {
+    poll(&format!("{name} to listen"), timeout, || {
+        if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            bail!("{name} exited with {status}");
+        }
+        Ok(TcpStream::connect_timeout(&addr, connect_timeout).ok().map(|_| ()))
+    })
+}
+
+/// Everything a child wrote to its log file so far (lossy UTF-8), or why the file is unreadable.
+pub fn read_log(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|e| format!("<{} unreadable: {e}>", path.display()))
 }
 
 /// Lossy UTF-8 of a command's stdout and stderr, for messages.
@@ -101,12 +128,13 @@ impl Coordinator {
             .context("spawning `elysium-node coordinator serve`")?;
         let mut coord = Coordinator { bin: bin.to_path_buf(), data_dir, log, listen, child: Some(child) };
 
-        let wait = poll("the coordinator to listen", Duration::from_secs(10), || {
-            if let Some(status) = coord.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("the coordinator exited with {status}");
-            }
-            Ok(TcpStream::connect_timeout(&listen, Duration::from_millis(500)).ok().map(|_| ()))
-        });
+        let wait = wait_listening(
+            "the coordinator",
+            coord.child.as_mut(),
+            listen,
+            Duration::from_secs(10),
+            Duration::from_millis(500),
+        );
         if let Err(e) = wait {
             bail!("{e:#}\n--- coordinator log ---\n{}", coord.log());
         }
@@ -125,9 +153,7 @@ impl Coordinator {
 
     /// Everything the coordinator wrote to stdout/stderr so far.
     pub fn log(&self) -> String {
-        fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_else(|e| format!("<{} unreadable: {e}>", self.log.display()))
+        read_log(&self.log)
     }
 
     /// Runs an admin command (`elysium-node ARGS...`) with `ELYSIUM_CONFIG` set for this command only.
@@ -161,18 +187,12 @@ impl Coordinator {
         let Some(mut child) = self.child.take() else { bail!("the coordinator was already stopped") };
         let pid = Pid::from_raw(i32::try_from(child.id())?);
         kill(pid, Signal::SIGTERM).context("sending SIGTERM to the coordinator")?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the coordinator did not exit within {timeout:?} of SIGTERM (killed)");
-            }
-            thread::sleep(Duration::from_millis(50));
+        if let Some(status) = wait_timeout(&mut child, timeout)? {
+            return Ok(status);
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("the coordinator did not exit within {timeout:?} of SIGTERM (killed)");
     }
 }
 

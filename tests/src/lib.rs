@@ -1,5 +1,6 @@
 pub mod azurite;
 pub mod bench;
+pub mod child;
 pub mod e2e;
 pub mod fleet;
 pub mod harness;

@@ -63,15 +63,7 @@ pub async fn run(ctx: &Context, flags: &Flags) -> Result<Infallible, RunError> {
     }
     log::info(&format!("Connected to the supervisor at {url}"));
 
-    let addr = node::start_kubelet_healthz(ctx.kubelet_port).await?;
-    log::info(&format!("kubelet healthz listening on http://{addr}/healthz"));
-    node::notify_ready();
-    log::info(&format!(
-        "k3s agent is up and running (stand-in {}, node {})",
-        ctx.stamp.version,
-        node::node_name(flags)
-    ));
-    std::future::pending().await
+    node::run_until_killed(ctx, flags, true, "k3s agent").await
 }
 
 /// `/ping`, then the authenticated readiness endpoint (401 for a wrong password).

@@ -1,6 +1,7 @@
 //! What `server` and `agent` share: the run context (root, stamp, ports), the error
 //! type, file writing, token files, the kubelet healthz listener and sd_notify.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -71,7 +72,7 @@ pub enum RunError {
     #[error("timed out waiting for {path} to be available")]
     FileWait { path: PathBuf },
     #[error("could not create certificates")]
-    Pki(#[source] rcgen::Error),
+    Pki(#[source] crate::pki::Error),
     #[error("could not set up TLS")]
     Tls(#[source] rustls::Error),
     #[error("listen tcp {addr}")]
@@ -220,6 +221,28 @@ pub async fn start_kubelet_healthz(port: u16) -> Result<SocketAddr, RunError> {
     });
     tokio::spawn(http::serve_plain(listener, handler));
     Ok(addr)
+}
+
+/// The end of a successful start, server's or agent's: kubelet healthz when this node runs a
+/// kubelet, READY=1 to systemd, the banner (`{what} is up and running ...`), then running until
+/// killed.
+pub async fn run_until_killed(
+    ctx: &Context,
+    flags: &Flags,
+    kubelet: bool,
+    what: &str,
+) -> Result<Infallible, RunError> {
+    if kubelet {
+        let addr = start_kubelet_healthz(ctx.kubelet_port).await?;
+        log::info(&format!("kubelet healthz listening on http://{addr}/healthz"));
+    }
+    notify_ready();
+    log::info(&format!(
+        "{what} is up and running (stand-in {}, node {})",
+        ctx.stamp.version,
+        node_name(flags)
+    ));
+    std::future::pending().await
 }
 
 /// Tells systemd the service is ready. Without `NOTIFY_SOCKET` this does nothing, as

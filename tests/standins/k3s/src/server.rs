@@ -107,7 +107,7 @@ pub async fn run(ctx: &Context, flags: &Flags) -> Result<Infallible, RunError> {
     }
 
     let sans = serving_sans(flags);
-    let serving = ca.issue_serving(&sans).map_err(RunError::Pki)?;
+    let serving = pki::issue_serving(&ca, &sans).map_err(RunError::Pki)?;
     node::write_file(&tls_dir.join(pki::SERVING_CERT_FILE), serving.cert_pem.as_bytes(), 0o644)?;
     node::write_file(&tls_dir.join(pki::SERVING_KEY_FILE), serving.key_pem.as_bytes(), 0o600)?;
     let chain = format!("{}{}", serving.cert_pem, ca.cert_pem());
@@ -121,18 +121,7 @@ pub async fn run(ctx: &Context, flags: &Flags) -> Result<Infallible, RunError> {
     tokio::spawn(http::serve_tls(listener, tls, handler));
     log::info(&format!("Running supervisor on {}", SocketAddr::new(bind_ip, port)));
 
-    if !flags.flag("disable-agent") {
-        let addr = node::start_kubelet_healthz(ctx.kubelet_port).await?;
-        log::info(&format!("kubelet healthz listening on http://{addr}/healthz"));
-    }
-
-    node::notify_ready();
-    log::info(&format!(
-        "k3s is up and running (stand-in {}, node {})",
-        ctx.stamp.version,
-        node::node_name(flags)
-    ));
-    std::future::pending().await
+    node::run_until_killed(ctx, flags, !flags.flag("disable-agent"), "k3s").await
 }
 
 /// The CA on disk, else the one of the server we join (`--server`), else a new one.
@@ -199,19 +188,8 @@ fn display_path(ctx: &Context, path: &Path) -> String {
 
 /// K3s's default SANs plus the node's names and addresses and `tls-san`.
 fn serving_sans(flags: &Flags) -> Vec<String> {
-    let mut sans: BTreeSet<String> = [
-        "kubernetes",
-        "kubernetes.default",
-        "kubernetes.default.svc",
-        "kubernetes.default.svc.cluster.local",
-        "localhost",
-        "127.0.0.1",
-        "::1",
-        SERVICE_IP,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    let mut sans: BTreeSet<String> =
+        pki::KUBERNETES_SANS.iter().chain(&["::1", SERVICE_IP]).map(|s| (*s).to_owned()).collect();
     sans.insert(node::node_name(flags));
     if let Ok(host) = nix::unistd::gethostname() {
         sans.extend(host.into_string().ok());
@@ -277,7 +255,7 @@ fn write_kubeconfig(
     let admin = match (std::fs::read_to_string(&cert_path), std::fs::read_to_string(&key_path)) {
         (Ok(cert_pem), Ok(key_pem)) => pki::Pair { cert_pem, key_pem },
         _ => {
-            let admin = ca.issue_admin().map_err(RunError::Pki)?;
+            let admin = pki::issue_admin(ca).map_err(RunError::Pki)?;
             node::write_file(&cert_path, admin.cert_pem.as_bytes(), 0o644)?;
             node::write_file(&key_path, admin.key_pem.as_bytes(), 0o600)?;
             admin

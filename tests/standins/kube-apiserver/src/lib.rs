@@ -276,7 +276,7 @@ impl Condition {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("generating the stand-in's certificates")]
-    Pki(#[source] rcgen::Error),
+    Pki(#[source] pki::Error),
     #[error("configuring TLS")]
     Tls(#[source] rustls::Error),
     #[error("listening on 127.0.0.1")]
@@ -312,7 +312,7 @@ impl ApiServer {
 
     pub async fn start_with(options: Options) -> Result<Self, StartError> {
         let ca = pki::Ca::generate().map_err(StartError::Pki)?;
-        let serving = ca.issue_serving().map_err(StartError::Pki)?;
+        let serving = pki::issue_serving(&ca).map_err(StartError::Pki)?;
         let admin = ca.issue_client("system:admin", Some("system:masters")).map_err(StartError::Pki)?;
         let tls = pki::server_config(&ca, &serving).map_err(StartError::Tls)?;
         let tcp = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.map_err(StartError::Bind)?;
@@ -382,7 +382,7 @@ impl ApiServer {
     }
 
     /// A client certificate for another user, signed by the cluster CA.
-    pub fn issue_client_cert(&self, user: &str, group: Option<&str>) -> Result<Credentials, rcgen::Error> {
+    pub fn issue_client_cert(&self, user: &str, group: Option<&str>) -> Result<Credentials, pki::Error> {
         let pair = self.ca.issue_client(user, group)?;
         Ok(Credentials::ClientCert { cert_pem: pair.cert_pem, key_pem: pair.key_pem })
     }

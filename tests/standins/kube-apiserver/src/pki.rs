@@ -1,107 +1,21 @@
 //! The stand-in's certificates: a self-signed cluster CA, the API server's serving
 //! certificate (SANs as K3s gives kube-apiserver: `kubernetes`, `kubernetes.default…`,
 //! `localhost`, `127.0.0.1`), and client certificates (the admin's is `system:admin` in
-//! `system:masters`, as in K3s's kubeconfig). ECDSA P-256; rcgen's wide default
-//! validity, since a stand-in has no rotation to model.
+//! `system:masters`, as in K3s's kubeconfig). Generating and signing is `standin_pki`'s;
+//! this module picks the names and builds the TLS configuration.
 
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
-};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+pub use standin_pki::{Ca, Error, Pair};
 
 /// Subject alternative names of the serving certificate.
-pub const SERVING_SANS: &[&str] = &[
-    "kubernetes",
-    "kubernetes.default",
-    "kubernetes.default.svc",
-    "kubernetes.default.svc.cluster.local",
-    "localhost",
-    "127.0.0.1",
-];
+pub const SERVING_SANS: &[&str] = standin_pki::KUBERNETES_SANS;
 
-/// A certificate and its key, PEM.
-#[derive(Clone)]
-pub struct Pair {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for Pair {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the key.
-        f.debug_struct("Pair").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
-    }
-}
-
-pub struct Ca {
-    cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl std::fmt::Debug for Ca {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
-    }
-}
-
-impl Ca {
-    /// A new CA, named like K3s's (`k3s-server-ca@<unix time>`).
-    pub fn generate() -> Result<Self, rcgen::Error> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        params.distinguished_name = dn(&format!("k3s-server-ca@{now}"), None);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let cert = params.self_signed(&key)?;
-        let cert_pem = cert.pem();
-        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
-        Ok(Self { cert_pem, issuer })
-    }
-
-    pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
-    }
-
-    pub fn issue_serving(&self) -> Result<Pair, rcgen::Error> {
-        let sans: Vec<String> = SERVING_SANS.iter().map(|s| (*s).to_owned()).collect();
-        let mut params = CertificateParams::new(sans)?;
-        params.distinguished_name = dn("kube-apiserver", None);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue(params)
-    }
-
-    /// A client certificate: the user is the common name, groups are organizations.
-    pub fn issue_client(&self, user: &str, group: Option<&str>) -> Result<Pair, rcgen::Error> {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(user, group);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue(params)
-    }
-
-    fn issue(&self, mut params: CertificateParams) -> Result<Pair, rcgen::Error> {
-        let key = KeyPair::generate()?;
-        let serial: [u8; 16] = rand::random();
-        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[&[0x01], &serial[..]].concat()));
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
-    }
-}
-
-fn dn(cn: &str, org: Option<&str>) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    if let Some(org) = org {
-        dn.push(DnType::OrganizationName, org);
-    }
-    dn
+/// The API server's serving certificate.
+pub fn issue_serving(ca: &Ca) -> Result<Pair, Error> {
+    let sans: Vec<String> = SERVING_SANS.iter().map(|s| (*s).to_owned()).collect();
+    ca.issue_serving("kube-apiserver", None, &sans)
 }
 
 /// TLS for the API server: the serving certificate, and client certificates verified

@@ -68,6 +68,16 @@ pub struct Target {
 }
 
 impl Target {
+    /// One object by name, without a subresource.
+    fn object(rt: &ResourceType, namespace: Option<&str>, name: &str) -> Self {
+        Target {
+            rt: rt.clone(),
+            namespace: namespace.map(str::to_owned),
+            name: Some(name.to_owned()),
+            subresource: None,
+        }
+    }
+
     fn key(&self, name: &str) -> ObjKey {
         ObjKey {
             group: self.rt.group.clone(),
@@ -708,8 +718,7 @@ impl Store {
         if name.is_empty() || (rt.namespaced && ns.is_none()) {
             return Err("metadata.name (and metadata.namespace for namespaced kinds) must be set".to_owned());
         }
-        let t = Target { rt: rt.clone(), namespace: ns.clone(), name: Some(name.clone()), subresource: None };
-        let key = t.key(&name);
+        let key = Target::object(&rt, ns.as_deref(), &name).key(&name);
         let old = self.objects.get(&key).cloned();
         let all = Part::Main { keep_status: true };
         match &old {
@@ -733,13 +742,7 @@ impl Store {
         manager: &str,
         f: impl FnOnce(&mut Value, i64),
     ) -> Option<Value> {
-        let t = Target {
-            rt: rt.clone(),
-            namespace: namespace.map(str::to_owned),
-            name: Some(name.to_owned()),
-            subresource: None,
-        };
-        let key = t.key(name);
+        let key = Target::object(rt, namespace, name).key(name);
         let old = self.objects.get(&key)?.clone();
         let generation = old.obj.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
         let mut obj = old.obj.clone();
@@ -753,13 +756,7 @@ impl Store {
     }
 
     pub fn hook_get(&self, rt: &ResourceType, namespace: Option<&str>, name: &str) -> Option<Value> {
-        let t = Target {
-            rt: rt.clone(),
-            namespace: namespace.map(str::to_owned),
-            name: Some(name.to_owned()),
-            subresource: None,
-        };
-        self.objects.get(&t.key(name)).map(|s| as_version(&s.obj, rt))
+        self.objects.get(&Target::object(rt, namespace, name).key(name)).map(|s| as_version(&s.obj, rt))
     }
 
     pub fn hook_list(&self, rt: &ResourceType, namespace: Option<&str>) -> Vec<Value> {
@@ -767,13 +764,7 @@ impl Store {
     }
 
     pub fn hook_delete(&mut self, rt: &ResourceType, namespace: Option<&str>, name: &str) -> bool {
-        let t = Target {
-            rt: rt.clone(),
-            namespace: namespace.map(str::to_owned),
-            name: Some(name.to_owned()),
-            subresource: None,
-        };
-        let key = t.key(name);
+        let key = Target::object(rt, namespace, name).key(name);
         let existed = self.objects.contains_key(&key);
         self.remove(&key);
         existed
