@@ -86,7 +86,9 @@ fn code_lines(text: &str) -> Vec<(usize, String)> {
     let lines: Vec<&str> = text.lines().collect();
     let mut end = lines.len();
     for (i, pair) in lines.windows(2).enumerate() {
-        if pair[0].trim() == "#[cfg(test)]" && pair[1].trim_start().starts_with("mod ") && !pair[0].starts_with(' ')
+        if pair[0].trim() == "#[cfg(test)]"
+            && pair[1].trim_start().starts_with("mod ")
+            && !pair[0].starts_with(' ')
         {
             end = i;
             break;
@@ -195,7 +197,9 @@ fn scan(src: &Path) -> CrateModules {
     crate_modules
 }
 
-/// Cycles among the branches below each common ancestor, as readable lines.
+/// Cycles among the branches below each common ancestor, one line per group of
+/// branches that depend on each other (a strongly connected component), with the
+/// edges inside it and where each was seen.
 fn cycles(m: &CrateModules) -> Vec<String> {
     // Per common ancestor: branch → branch → evidence.
     let mut graphs: BTreeMap<ModPath, BTreeMap<String, BTreeMap<String, Seen>>> = BTreeMap::new();
@@ -214,38 +218,71 @@ fn cycles(m: &CrateModules) -> Vec<String> {
     }
     let mut found = Vec::new();
     for (parent, graph) in &graphs {
-        // Depth-first search for a back edge; report each cycle once.
-        let mut reported = BTreeSet::new();
-        for start in graph.keys() {
-            let mut stack = vec![(start.clone(), vec![start.clone()])];
-            while let Some((node, path)) = stack.pop() {
-                for next in graph.get(&node).map(|n| n.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
-                    if next == *start {
-                        let mut cycle = path.clone();
-                        let mut key = cycle.clone();
-                        key.sort();
-                        if reported.insert(key) {
-                            cycle.push(start.clone());
-                            let evidence: Vec<String> = cycle
-                                .windows(2)
-                                .map(|w| {
-                                    let s = &graph[&w[0]][&w[1]];
-                                    format!("{} → {} ({}:{})", w[0], w[1], s.file.display(), s.line)
-                                })
-                                .collect();
-                            let at = if parent.is_empty() { "the crate root".into() } else { parent.join("::") };
-                            found.push(format!("under {at}: {}", evidence.join(", ")));
-                        }
-                    } else if !path.contains(&next) {
-                        let mut p = path.clone();
-                        p.push(next.clone());
-                        stack.push((next, p));
+        let at = if parent.is_empty() { "the crate root".to_owned() } else { parent.join("::") };
+        for component in components(graph) {
+            let mut edges = Vec::new();
+            for a in &component {
+                for (b, s) in graph.get(a).into_iter().flatten() {
+                    if component.contains(b) {
+                        edges.push(format!("{a} → {b} ({}:{})", s.file.display(), s.line));
                     }
                 }
             }
+            found.push(format!("under {at}: {}", edges.join(", ")));
         }
     }
     found
+}
+
+/// The strongly connected components of more than one node (Tarjan).
+fn components(graph: &BTreeMap<String, BTreeMap<String, Seen>>) -> Vec<BTreeSet<String>> {
+    #[derive(Default)]
+    struct Tarjan<'g> {
+        index: BTreeMap<&'g str, usize>,
+        low: BTreeMap<&'g str, usize>,
+        stack: Vec<&'g str>,
+        on_stack: BTreeSet<&'g str>,
+        out: Vec<BTreeSet<String>>,
+    }
+    fn visit<'g>(g: &'g BTreeMap<String, BTreeMap<String, Seen>>, v: &'g str, t: &mut Tarjan<'g>) {
+        let i = t.index.len();
+        t.index.insert(v, i);
+        t.low.insert(v, i);
+        t.stack.push(v);
+        t.on_stack.insert(v);
+        for w in g.get(v).into_iter().flat_map(|n| n.keys()) {
+            if !t.index.contains_key(w.as_str()) {
+                visit(g, w, t);
+                let lw = t.low[w.as_str()];
+                let lv = t.low.get_mut(v).unwrap();
+                *lv = (*lv).min(lw);
+            } else if t.on_stack.contains(w.as_str()) {
+                let iw = t.index[w.as_str()];
+                let lv = t.low.get_mut(v).unwrap();
+                *lv = (*lv).min(iw);
+            }
+        }
+        if t.low[v] == t.index[v] {
+            let mut component = BTreeSet::new();
+            while let Some(w) = t.stack.pop() {
+                t.on_stack.remove(w);
+                component.insert(w.to_owned());
+                if w == v {
+                    break;
+                }
+            }
+            if component.len() > 1 {
+                t.out.push(component);
+            }
+        }
+    }
+    let mut t = Tarjan::default();
+    for v in graph.keys() {
+        if !t.index.contains_key(v.as_str()) {
+            visit(graph, v, &mut t);
+        }
+    }
+    t.out
 }
 
 #[test]
@@ -273,10 +310,14 @@ fn the_checker_sees_a_cycle_and_only_a_cycle() {
     write("link.rs", "use crate::vault::KeySet;\n// crate::steps::k3s in a comment\n");
     write("vault.rs", "use crate::{link::StepLink, steps};\n");
     write("steps/mod.rs", "pub mod k3s;\nuse k3s::K3sStep;\n");
-    write("steps/k3s.rs", "use super::super::paths;\nuse super::Thing;\n#[cfg(test)]\nmod tests {\n    use crate::vault;\n}\n");
+    write(
+        "steps/k3s.rs",
+        "use super::super::paths;\nuse super::Thing;\n#[cfg(test)]\nmod tests {\n    use crate::vault;\n}\n",
+    );
     let m = scan(&src);
     let found = cycles(&m);
     assert_eq!(found.len(), 1, "{found:?}");
+    assert!(!found[0].contains("paths") && !found[0].contains("steps"), "{found:?}");
     assert!(found[0].contains("link → vault") && found[0].contains("vault → link"), "{found:?}");
     // steps → paths and steps::k3s → steps (its parent) are no cycle; neither is the test module.
     write("link.rs", "pub struct KeySet;\n");
