@@ -124,15 +124,15 @@ async fn reconcile_loop(
             status_tx.send_modify(|s| s.state = ReconcileState::Reconciling);
             let status = match &held.desired {
                 Err(e) => {
-                    let detail = std::error::Error::source(e).map(|s| format!(": {s}")).unwrap_or_default();
                     ReconcileStatus {
                         applied_generation: applied,
                         conditions: status_tx.borrow().conditions.clone(),
                         state: ReconcileState::Failed,
                         error: format!(
-                            "spec generation {} cannot be used by agent {}: {e}{detail}",
+                            "spec generation {} cannot be used by agent {}: {}",
                             held.spec.generation,
-                            env!("CARGO_PKG_VERSION")
+                            env!("CARGO_PKG_VERSION"),
+                            crate::error_chain(e)
                         ),
                     }
                 }

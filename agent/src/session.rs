@@ -87,7 +87,7 @@ pub(crate) async fn run(mut ctx: SessionContext) {
                 tracing::error!(error = %end, retry_in = ?delay, "coordinator refuses this node");
             }
             _ => {
-                tracing::warn!(error = %end, source = ?std::error::Error::source(&end), retry_in = ?delay, "session ended")
+                tracing::warn!(error = %crate::error_chain(&end), retry_in = ?delay, "session ended")
             }
         }
         notify::status(&format!("disconnected: {end}; retrying"));

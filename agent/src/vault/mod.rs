@@ -120,11 +120,11 @@ pub async fn run(fs: RootFs, link: StepLink, options: KeyWatchOptions) {
 }
 
 fn report_failure(e: &KeyWatchError, failing: &mut bool) {
-    let source = std::error::Error::source(e).map(ToString::to_string);
+    let error = crate::error_chain(e);
     if *failing {
-        tracing::debug!(error = %e, source, "sealing key watch still failing");
+        tracing::debug!(%error, "sealing key watch still failing");
     } else {
-        tracing::warn!(error = %e, source, "sealing key backup paused; retrying");
+        tracing::warn!(%error, "sealing key backup paused; retrying");
     }
     *failing = true;
 }
