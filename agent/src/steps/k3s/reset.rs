@@ -304,7 +304,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = RootFs::new(dir.path());
         let systemd = Arc::new(FakeSystemd::new(fs.clone()));
-        let host = Host { fs: fs.clone(), systemd: systemd.clone() };
+        let host = Host::with_root(dir.path(), systemd.clone());
         fs.write_atomic("/etc/systemd/system/k3s.service", b"[Service]\n", 0o644).unwrap();
         fs.write_atomic("/etc/systemd/system/k3s.service.env", b"", 0o600).unwrap();
         fs.write_atomic("/etc/systemd/system/elysium-node.service", b"[Service]\n", 0o644).unwrap();
