@@ -350,7 +350,7 @@ mod tests {
 
     fn host(dir: &std::path::Path) -> Host {
         let fs = elysium_host::RootFs::new(dir);
-        Host { fs: fs.clone(), systemd: Arc::new(FakeSystemd::new(fs)) }
+        Host::with_root(dir, Arc::new(FakeSystemd::new(fs)))
     }
 
     fn desired(name: &str) -> Desired {

@@ -129,11 +129,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<AdminConfig, DataDirError>
         if entries.next().is_some() {
             return Err(DataDirError::Exists(abs));
         }
-        std::fs::remove_dir(&abs).map_err(|source| FsError {
-            op: "replace empty directory",
-            path: abs.clone(),
-            source,
-        })?;
+        elysium_host::fs::remove_dir(&abs).map_err(|e| FsError { op: "replace empty directory", ..e })?;
     }
     let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     for s in &opts.sans {
@@ -169,15 +165,11 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<AdminConfig, DataDirError>
         fs.write_atomic(staging.join(ADMIN_FILE), toml_string(&admin_cfg).as_bytes(), 0o600)?;
         let vault = crate::vault::VaultKey::generate();
         fs.write_atomic(staging.join(VAULT_KEY), vault.file_text().as_bytes(), 0o600)?;
-        std::fs::rename(&staging, &abs).map_err(|source| FsError {
-            op: "rename into place",
-            path: abs.clone(),
-            source,
-        })?;
+        elysium_host::fs::rename(&staging, &abs)?;
         Ok(())
     })();
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
+        let _ = elysium_host::fs::remove_dir_all(&staging);
     }
     result?;
     Ok(admin_cfg)

@@ -13,7 +13,7 @@
 //! [`CHANNEL_DEPTH`] chunks are in flight while the network side keeps reading.
 
 use std::io::{Read, SeekFrom, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -482,12 +482,13 @@ impl PartState {
     }
 
     fn discard(self, node_target: &Path) -> Result<(), FsError> {
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => {
-                Err(FsError { op: "delete the partial download of", path: node_target.to_path_buf(), source })
-            }
+        match elysium_host::fs::remove_file(&self.path) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(FsError {
+                op: "delete the partial download of",
+                path: node_target.to_path_buf(),
+                source: e.source,
+            }),
         }
     }
 
@@ -510,12 +511,8 @@ async fn stream_to_part(
 ) -> Result<PartState, DownloadError> {
     let fs_err = |op, source| FsError { op, path: node_target.to_path_buf(), source };
     // Mode 0755 from the start: the file becomes the binary by a rename.
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o755)
-        .open(&state.path)
-        .map_err(|e| fs_err("create the partial download of", e))?;
+    let file = elysium_host::fs::open_append(&state.path, 0o755)
+        .map_err(|e| fs_err("create the partial download of", e.source))?;
     // The umask may have narrowed the mode; set it exactly.
     file.set_permissions(std::fs::Permissions::from_mode(0o755))
         .map_err(|e| fs_err("set permissions on the partial download of", e))?;
@@ -607,7 +604,8 @@ impl VerifiedDownload {
     /// hash picks it up without fetching it again.
     pub fn commit(self) -> Result<(), FsError> {
         let err = |op, source| FsError { op, path: self.node_target.clone(), source };
-        std::fs::rename(&self.part, &self.real_target).map_err(|e| err("rename into place", e))?;
+        elysium_host::fs::rename(&self.part, &self.real_target)
+            .map_err(|e| err("rename into place", e.source))?;
         let dir = self.real_target.parent().unwrap_or(Path::new("/"));
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| err("sync the directory of", e))?;
         remove_stale_parts(&self.real_target);
@@ -626,7 +624,7 @@ fn remove_stale_parts(real_target: &Path) {
         let file_name = file_name.to_string_lossy();
         if file_name.starts_with(&prefix)
             && file_name.ends_with(".part")
-            && let Err(e) = std::fs::remove_file(entry.path())
+            && let Err(e) = elysium_host::fs::remove_file(entry.path())
         {
             tracing::warn!(path = %entry.path().display(), error = %e, "could not delete a stale partial download");
         }

@@ -130,7 +130,7 @@ pub async fn ensure_k3s_binary(
     let target = bin_dir.join(BINARY_NAME);
     if hash_node_file(fs, &target).await? == Some(expected) {
         if fs.mode(&target)? != 0o755 {
-            set_mode(fs, &target, 0o755)?;
+            fs.set_mode(&target, 0o755)?;
         }
         tracing::info!(sha256 = %expected, "installed k3s matches the published hash; skipping the download");
         return Ok(BinaryOutcome::AlreadyInstalled { sha256: expected });
@@ -162,19 +162,19 @@ pub fn keep_previous(fs: &RootFs, binary: &Path) -> Result<Option<PathBuf>, FsEr
     let tmp = temp_sibling(&real_previous);
     let err = |op, source| FsError { op, path: previous.clone(), source };
     remove_if_present(&tmp).map_err(|e| err("clear a temporary file for", e))?;
-    match std::fs::hard_link(&real, &tmp) {
+    match elysium_host::fs::hard_link(&real, &tmp) {
         Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.is_not_found() => return Ok(None),
         // Some filesystems (FUSE, some network mounts) have no hard links: copy.
         Err(_) => {
-            std::fs::copy(&real, &tmp).map_err(|e| err("copy the current binary to", e))?;
+            elysium_host::fs::copy(&real, &tmp).map_err(|e| err("copy the current binary to", e.source))?;
             std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| err("sync", e))?;
         }
     }
-    if let Err(e) = std::fs::rename(&tmp, &real_previous) {
+    if let Err(e) = elysium_host::fs::rename(&tmp, &real_previous) {
         // Best effort: do not leave the temporary link behind.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err("rename into place", e));
+        let _ = elysium_host::fs::remove_file(&tmp);
+        return Err(err("rename into place", e.source));
     }
     Ok(Some(previous))
 }
@@ -251,18 +251,12 @@ fn ensure_symlink(fs: &RootFs, node_path: &Path, policy: SymlinkPolicy) -> Resul
     }
     let tmp = temp_sibling(&real);
     remove_if_present(&tmp).map_err(|e| err("clear a temporary link for", e))?;
-    std::os::unix::fs::symlink(BINARY_NAME, &tmp).map_err(|e| err("create a link for", e))?;
-    if let Err(e) = std::fs::rename(&tmp, &real) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err("rename a link into place at", e));
+    elysium_host::fs::symlink(BINARY_NAME, &tmp).map_err(|e| err("create a link for", e.source))?;
+    if let Err(e) = elysium_host::fs::rename(&tmp, &real) {
+        let _ = elysium_host::fs::remove_file(&tmp);
+        return Err(err("rename a link into place at", e.source));
     }
     Ok(action)
-}
-
-fn set_mode(fs: &RootFs, path: &Path, mode: u32) -> Result<(), FsError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(fs.resolve(path), std::fs::Permissions::from_mode(mode))
-        .map_err(|source| FsError { op: "set permissions on", path: path.to_path_buf(), source })
 }
 
 /// A hidden name next to `real` for building a file or link before renaming it
@@ -273,10 +267,7 @@ fn temp_sibling(real: &Path) -> PathBuf {
 }
 
 fn remove_if_present(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+    elysium_host::fs::remove_file(path).map(|_| ()).map_err(|e| e.source)
 }
 
 #[cfg(test)]

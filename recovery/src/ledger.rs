@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -166,25 +165,22 @@ impl Ledger {
     fn save(&mut self) -> Result<(), LedgerError> {
         self.file.generation += 1;
         let err = |source| LedgerError::Write { path: self.path.clone(), source };
+        // The error names the state file, whichever step failed.
+        let host_err = |e: elysium_host::FsError| err(e.source);
         let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+            // Parents the usual way (0777 less the umask); the state's own directory 0700.
+            elysium_host::fs::create_dir_all(dir, 0o777).map_err(host_err)?;
+            elysium_host::fs::set_permissions(dir, 0o700).map_err(host_err)?;
         }
         let bytes = serde_json::to_vec_pretty(&self.file).map_err(|e| err(std::io::Error::other(e)))?;
         let name = self.path.file_name().and_then(|n| n.to_str()).unwrap_or("recover-state.json");
         let tmp = dir.join(format!(".{name}.tmp"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
+        let mut f = elysium_host::fs::create(&tmp, 0o600).map_err(host_err)?;
         f.write_all(&bytes).map_err(err)?;
         f.sync_all().map_err(err)?;
         drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
+        elysium_host::fs::rename(&tmp, &self.path).map_err(host_err)?;
         if let Ok(d) = std::fs::File::open(dir) {
             // Best effort: some filesystems refuse fsync on directories.
             let _ = d.sync_all();
@@ -195,6 +191,8 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     fn scope(uid: &str, commit: &str) -> Scope {

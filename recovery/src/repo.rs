@@ -6,8 +6,9 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use elysium_host::process::run_blocking;
+use elysium_host::{Cmd, ProcessError};
 use tempfile::TempDir;
 
 /// How git reaches the repository when it is not local.
@@ -141,7 +142,7 @@ pub enum RepoError {
     #[error("could not create a temporary directory for the clone")]
     TempDir(#[source] std::io::Error),
     #[error("could not run git (is it installed?)")]
-    GitMissing(#[source] std::io::Error),
+    GitMissing(#[source] ProcessError),
     #[error("git clone of {url} at branch {branch} failed: {stderr}\n  check: {hint}")]
     Clone { url: String, branch: String, stderr: String, hint: &'static str },
     #[error("git rev-parse HEAD in the clone of {url} failed: {stderr}")]
@@ -208,22 +209,24 @@ pub fn fetch(source: &RepoSource, branch: &str, key: &DeployKey) -> Result<Check
     let dir = tempfile::Builder::new().prefix("elysium-recover-").tempdir().map_err(RepoError::TempDir)?;
     let dest = dir.path().join("repo");
     tracing::info!(repo = %source, branch, "cloning the GitOps repository");
-    let mut cmd = git();
-    cmd.args(["clone", "--quiet", "--depth", "1", "--single-branch", "--no-tags", "--branch", branch, "--"])
+    let mut cmd = git()
+        .args(["clone", "--quiet", "--depth", "1", "--single-branch", "--no-tags", "--branch", branch, "--"])
         .arg(&url)
-        .arg(&dest);
+        .arg(&dest)
+        // The URL stays out of debug logs too: the source is logged redacted above.
+        .secret_args();
     if let Some(ssh) = ssh_command {
-        cmd.env("GIT_SSH_COMMAND", ssh);
+        cmd = cmd.env("GIT_SSH_COMMAND", ssh);
     }
-    let out = cmd.output().map_err(RepoError::GitMissing)?;
+    let out = run_blocking(&cmd).map_err(RepoError::GitMissing)?;
     if !out.status.success() {
         let stderr = tail(&out.stderr);
         let hint = clone_hint(&stderr, source);
         return Err(RepoError::Clone { url: source.to_string(), branch: branch.to_owned(), stderr, hint });
     }
 
-    let out =
-        git().arg("-C").arg(&dest).args(["rev-parse", "HEAD"]).output().map_err(RepoError::GitMissing)?;
+    let out = run_blocking(&git().arg("-C").arg(&dest).args(["rev-parse", "HEAD"]))
+        .map_err(RepoError::GitMissing)?;
     if !out.status.success() {
         return Err(RepoError::RevParse { url: source.to_string(), stderr: tail(&out.stderr) });
     }
@@ -239,17 +242,16 @@ pub fn fetch(source: &RepoSource, branch: &str, key: &DeployKey) -> Result<Check
 }
 
 /// git with a predictable environment: never prompts (a prompt would hang a recovery
-/// script), English messages (the hints read them), no inherited repository.
-fn git() -> Command {
-    let mut cmd = Command::new("git");
-    cmd.env("GIT_TERMINAL_PROMPT", "0")
+/// script; stdin is closed too), English messages (the hints read them), no inherited
+/// repository. Blocking: the preflight runs on a blocking thread.
+fn git() -> Cmd {
+    Cmd::new("git")
+        .env("GIT_TERMINAL_PROMPT", "0")
         .env("GCM_INTERACTIVE", "never")
         .env("LC_ALL", "C")
         .env_remove("GIT_DIR")
         .env_remove("GIT_WORK_TREE")
         .env_remove("GIT_INDEX_FILE")
-        .stdin(std::process::Stdio::null());
-    cmd
 }
 
 /// `GIT_SSH_COMMAND` for a deploy key file. git runs it through the shell, so the path is

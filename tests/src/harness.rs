@@ -203,7 +203,7 @@ impl TestNode {
         let binary = root.path().join("elysium-node.build");
         std::fs::write(&binary, b"#!/bin/true\n").unwrap();
         let systemd = Arc::new(FakeSystemd::new(fs.clone()));
-        let host = Host { fs, systemd: systemd.clone() };
+        let host = Host::with_root(root.path(), systemd.clone());
         Self { root, systemd, host, binary }
     }
 

@@ -81,7 +81,7 @@ impl Fixture {
         let root = tempfile::tempdir().unwrap();
         let fs = RootFs::new(root.path());
         let systemd = Arc::new(FakeSystemd::new(fs.clone()));
-        let host = Host { fs, systemd: systemd.clone() };
+        let host = Host::with_root(root.path(), systemd.clone());
         let healthy = Arc::new(AtomicBool::new(true));
         let url = health_server(healthy.clone());
         let (step_link, session) = link::link();

@@ -65,7 +65,7 @@ impl Fixture {
         let root = tempfile::tempdir().unwrap();
         let fs = RootFs::new(root.path());
         let systemd = Arc::new(FakeSystemd::new(fs.clone()));
-        let host = Host { fs: fs.clone(), systemd: systemd.clone() };
+        let host = Host::with_root(root.path(), systemd.clone());
         let step = Arc::new(MountsStep::new());
         let fx = Self {
             _root: root,

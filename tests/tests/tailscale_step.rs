@@ -28,7 +28,7 @@ impl Fixture {
     fn new() -> Self {
         let root = tempfile::tempdir().unwrap();
         let fs = RootFs::new(root.path());
-        let host = Host { fs: fs.clone(), systemd: Arc::new(FakeSystemd::new(fs)) };
+        let host = Host::with_root(root.path(), Arc::new(FakeSystemd::new(fs)));
         let tailnet = Tailnet::default();
         let step = TailscaleStep::new("alpha", tailnet.clone()).with_poll(Duration::from_millis(20));
         Self { _root: root, host, tailnet, reconciler: Reconciler::default().with_step(step) }

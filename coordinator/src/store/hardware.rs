@@ -73,19 +73,12 @@ impl HardwareDocs {
     /// sees the old document or the new one. Not synced (module docs).
     pub fn write(&self, id: &str, doc: &str) -> Result<(), StoreError> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = Self::path(id)?;
         let (real, tmp) = (self.fs.resolve(&path), self.fs.resolve(format!("/{TMP_PREFIX}{id}")));
         let io = |op, source| fs_error(FsError { op, path: real.clone(), source });
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io("create", e))?;
+        let mut file = elysium_host::fs::create(&tmp, 0o600).map_err(|e| io("create", e.source))?;
         file.write_all(doc.as_bytes()).map_err(|e| io("write", e))?;
-        std::fs::rename(&tmp, &real).map_err(|e| io("rename into place", e))
+        elysium_host::fs::rename(&tmp, &real).map_err(|e| io("rename into place", e.source))
     }
 
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {

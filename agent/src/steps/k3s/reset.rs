@@ -4,11 +4,14 @@
 //! (`KillMode=process`), unmount what the kubelet and CNI mounted, delete the CNI
 //! interfaces, strip K3s's iptables rules, then remove units, files and data.
 //!
-//! Observe → plan → apply like every step, so `--dry-run` prints the plan.
+//! Observe → plan → apply like every step, so `--dry-run` prints the plan. Every change
+//! goes through the host seam (systemd, signals, mounts, programs, files), so the whole
+//! plan can be applied against fakes.
 
 use std::fmt;
+use std::path::Path;
 
-use elysium_host::Host;
+use elysium_host::{Cmd, FsError, Host, MountError, ProcessError, Signal, SignalError, SystemdError};
 
 use super::journal;
 use elysium_installer::k3s_service::{BIN_DIR, SYSTEMD_DIR};
@@ -75,7 +78,7 @@ pub struct ResetObserved {
     pub trees: Vec<String>,
 }
 
-/// Reads the node (mountinfo, /proc, /sys/class/net, the unit directory).
+/// Reads the node (the mount table, /proc, /sys/class/net, the unit directory).
 pub fn observe(host: &Host) -> ResetObserved {
     let fs = &host.fs;
     let mut units: Vec<String> = std::fs::read_dir(fs.resolve(SYSTEMD_DIR))
@@ -101,11 +104,12 @@ pub fn observe(host: &Host) -> ResetObserved {
         }
     }
 
-    let mountinfo = fs.read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut mounts: Vec<String> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mount)
+    let mut mounts: Vec<String> = host
+        .mounts
+        .table()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.mount_point)
         .filter(|m| MOUNT_PREFIXES.iter().any(|p| m.starts_with(p)))
         .collect();
     // Deepest first, so nested mounts come off before their parents.
@@ -154,26 +158,6 @@ fn which(cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// mountinfo escapes spaces and friends as octal (`\040`).
-fn unescape_mount(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            let code: String = chars.by_ref().take(3).collect();
-            if let Ok(v) = u8::from_str_radix(&code, 8) {
-                out.push(v as char);
-                continue;
-            }
-            out.push('\\');
-            out.push_str(&code);
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The order of k3s-killall.sh then the uninstaller.
 pub fn plan(o: &ResetObserved) -> Vec<ResetAction> {
     let mut a = Vec::new();
@@ -194,15 +178,44 @@ pub fn plan(o: &ResetObserved) -> Vec<ResetAction> {
 }
 
 /// A reset action that failed.
-#[derive(Debug, thiserror::Error)]
-#[error("reset could not {action}: {message}")]
+#[derive(Debug)]
 pub struct ResetError {
+    /// The action, as the plan shows it.
     pub action: String,
-    pub message: String,
+    pub source: ResetFailure,
+}
+
+impl fmt::Display for ResetError {
+    /// The action and the whole chain of causes: the CLI prints this line alone.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "reset could not {}: {}", self.action, crate::error_chain(&self.source))
+    }
+}
+
+impl std::error::Error for ResetError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// What went wrong in one action.
+#[derive(Debug, thiserror::Error)]
+pub enum ResetFailure {
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+    #[error(transparent)]
+    Signal(#[from] SignalError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
 }
 
 /// Carries out the plan. Continues past failures that do not block what
 /// follows (a mount already gone), and reports every failure at the end.
+#[tracing::instrument(skip_all, fields(actions = actions.len()))]
 pub async fn apply(
     host: &Host,
     actions: &[ResetAction],
@@ -211,84 +224,54 @@ pub async fn apply(
     let mut errors = Vec::new();
     for action in actions {
         progress(action);
-        if let Err(message) = apply_one(host, action).await {
-            errors.push(ResetError { action: action.to_string(), message });
+        if let Err(source) = apply_one(host, action).await {
+            errors.push(ResetError { action: action.to_string(), source });
         }
     }
     errors
 }
 
-async fn apply_one(host: &Host, action: &ResetAction) -> Result<(), String> {
+async fn apply_one(host: &Host, action: &ResetAction) -> Result<(), ResetFailure> {
     let fs = &host.fs;
     match action {
-        ResetAction::StopUnit(u) => host.systemd.stop(u).await.map_err(|e| e.to_string()),
-        ResetAction::Kill { pid, .. } => {
-            match nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL)
-            {
-                Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-        ResetAction::Unmount(m) => {
-            match nix::mount::umount2(&fs.resolve(m), nix::mount::MntFlags::MNT_DETACH) {
-                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            }
-        }
+        ResetAction::StopUnit(u) => host.systemd.stop(u).await?,
+        // A shim that exited meanwhile is what the kill wanted.
+        ResetAction::Kill { pid, .. } => _ = host.signals.send(*pid, Signal::SIGKILL)?,
+        // A mount already gone (or never one: a nested mount came off with its parent)
+        // is not an error.
+        ResetAction::Unmount(m) => _ = host.mounts.unmount_lazy(Path::new(m))?,
         // Deleting a link needs netlink; iproute2 is on every node K3s runs on
         // (K3s itself needs it), so it is used rather than a netlink crate.
-        ResetAction::DeleteInterface(i) => run("ip", &["link", "delete", i]),
-        ResetAction::StripIptables => strip_iptables(),
-        ResetAction::DisableUnit(u) => {
-            host.systemd.disable(&[u]).await.map(|_| ()).map_err(|e| e.to_string())
+        ResetAction::DeleteInterface(i) => {
+            let cmd = Cmd::new("ip").args(["link", "delete", i.as_str()]);
+            host.processes.run(&cmd).await?.check(&cmd)?;
         }
-        ResetAction::RemoveFile(p) => fs.remove_file(p).map(|_| ()).map_err(|e| e.to_string()),
-        ResetAction::DaemonReload => host.systemd.daemon_reload().await.map_err(|e| e.to_string()),
-        ResetAction::RemoveTree(p) => match std::fs::remove_dir_all(fs.resolve(p)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.to_string()),
-        },
+        ResetAction::StripIptables => strip_iptables(host).await?,
+        ResetAction::DisableUnit(u) => _ = host.systemd.disable(&[u]).await?,
+        ResetAction::RemoveFile(p) => _ = fs.remove_file(p)?,
+        ResetAction::DaemonReload => host.systemd.daemon_reload().await?,
+        ResetAction::RemoveTree(p) => _ = fs.remove_tree(p)?,
     }
-}
-
-fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
+    Ok(())
 }
 
 /// `iptables-save | grep -v KUBE- | grep -v CNI- | grep -iv flannel | iptables-restore`
-fn strip_iptables() -> Result<(), String> {
-    use std::io::Write;
-    let saved =
-        std::process::Command::new("iptables-save").output().map_err(|e| format!("iptables-save: {e}"))?;
-    if !saved.status.success() {
-        return Err(format!("iptables-save: {}", String::from_utf8_lossy(&saved.stderr).trim()));
-    }
-    let text = String::from_utf8_lossy(&saved.stdout);
-    let kept: String = text
+async fn strip_iptables(host: &Host) -> Result<(), ProcessError> {
+    let save = Cmd::new("iptables-save");
+    let saved = host.processes.run(&save).await?.check(&save)?;
+    let kept = strip_rules(&saved.stdout_text());
+    let restore = Cmd::new("iptables-restore").stdin(kept);
+    host.processes.run(&restore).await?.check(&restore)?;
+    Ok(())
+}
+
+/// The rules of `iptables-save` output that are not K3s's, CNI's or flannel's.
+fn strip_rules(saved: &str) -> String {
+    saved
         .lines()
         .filter(|l| !l.contains("KUBE-") && !l.contains("CNI-") && !l.to_lowercase().contains("flannel"))
         .map(|l| format!("{l}\n"))
-        .collect();
-    let mut child = std::process::Command::new("iptables-restore")
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("iptables-restore: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(kept.as_bytes()).map_err(|e| format!("iptables-restore: {e}"))?;
-    }
-    let out = child.wait_with_output().map_err(|e| format!("iptables-restore: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("iptables-restore: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
+        .collect()
 }
 
 #[cfg(test)]
@@ -304,7 +287,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = RootFs::new(dir.path());
         let systemd = Arc::new(FakeSystemd::new(fs.clone()));
-        let host = Host { fs: fs.clone(), systemd: systemd.clone() };
+        let host = Host::with_root(dir.path(), systemd.clone());
         fs.write_atomic("/etc/systemd/system/k3s.service", b"[Service]\n", 0o644).unwrap();
         fs.write_atomic("/etc/systemd/system/k3s.service.env", b"", 0o600).unwrap();
         fs.write_atomic("/etc/systemd/system/elysium-node.service", b"[Service]\n", 0o644).unwrap();
@@ -366,5 +349,110 @@ mod tests {
                 .all(|a| matches!(a, ResetAction::Unmount(_) | ResetAction::DeleteInterface(_))),
             "a second reset has nothing left to do but the fixture's fake mounts"
         );
+    }
+
+    #[tokio::test]
+    async fn applies_the_whole_plan_through_the_host_seam() {
+        use elysium_host::fake::{FakeHost, FakeMounts, Reply};
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut fake = FakeHost::new(dir.path());
+        let mounts = Arc::new(FakeMounts::from_mountinfo(
+            "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n\
+             2 1 0:5 / /run/k3s rw - tmpfs tmpfs rw\n\
+             3 2 0:6 / /run/k3s/containerd/io.containerd.runtime.v2.task/k8s.io/abc/rootfs rw - overlay overlay rw\n\
+             4 1 0:7 / /run/netns/cni-1234 rw - nsfs nsfs rw\n",
+        ));
+        fake.host = fake.host.with_mounts(mounts.clone());
+        let (host, fs) = (&fake.host, &fake.host.fs);
+        fs.write_atomic("/etc/systemd/system/k3s.service", b"[Service]\n", 0o644).unwrap();
+        fs.write_atomic("/sys/class/net/cni0/type", b"1", 0o644).unwrap();
+        fs.write_atomic("/sys/class/net/flannel.1/type", b"1", 0o644).unwrap();
+        fs.create_dir_all("/proc/4242", 0o755).unwrap();
+        std::os::unix::fs::symlink(
+            "/var/lib/rancher/k3s/data/abc/bin/containerd-shim-runc-v2",
+            fs.resolve("/proc/4242/exe"),
+        )
+        .unwrap();
+        fake.systemd.start("k3s.service").await.unwrap();
+        fake.processes
+            .reply(
+                "iptables-save",
+                Reply::ok(
+                    "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n-A INPUT -j KUBE-SERVICES\n\
+                     -A FORWARD -s 10.42.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT\n\
+                     -A CNI-FORWARD -j ACCEPT\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n",
+                ),
+            )
+            .reply("ip", Reply::ok(""))
+            .reply("ip", Reply::fail(1, "Cannot find device \"flannel.1\"\n"));
+
+        let mut observed = observe(host);
+        assert_eq!(
+            observed.shims,
+            [(4242, "/var/lib/rancher/k3s/data/abc/bin/containerd-shim-runc-v2".into())]
+        );
+        // Whether iptables-save is on this machine's PATH does not matter to a fake.
+        observed.iptables = true;
+        let errors = apply(host, &plan(&observed), &mut |_| {}).await;
+
+        let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            messages,
+            [
+                "reset could not delete interface flannel.1: ip failed (exit status: 1): Cannot find device \"flannel.1\""
+            ]
+        );
+        assert!(matches!(errors[0].source, ResetFailure::Process(ProcessError::Failed { .. })));
+        assert_eq!(fake.signals.sent(), [(4242, Signal::SIGKILL)]);
+        assert_eq!(
+            mounts.unmounted(),
+            [
+                "/run/k3s/containerd/io.containerd.runtime.v2.task/k8s.io/abc/rootfs",
+                "/run/netns/cni-1234",
+                "/run/k3s",
+            ],
+            "deepest first"
+        );
+        assert_eq!(mounts.mount_points(), ["/"]);
+        assert_eq!(
+            fake.processes.command_lines(),
+            ["ip link delete cni0", "ip link delete flannel.1", "iptables-save", "iptables-restore"]
+        );
+        let restore = fake.processes.calls().pop().unwrap();
+        assert_eq!(
+            std::str::from_utf8(restore.get_stdin().unwrap()).unwrap(),
+            "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n"
+        );
+        assert!(!fs.exists("/etc/systemd/system/k3s.service"));
+        assert_eq!(fake.systemd.status("k3s.service").await.unwrap().active_state, "inactive");
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_or_a_refused_signal_is_reported_and_reset_goes_on() {
+        use elysium_host::fake::{FakeHost, Reply};
+
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeHost::new(dir.path());
+        fake.processes.reply("ip", Reply::Missing);
+        fake.signals.refuse(77);
+        fake.signals.exited(78);
+        let actions = [
+            ResetAction::Kill { pid: 77, exe: "shim".into() },
+            ResetAction::Kill { pid: 78, exe: "shim".into() },
+            ResetAction::DeleteInterface("cni0".into()),
+            ResetAction::Unmount("/run/k3s".into()),
+            ResetAction::RemoveTree("/var/lib/rancher/k3s".into()),
+        ];
+        let errors = apply(&fake.host, &actions, &mut |_| {}).await;
+        let messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            messages,
+            [
+                "reset could not kill shim (pid 77): could not send SIGKILL to pid 77: EPERM: Operation not permitted",
+                "reset could not delete interface cni0: could not start ip: entity not found",
+            ]
+        );
+        assert_eq!(fake.mounts.unmounted(), ["/run/k3s"]);
     }
 }

@@ -21,13 +21,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use elysium_host::Host;
 use elysium_host::systemd::{SystemdError, UNIT_DIR};
+use elysium_host::{Cmd, Host, ProcessError};
 use elysium_spec::MountSpec;
 
 use crate::error_chain;
 use crate::reconcile::{Desired, Step, StepError, SubCondition};
 use failure::{Evidence, Reason};
+use mountinfo::RcloneMount;
 use plan::{Check, DesiredMount, DesiredMounts, MountAction, ObservedMounts, ObservedUnit, SecretText};
 use version::{RcloneVersion, Requirement};
 
@@ -125,21 +126,22 @@ impl MountsStep {
 
 /// Runs `<binary> version` (the binary resolved below the host's root) and parses it.
 pub async fn rclone_version(host: &Host, binary: &str) -> Result<RcloneVersion, Blocked> {
-    let real = host.fs.resolve(binary);
     let unusable = |problem: String| Blocked::RcloneUnusable { binary: binary.to_owned(), problem };
-    let mut cmd = tokio::process::Command::new(&real);
-    cmd.arg("version")
+    let cmd = Cmd::new(host.fs.resolve(binary))
+        .arg("version")
         .env_clear()
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let out = match tokio::time::timeout(VERSION_TIMEOUT, cmd.output()).await {
-        Err(_) => return Err(unusable(format!("no answer within {VERSION_TIMEOUT:?}"))),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Blocked::RcloneMissing { binary: binary.to_owned() });
+        .timeout(VERSION_TIMEOUT);
+    let out = match host.processes.run(&cmd).await {
+        Err(ProcessError::Timeout { .. }) => {
+            return Err(unusable(format!("no answer within {VERSION_TIMEOUT:?}")));
         }
-        Ok(Err(e)) => return Err(unusable(e.to_string())),
-        Ok(Ok(out)) => out,
+        Err(e) if e.is_not_found() => return Err(Blocked::RcloneMissing { binary: binary.to_owned() }),
+        Err(ProcessError::Spawn { source, .. } | ProcessError::Io { source, .. }) => {
+            return Err(unusable(source.to_string()));
+        }
+        Err(e) => return Err(unusable(e.to_string())),
+        Ok(out) => out,
     };
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -222,7 +224,7 @@ impl MountsStep {
 
         let previous = config_on_disk.as_deref().map(rclone_conf::parse).unwrap_or_default();
         let mounted: BTreeSet<String> = {
-            let entries = mountinfo::read(&host.fs).map_err(|e| err(error_chain(&e)))?;
+            let entries = host.mounts.table().map_err(|e| err(error_chain(&e)))?;
             spec.mounts
                 .iter()
                 .filter(|m| mountinfo::mounted_at(&entries, &m.path).is_some_and(|e| e.is_rclone()))
@@ -415,7 +417,7 @@ impl Step for MountsStep {
             MountAction::Start { unit, log, .. } => self.start(host, unit, log, false).await?,
             MountAction::Restart { unit, log, .. } => self.start(host, unit, log, true).await?,
             MountAction::Verify { mounts } => {
-                let entries = mountinfo::read(&host.fs).map_err(fs_err)?;
+                let entries = host.mounts.table().map_err(|e| err(error_chain(&e)))?;
                 let mut down = Vec::new();
                 for m in mounts {
                     let mounted = mountinfo::mounted_at(&entries, &m.path).is_some_and(|e| e.is_rclone());
@@ -436,7 +438,7 @@ impl Step for MountsStep {
 
     async fn conditions(&self, host: &Host, desired: &Desired) -> Vec<SubCondition> {
         let spec = &desired.spec;
-        let entries = mountinfo::read(&host.fs).unwrap_or_default();
+        let entries = host.mounts.table().unwrap_or_default();
         let blocked = self.blocked();
         let mut out = Vec::new();
         for m in &spec.mounts {

@@ -1,73 +1,26 @@
 //! `/proc/self/mountinfo`: which file system is mounted where, for mount readiness.
 //!
-//! Owns parsing (proc(5): `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] -
-//! FSTYPE SOURCE SUPEROPTIONS`, with space, tab, newline and backslash written as
-//! `\040`, `\011`, `\012`, `\134`) and the readiness test rclone itself uses
-//! (cmd/mountlib/check_linux.go `CheckMountReady`: the entry at the mount point has
-//! a file-system type containing `rclone`, normally `fuse.rclone`). Reads go through
-//! the host seam's root, so tests use a fixture file.
+//! The format is the host seam's ([`elysium_host::mounts`], re-exported here); this
+//! module owns the readiness test rclone itself uses (cmd/mountlib/check_linux.go
+//! `CheckMountReady`: the entry at the mount point has a file-system type containing
+//! `rclone`, normally `fuse.rclone`). Reads go through the host seam's root, so tests
+//! use a fixture file.
 
 use std::time::{Duration, Instant};
 
+pub use elysium_host::mounts::{MOUNTINFO, MountEntry, parse, unescape};
 use elysium_host::{FsError, RootFs};
 
-/// The kernel's mount table for the reading process.
-pub const MOUNTINFO: &str = "/proc/self/mountinfo";
-
-/// One line of mountinfo, the fields readiness needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    pub mount_point: String,
-    pub fs_type: String,
-    pub source: String,
+/// Readiness, on the host's mount entries.
+pub trait RcloneMount {
+    /// An rclone file system (`fuse.rclone`) is mounted here.
+    fn is_rclone(&self) -> bool;
 }
 
-impl MountEntry {
-    pub fn is_rclone(&self) -> bool {
+impl RcloneMount for MountEntry {
+    fn is_rclone(&self) -> bool {
         self.fs_type.contains("rclone")
     }
-}
-
-/// Parses mountinfo text; malformed lines are skipped.
-pub fn parse(text: &str) -> Vec<MountEntry> {
-    text.lines().filter_map(parse_line).collect()
-}
-
-fn parse_line(line: &str) -> Option<MountEntry> {
-    let fields: Vec<&str> = line.split(' ').collect();
-    let mount_point = fields.get(4)?;
-    // Optional fields (shared:N, master:N...) run until a lone "-".
-    let dash = fields.iter().skip(6).position(|f| *f == "-")? + 6;
-    Some(MountEntry {
-        mount_point: unescape(mount_point),
-        fs_type: unescape(fields.get(dash + 1)?),
-        source: unescape(fields.get(dash + 2)?),
-    })
-}
-
-/// Undoes the kernel's octal escapes (`\040` → space).
-pub fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') as u32 * 64
-                + (bytes[i + 2] - b'0') as u32 * 8
-                + (bytes[i + 3] - b'0') as u32;
-            if let Ok(b) = u8::try_from(v) {
-                out.push(b);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A mount path as mountinfo writes it: absolute, no trailing slash.
@@ -84,7 +37,7 @@ pub fn mounted_at<'a>(entries: &'a [MountEntry], path: &str) -> Option<&'a Mount
 
 /// Reads and parses the mount table below `fs`'s root.
 pub fn read(fs: &RootFs) -> Result<Vec<MountEntry>, FsError> {
-    Ok(parse(&fs.read_to_string(MOUNTINFO)?))
+    elysium_host::mounts::read_table(fs)
 }
 
 /// The rclone mount at `path`, if one is there now.
