@@ -132,15 +132,10 @@ fn write_private(path: &Path, contents: &[u8], force: bool) -> anyhow::Result<()
         elysium_host::RootFs::new("/").write_atomic(&abs, contents, 0o600)?;
         return Ok(());
     }
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&abs).map_err(
-        |e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => {
-                anyhow!("{} exists; pass --force to replace it", abs.display())
-            }
-            _ => anyhow!(e).context(format!("could not create {}", abs.display())),
-        },
-    )?;
+    let mut file = elysium_host::fs::create_new(&abs, 0o600).map_err(|e| match e.source.kind() {
+        std::io::ErrorKind::AlreadyExists => anyhow!("{} exists; pass --force to replace it", abs.display()),
+        _ => anyhow!(e),
+    })?;
     // The umask can only narrow 0600; set it exactly anyway.
     use std::os::unix::fs::PermissionsExt as _;
     let written = file
@@ -148,7 +143,7 @@ fn write_private(path: &Path, contents: &[u8], force: bool) -> anyhow::Result<()
         .and_then(|()| file.write_all(contents))
         .and_then(|()| file.sync_all());
     if let Err(e) = written {
-        let _ = std::fs::remove_file(&abs);
+        let _ = elysium_host::fs::remove_file(&abs);
         return Err(anyhow!(e).context(format!("could not write {}", abs.display())));
     }
     Ok(())

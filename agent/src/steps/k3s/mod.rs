@@ -70,7 +70,7 @@ pub enum K3sError {
     Restore {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: FsError,
     },
     /// The health gate failed and the change was undone (as far as `after` says).
     #[error("upgrade to {to} failed: {reason}; {after}")]

@@ -163,7 +163,8 @@ impl K3sStep {
             Some(from) => {
                 let current = hash_node_file(&host.fs, &binary).await?.map(|d| d.to_string());
                 if current.as_deref() != Some(from.sha256.as_str()) {
-                    std::fs::rename(host.fs.resolve(&previous), host.fs.resolve(&binary))
+                    host.fs
+                        .rename(&previous, &binary)
                         .map_err(|source| K3sError::Restore { path: previous.clone(), source })?;
                 }
                 true
