@@ -123,19 +123,17 @@ async fn reconcile_loop(
             let applied = status_tx.borrow().applied_generation;
             status_tx.send_modify(|s| s.state = ReconcileState::Reconciling);
             let status = match &held.desired {
-                Err(e) => {
-                    ReconcileStatus {
-                        applied_generation: applied,
-                        conditions: status_tx.borrow().conditions.clone(),
-                        state: ReconcileState::Failed,
-                        error: format!(
-                            "spec generation {} cannot be used by agent {}: {}",
-                            held.spec.generation,
-                            env!("CARGO_PKG_VERSION"),
-                            crate::error_chain(e)
-                        ),
-                    }
-                }
+                Err(e) => ReconcileStatus {
+                    applied_generation: applied,
+                    conditions: status_tx.borrow().conditions.clone(),
+                    state: ReconcileState::Failed,
+                    error: format!(
+                        "spec generation {} cannot be used by agent {}: {}",
+                        held.spec.generation,
+                        env!("CARGO_PKG_VERSION"),
+                        crate::error_chain(e)
+                    ),
+                },
                 Ok(desired) => {
                     let report = reconciler.reconcile(&host, desired, false).await;
                     let conditions = report.conditions(&status_tx.borrow().conditions, unix_now());

@@ -4,7 +4,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use elysium_host::{Host, RootFs};
+use elysium_host::Host;
 use elysium_installer::k3s_service::K3sRole;
 use serde::Serialize;
 
@@ -12,9 +12,7 @@ use super::{Output, ResetArgs};
 use elysium_agent::steps::k3s::{health, journal, reset};
 
 fn host(root: &Path) -> Host {
-    let mut host = Host::real();
-    host.fs = RootFs::new(root);
-    host
+    Host::real_at(root)
 }
 
 #[derive(Serialize)]

@@ -13,9 +13,7 @@ use elysium_agent::join::{self, JoinOptions, JoinOutcome, Secret};
 use elysium_agent::service::{self as agent, AgentOptions};
 
 fn host(root: &Path) -> Host {
-    let mut host = Host::real();
-    host.fs = elysium_host::RootFs::new(root);
-    host
+    Host::real_at(root)
 }
 
 fn read_token(args: &JoinArgs) -> anyhow::Result<Secret> {

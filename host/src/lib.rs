@@ -41,7 +41,13 @@ pub struct Host {
 impl Host {
     /// The real machine: files under `/`, systemd on the system bus.
     pub fn real() -> Self {
-        Self::with_root("/", Arc::new(DbusSystemd::new()))
+        Self::real_at("/")
+    }
+
+    /// The real machine with its files (and mount table) below `root`: the
+    /// binary's hidden `--root`, for images and tests.
+    pub fn real_at(root: impl Into<std::path::PathBuf>) -> Self {
+        Self::with_root(root, Arc::new(DbusSystemd::new()))
     }
 
     /// Files under `root`, systemd as given (a [`FakeSystemd`] in unit tests); real

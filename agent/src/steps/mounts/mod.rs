@@ -25,8 +25,7 @@ use elysium_host::systemd::{SystemdError, UNIT_DIR};
 use elysium_host::{Cmd, Host, ProcessError};
 use elysium_spec::MountSpec;
 
-use crate::error_chain;
-use crate::reconcile::{Desired, Step, StepError, SubCondition};
+use crate::reconcile::{Desired, MissingSecret, Step, SubCondition};
 use failure::{Evidence, Reason};
 use mountinfo::RcloneMount;
 use plan::{Check, DesiredMount, DesiredMounts, MountAction, ObservedMounts, ObservedUnit, SecretText};
@@ -40,8 +39,26 @@ const LOG_TAIL_BYTES: u64 = 16 * 1024;
 /// A log past this size is cut to its tail (systemd appends on every restart).
 const LOG_MAX_BYTES: u64 = 1024 * 1024;
 
-fn err(message: impl std::fmt::Display) -> StepError {
-    StepError { step: STEP, message: message.to_string() }
+/// Why the mounts are not as the spec says. Names the file, unit or mount; never
+/// a credential (secrets stay in the 0600 config, messages carry their names).
+#[derive(Debug, thiserror::Error)]
+pub enum MountsError {
+    #[error(transparent)]
+    Secret(#[from] MissingSecret),
+    #[error(transparent)]
+    Fs(#[from] elysium_host::FsError),
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+    #[error(transparent)]
+    MountTable(#[from] elysium_host::mounts::MountError),
+    #[error("could not list {UNIT_DIR}")]
+    ListUnits(#[source] std::io::Error),
+    /// The spec cannot be served on this node (rclone missing or too old, …).
+    #[error(transparent)]
+    Blocked(#[from] Blocked),
+    /// Mounts that did not come up, each with its reason and what to do.
+    #[error("{}", .0.join("; "))]
+    Down(Vec<String>),
 }
 
 /// Why the step cannot manage mounts at all on this node.
@@ -153,28 +170,25 @@ pub async fn rclone_version(host: &Host, binary: &str) -> Result<RcloneVersion, 
 }
 
 /// The secret values of `mount`'s `secret_options`, option → value.
-fn secret_values(desired: &Desired, mount: &MountSpec) -> Result<BTreeMap<String, String>, StepError> {
+fn secret_values(desired: &Desired, mount: &MountSpec) -> Result<BTreeMap<String, String>, MountsError> {
     let mut out = BTreeMap::new();
     for (option, secret) in &mount.remote.secret_options {
-        out.insert(option.clone(), desired.secret(secret).map_err(err)?.to_owned());
+        out.insert(option.clone(), desired.secret(secret)?.to_owned());
     }
     Ok(out)
 }
 
-fn read_text(host: &Host, path: &str) -> Result<Option<String>, StepError> {
-    host.fs
-        .read_optional(path)
-        .map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned()))
-        .map_err(|e| err(error_chain(&e)))
+fn read_text(host: &Host, path: &str) -> Result<Option<String>, MountsError> {
+    Ok(host.fs.read_optional(path)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
 /// Our units present on disk (by file name).
-fn units_on_disk(host: &Host) -> Result<Vec<String>, StepError> {
+fn units_on_disk(host: &Host) -> Result<Vec<String>, MountsError> {
     let dir = host.fs.resolve(UNIT_DIR);
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(err(format!("could not list {UNIT_DIR}: {e}"))),
+        Err(e) => return Err(MountsError::ListUnits(e)),
     };
     let mut out: Vec<String> = entries
         .flatten()
@@ -197,7 +211,7 @@ fn log_tail(host: &Host, log: &str) -> String {
 }
 
 impl MountsStep {
-    async fn observe_managed(&self, host: &Host, desired: &Desired) -> Result<Observation, StepError> {
+    async fn observe_managed(&self, host: &Host, desired: &Desired) -> Result<Observation, MountsError> {
         let spec = &desired.spec;
         let on_disk = units_on_disk(host)?;
         let config_on_disk = read_text(host, &spec.rclone.config)?;
@@ -224,7 +238,7 @@ impl MountsStep {
 
         let previous = config_on_disk.as_deref().map(rclone_conf::parse).unwrap_or_default();
         let mounted: BTreeSet<String> = {
-            let entries = host.mounts.table().map_err(|e| err(error_chain(&e)))?;
+            let entries = host.mounts.table()?;
             spec.mounts
                 .iter()
                 .filter(|m| mountinfo::mounted_at(&entries, &m.path).is_some_and(|e| e.is_rclone()))
@@ -310,9 +324,9 @@ impl MountsStep {
     /// Starts (or restarts) a unit with a fresh log. A job that fails is not an
     /// error here: the Verify action that follows says why, for every mount at once,
     /// and one failing mount does not keep the others from starting.
-    async fn start(&self, host: &Host, unit: &str, log: &str, restart: bool) -> Result<(), StepError> {
-        host.fs.write_atomic(log, b"", 0o600).map_err(|e| err(error_chain(&e)))?;
-        host.systemd.reset_failed(unit).await.map_err(|e| err(error_chain(&e)))?;
+    async fn start(&self, host: &Host, unit: &str, log: &str, restart: bool) -> Result<(), MountsError> {
+        host.fs.write_atomic(log, b"", 0o600)?;
+        host.systemd.reset_failed(unit).await?;
         let result = if restart { host.systemd.restart(unit).await } else { host.systemd.start(unit).await };
         match result {
             Ok(()) => Ok(()),
@@ -320,7 +334,7 @@ impl MountsStep {
                 tracing::warn!(unit, error = %e, "mount did not start");
                 Ok(())
             }
-            Err(e) => Err(err(error_chain(&e))),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -346,13 +360,13 @@ impl MountsStep {
 impl Step for MountsStep {
     type Observed = Observation;
     type Action = Action;
-    type Error = StepError;
+    type Error = MountsError;
 
     fn name(&self) -> &'static str {
         STEP
     }
 
-    async fn observe(&self, host: &Host, desired: &Desired) -> Result<Observation, StepError> {
+    async fn observe(&self, host: &Host, desired: &Desired) -> Result<Observation, MountsError> {
         let observation = self.observe_managed(host, desired).await?;
         self.set_blocked(match &observation {
             Observation::Blocked(b) => Some(b.clone()),
@@ -371,13 +385,11 @@ impl Step for MountsStep {
         }
     }
 
-    async fn apply(&self, host: &Host, action: &Action) -> Result<(), StepError> {
+    async fn apply(&self, host: &Host, action: &Action) -> Result<(), MountsError> {
         let a = match action {
-            Action::Refuse(b) => return Err(err(b)),
+            Action::Refuse(b) => return Err(b.clone().into()),
             Action::Do(a) => a,
         };
-        let fs_err = |e: elysium_host::FsError| err(error_chain(&e));
-        let sd_err = |e: SystemdError| err(error_chain(&e));
         match a {
             MountAction::RemoveUnit { unit, path } => {
                 tracing::info!(unit = %unit, "removing the unit of a mount that left the spec");
@@ -389,35 +401,35 @@ impl Step for MountsStep {
                 if let Err(e) = host.systemd.disable(&[unit]).await {
                     tracing::warn!(unit = %unit, error = %e, "disabling a removed mount");
                 }
-                host.fs.remove_file(path).map_err(fs_err)?;
-                host.systemd.reset_failed(unit).await.map_err(sd_err)?;
+                host.fs.remove_file(path)?;
+                host.systemd.reset_failed(unit).await?;
             }
             MountAction::WriteConfig { path, contents, .. } => {
-                host.fs.write_atomic(path, contents.0.as_bytes(), 0o600).map_err(fs_err)?;
+                host.fs.write_atomic(path, contents.0.as_bytes(), 0o600)?;
             }
             MountAction::RemoveConfig { path } => {
-                host.fs.remove_file(path).map_err(fs_err)?;
+                host.fs.remove_file(path)?;
             }
             MountAction::AllowOther { contents } => {
                 let mode = host.fs.mode(unit::FUSE_CONF).unwrap_or(0o644);
-                host.fs.write_atomic(unit::FUSE_CONF, contents.as_bytes(), mode).map_err(fs_err)?;
+                host.fs.write_atomic(unit::FUSE_CONF, contents.as_bytes(), mode)?;
             }
             MountAction::CreateDirs { dirs } => {
                 for (d, mode) in dirs {
-                    host.fs.create_dir_all(d, *mode).map_err(fs_err)?;
+                    host.fs.create_dir_all(d, *mode)?;
                 }
             }
             MountAction::WriteUnit { path, contents, .. } => {
-                host.fs.write_atomic(path, contents.as_bytes(), 0o644).map_err(fs_err)?;
+                host.fs.write_atomic(path, contents.as_bytes(), 0o644)?;
             }
-            MountAction::DaemonReload => host.systemd.daemon_reload().await.map_err(sd_err)?,
+            MountAction::DaemonReload => host.systemd.daemon_reload().await?,
             MountAction::Enable { unit } => {
-                host.systemd.enable(&[unit]).await.map_err(sd_err)?;
+                host.systemd.enable(&[unit]).await?;
             }
             MountAction::Start { unit, log, .. } => self.start(host, unit, log, false).await?,
             MountAction::Restart { unit, log, .. } => self.start(host, unit, log, true).await?,
             MountAction::Verify { mounts } => {
-                let entries = host.mounts.table().map_err(|e| err(error_chain(&e)))?;
+                let entries = host.mounts.table()?;
                 let mut down = Vec::new();
                 for m in mounts {
                     let mounted = mountinfo::mounted_at(&entries, &m.path).is_some_and(|e| e.is_rclone());
@@ -429,7 +441,7 @@ impl Step for MountsStep {
                     down.push(format!("mount {} at {} is down ({reason}): {message}", m.name, m.path));
                 }
                 if !down.is_empty() {
-                    return Err(err(down.join("; ")));
+                    return Err(MountsError::Down(down));
                 }
             }
         }
