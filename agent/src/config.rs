@@ -34,6 +34,8 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error("could not serialise the agent configuration")]
+    Serialise(#[source] toml::ser::Error),
     #[error("the node's TLS identity in {dir} is unusable")]
     Identity {
         dir: &'static str,
@@ -56,11 +58,12 @@ impl AgentConfig {
         Self::load_optional(fs, path)?.ok_or_else(|| ConfigError::NotEnrolled { path: path.to_owned() })
     }
 
-    pub fn to_toml(&self) -> String {
-        let body = toml::to_string(self).unwrap_or_default();
-        format!(
+    /// The file `join` writes. An error rather than an empty file if it cannot be made.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        let body = toml::to_string(self).map_err(ConfigError::Serialise)?;
+        Ok(format!(
             "# Written by `elysium-node join`. The node's identity is in ca.crt, node.crt and node.key.\n{body}"
-        )
+        ))
     }
 
     pub fn target(&self) -> Result<Target, TransportError> {

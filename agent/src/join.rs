@@ -212,7 +212,7 @@ pub async fn join(
         (paths::NODE_KEY, key_pem.into_bytes(), 0o600),
         (paths::NODE_CERT, response.certificate_pem.into_bytes(), 0o644),
         (paths::CA_CERT, response.ca_certificate_pem.into_bytes(), 0o644),
-        (paths::AGENT_CONFIG, config.to_toml().into_bytes(), 0o644),
+        (paths::AGENT_CONFIG, config.to_toml()?.into_bytes(), 0o644),
     ];
     let mut staged = Vec::new();
     for (path, bytes, mode) in &contents {

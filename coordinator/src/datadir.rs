@@ -83,6 +83,12 @@ pub enum DataDirError {
     Fs(#[from] FsError),
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error("could not serialise {file}")]
+    Serialise {
+        file: &'static str,
+        #[source]
+        source: toml::ser::Error,
+    },
 }
 
 /// What `init` needs.
@@ -157,12 +163,12 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<AdminConfig, DataDirError>
     ));
     let result = (|| -> Result<(), DataDirError> {
         fs.create_dir_all(&staging, 0o700)?;
-        fs.write_atomic(staging.join(CONFIG_FILE), toml_string(&config).as_bytes(), 0o644)?;
+        fs.write_atomic(staging.join(CONFIG_FILE), toml_string(CONFIG_FILE, &config)?.as_bytes(), 0o644)?;
         fs.write_atomic(staging.join(CA_CERT), ca_issued.cert_pem.as_bytes(), 0o644)?;
         fs.write_atomic(staging.join(CA_KEY), ca_issued.key_pem.as_bytes(), 0o600)?;
         fs.write_atomic(staging.join(SERVER_CERT), server.cert_pem.as_bytes(), 0o644)?;
         fs.write_atomic(staging.join(SERVER_KEY), server.key_pem.as_bytes(), 0o600)?;
-        fs.write_atomic(staging.join(ADMIN_FILE), toml_string(&admin_cfg).as_bytes(), 0o600)?;
+        fs.write_atomic(staging.join(ADMIN_FILE), toml_string(ADMIN_FILE, &admin_cfg)?.as_bytes(), 0o600)?;
         let vault = crate::vault::VaultKey::generate();
         fs.write_atomic(staging.join(VAULT_KEY), vault.file_text().as_bytes(), 0o600)?;
         elysium_host::fs::rename(&staging, &abs)?;
@@ -201,8 +207,9 @@ pub fn load_admin_config(path: &Path) -> Result<AdminConfig, DataDirError> {
     toml::from_str(&text).map_err(|source| DataDirError::BadConfig { path: path.to_path_buf(), source })
 }
 
-fn toml_string<T: Serialize>(value: &T) -> String {
-    toml::to_string_pretty(value).unwrap_or_default()
+/// An error, never an empty file, when `value` cannot be written as TOML.
+fn toml_string<T: Serialize>(file: &'static str, value: &T) -> Result<String, DataDirError> {
+    toml::to_string_pretty(value).map_err(|source| DataDirError::Serialise { file, source })
 }
 
 fn bracket_ipv6(host: &str) -> String {
