@@ -5,12 +5,14 @@
 //! systemd (over D-Bus, with a fake that keeps the same contract) and privilege
 //! checks. Nothing here decides *what* to change; callers plan, this crate applies.
 
+pub mod clock;
 pub mod fs;
 pub mod net;
 pub mod systemd;
 
 use std::sync::Arc;
 
+pub use clock::{Clock, FakeClock, SystemClock};
 pub use fs::{FsError, RootFs};
 pub use systemd::{DbusSystemd, FakeSystemd, Systemd, SystemdError, UnitStatus};
 
