@@ -6,10 +6,10 @@ use std::sync::Arc;
 use elysium_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{blocking, internal};
+use super::status::{blocking, internal};
 use crate::convert;
 use crate::pki;
-use crate::server::Coordinator;
+use crate::state::Coordinator;
 use crate::store::{EnrollRefusal, NodeRecord};
 use crate::tokens::{JoinToken, TokenRejection};
 
@@ -133,7 +133,7 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             blocking(move || c.claim_first_server(&node)).await?
         };
         claim.map_err(internal)?;
-        let spec = c.node_spec(&node, &c.state.borrow());
+        let spec = c.cluster.borrow().node_spec(&node);
         Ok(Response::new(pb::EnrollResponse {
             node_id: node.id.clone(),
             node_name: name,
