@@ -279,3 +279,6 @@ pub(crate) async fn blocking_store<T: Send + 'static>(
         .await
         .unwrap_or_else(|_| Err(StoreError::Thread("a store task panicked".into())))
 }
+
+#[cfg(test)]
+mod tests;
