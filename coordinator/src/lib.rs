@@ -4,6 +4,10 @@
 //! [`server::run`] serves the three gRPC services of `elysium.v1` on one TLS
 //! listener; [`datadir`] creates and loads the on-disk identity. The CLI lives in
 //! the `elysium-node` binary; this crate owns no argument parsing.
+//!
+//! Dependencies point one way, floor by floor: `server` → `services` → `driver`
+//! (the rollout driver) → `state` (the live, shared state) → `vault`, `k3s`,
+//! `convert` → `store` → the pure `rollout`, `tokens` and `pki`.
 
 pub mod datadir;
 pub mod k3s;
@@ -15,6 +19,8 @@ pub mod tokens;
 pub mod vault;
 
 mod convert;
+mod driver;
 mod services;
+mod state;
 
 pub use server::{Coordinator, run};

@@ -6,6 +6,7 @@
 //! and privilege checks; each has a fake that keeps the same contract ([`fake`]).
 //! Nothing here decides *what* to change; callers plan, this crate applies.
 
+pub mod clock;
 pub mod fs;
 pub mod mounts;
 pub mod net;
@@ -19,6 +20,7 @@ pub mod fake;
 
 use std::sync::Arc;
 
+pub use clock::{Clock, FakeClock, SystemClock};
 pub use fs::{FsError, RootFs};
 pub use mounts::{MountEntry, MountError, Mounts, ProcMounts};
 pub use process::{Cmd, Output, ProcessError, Processes, TokioProcesses};

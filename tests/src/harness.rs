@@ -163,6 +163,19 @@ impl Drop for TestCoordinator {
     }
 }
 
+/// The real clock plus [`TestCoordinator::clock_offset`] seconds.
+#[derive(Debug)]
+struct OffsetClock(Arc<AtomicI64>);
+
+impl Clock for OffsetClock {
+    fn now(&self) -> std::time::SystemTime {
+        let offset = self.0.load(Ordering::SeqCst);
+        let by = Duration::from_secs(offset.unsigned_abs());
+        let real = std::time::SystemTime::now();
+        if offset >= 0 { real + by } else { real - by }
+    }
+}
+
 async fn serve(
     dir: &Path,
     addr: SocketAddr,
@@ -171,8 +184,7 @@ async fn serve(
     let data = datadir::load(dir).expect("load data dir");
     let tls = ServerTls::from_data_dir(&data);
     let store = RedbStore::open(&data.store_path()).expect("open store");
-    let real = server::system_clock();
-    let clock: Clock = Arc::new(move || real() + offset.load(Ordering::SeqCst));
+    let clock: Arc<dyn Clock> = Arc::new(OffsetClock(offset));
     let vault = data.vault_key().expect("vault key");
     let coordinator = Coordinator::new(Arc::new(store), data.ca, vault, clock).expect("coordinator");
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");

@@ -5,11 +5,15 @@
 //! given what the coordinator observes (node versions reported, rollbacks,
 //! drain results, the clock, maintenance windows) and returns the effects to
 //! carry out (drain, uncordon, events). Neither does I/O, so the whole policy is
-//! tested without a machine; `driver` runs it against the live coordinator and
-//! persists every change, so a coordinator killed mid-rollout continues where it
-//! was.
+//! tested without a machine; the coordinator's `driver` runs it against the live
+//! coordinator and persists every change, so a coordinator killed mid-rollout
+//! continues where it was.
+//!
+//! The records here ([`Rollout`] and its parts) are plain serialisable data, and
+//! the store keeps them as they are, as it keeps `tokens`' records: this module
+//! depends on no other part of the coordinator than `tokens`, so the store
+//! knowing it makes no circle.
 
-pub mod driver;
 pub mod window;
 
 use std::collections::BTreeMap;

@@ -7,9 +7,13 @@ use elysium_proto::v1 as pb;
 use elysium_spec::ClusterSpec;
 use tonic::{Request, Response, Status};
 
-use super::{blocking, internal, require_admin};
+use super::auth::require_admin;
+use super::status::{blocking, internal};
+use super::vault;
 use crate::convert;
-use crate::server::Coordinator;
+use crate::driver;
+use crate::rollout::{self, Effect, Phase, Rollout};
+use crate::state::{Coordinator, ParsedSpec};
 use crate::store::{SecretRecord, SpecWriteError};
 use crate::tokens::{DEFAULT_TTL_SECONDS, DEFAULT_USES, JoinToken};
 
@@ -32,10 +36,10 @@ impl AdminService {
 impl AdminService {
     /// The rollout `upgrade start` would run now (target from the request or the
     /// `[upgrade]` section, a channel resolved through the channel server).
-    async fn plan_rollout(&self, version: &str) -> Result<crate::rollout::Rollout, Status> {
+    async fn plan_rollout(&self, version: &str) -> Result<Rollout, Status> {
         let c = &self.coordinator;
-        let parsed = c.state.borrow().parsed.clone();
-        let (Some(upgrade), Some(k3s)) = (&parsed.upgrade, &parsed.k3s) else {
+        let spec = c.cluster.borrow().spec.clone();
+        let (Some(upgrade), Some(k3s)) = (&spec.parsed().upgrade, &spec.parsed().k3s) else {
             return Err(Status::failed_precondition(
                 "the cluster spec has no [upgrade] section; add one (see docs/examples/cluster.toml)",
             ));
@@ -50,10 +54,10 @@ impl AdminService {
         };
         let store = c.store.clone();
         let nodes = blocking(move || store.list_nodes_brief()).await?.map_err(internal)?;
-        let views = crate::rollout::driver::views(c, &nodes);
+        let views = c.node_views(&nodes);
         let now = c.now();
         let id = format!("r{now}");
-        crate::rollout::plan(&id, &target, &views, upgrade, now)
+        rollout::plan(&id, &target, &views, upgrade, now)
             .map_err(|e| Status::failed_precondition(e.to_string()))
     }
 
@@ -61,26 +65,27 @@ impl AdminService {
         &self,
         admin: &str,
         verb: &str,
-        f: impl FnOnce(&mut crate::rollout::Rollout, i64) -> Result<Vec<crate::rollout::Effect>, String>,
+        f: impl FnOnce(&mut Rollout, i64) -> Result<Vec<Effect>, String>,
     ) -> Result<Response<pb::Rollout>, Status> {
         let c = &self.coordinator;
         let _guard = c.rollout_lock.lock().await;
-        let current = c.state.borrow().rollout.clone().ok_or_else(|| Status::not_found("no rollout yet"))?;
-        let mut next = crate::rollout::Rollout::clone(&current);
+        let current =
+            c.cluster.borrow().rollout.clone().ok_or_else(|| Status::not_found("no rollout yet"))?;
+        let mut next = Rollout::clone(&current);
         let effects = f(&mut next, c.now()).map_err(Status::failed_precondition)?;
-        crate::rollout::driver::save(c, next.clone()).await.map_err(internal)?;
+        c.save_rollout(next.clone()).await.map_err(internal)?;
         c.event(&format!("upgrade.{verb}"), &next.id, &format!("by {admin}"));
         let store = c.store.clone();
         let nodes = blocking(move || store.list_nodes_brief()).await?.map_err(internal)?;
-        crate::rollout::driver::execute(c, &mut next, &nodes, effects);
+        driver::execute(c, &mut next, &nodes, effects);
         c.rollout_kick.notify_one();
         Ok(Response::new(self.rollout_view(&next)))
     }
 
-    fn rollout_view(&self, r: &crate::rollout::Rollout) -> pb::Rollout {
+    fn rollout_view(&self, r: &Rollout) -> pb::Rollout {
         let c = &self.coordinator;
         let now = c.now();
-        let state = c.state.borrow();
+        let state = c.cluster.borrow();
         pb::Rollout {
             id: r.id.clone(),
             target_version: r.target.clone(),
@@ -101,13 +106,13 @@ impl AdminService {
                     finished_unix: n.finished_unix,
                 })
                 .collect(),
-            window_open: crate::rollout::driver::window_open(&state, now),
-            next_window_unix: crate::rollout::driver::next_window(&state, now).unwrap_or(0),
+            window_open: state.window_open(now),
+            next_window_unix: state.next_window(now).unwrap_or(0),
         }
     }
 
     fn in_use(&self, name: &str) -> bool {
-        self.coordinator.state.borrow().parsed.secret_refs().contains(name)
+        self.coordinator.cluster.borrow().spec.parsed().secret_refs().contains(name)
     }
 
     fn secret_info(&self, s: &SecretRecord) -> pb::SecretInfo {
@@ -248,8 +253,8 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::GetClusterSpecRequest>,
     ) -> Result<Response<pb::ClusterSpec>, Status> {
         require_admin(&request)?;
-        let spec = self.coordinator.state.borrow().spec.clone();
-        Ok(Response::new(pb::ClusterSpec { generation: spec.generation, toml: spec.toml }))
+        let spec = self.coordinator.cluster.borrow().spec.clone();
+        Ok(Response::new(pb::ClusterSpec { generation: spec.generation(), toml: spec.toml().to_owned() }))
     }
 
     async fn set_cluster_spec(
@@ -267,7 +272,7 @@ impl pb::admin_server::Admin for AdminService {
         // A spec naming a secret that does not exist would leave nodes failing
         // with nothing to do about it there: refuse it here, with the fix.
         let missing: Vec<&str> = {
-            let state = c.state.borrow();
+            let state = c.cluster.borrow();
             parsed.secret_refs().into_iter().filter(|n| !state.secrets.contains_key(*n)).collect()
         };
         if !missing.is_empty() {
@@ -283,9 +288,11 @@ impl pb::admin_server::Admin for AdminService {
             SpecWriteError::Conflict { .. } => Status::aborted(e.to_string()),
             SpecWriteError::Store(e) => internal(e),
         })?;
-        c.state.send_modify(|s| s.set_spec(stored.clone()));
-        c.event("spec.set", "cluster", &format!("generation {} by {admin}", stored.generation));
-        Ok(Response::new(pb::ClusterSpec { generation: stored.generation, toml: stored.toml }))
+        let reply = pb::ClusterSpec { generation: stored.generation, toml: stored.toml.clone() };
+        // The parse that validated the document is the one every session uses.
+        c.set_spec(ParsedSpec::new(stored, parsed));
+        c.event("spec.set", "cluster", &format!("generation {} by {admin}", reply.generation));
+        Ok(Response::new(reply))
     }
 
     async fn set_secret(
@@ -309,7 +316,7 @@ impl pb::admin_server::Admin for AdminService {
         let stored = record.clone();
         blocking(move || store.put_secret(&stored)).await?.map_err(internal)?;
         // Sessions push the new value to the nodes whose spec refers to it.
-        c.state.send_modify(|s| {
+        c.cluster.send_modify(|s| {
             Arc::make_mut(&mut s.secrets).insert(record.name.clone(), record.clone());
         });
         c.event("secret.set", &record.name, &format!("by {admin}, fingerprint {}", record.fingerprint()));
@@ -321,7 +328,8 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ListSecretsRequest>,
     ) -> Result<Response<pb::ListSecretsResponse>, Status> {
         require_admin(&request)?;
-        let secrets: Vec<SecretRecord> = self.coordinator.state.borrow().secrets.values().cloned().collect();
+        let secrets: Vec<SecretRecord> =
+            self.coordinator.cluster.borrow().secrets.values().cloned().collect();
         Ok(Response::new(pb::ListSecretsResponse {
             secrets: secrets.iter().map(|s| self.secret_info(s)).collect(),
         }))
@@ -345,7 +353,7 @@ impl pb::admin_server::Admin for AdminService {
             blocking(move || store.delete_secret(&key)).await?.map_err(internal)?.ok_or_else(|| {
                 Status::not_found(format!("no secret named {name:?}; see `elysium-node secret list`"))
             })?;
-        c.state.send_modify(|s| {
+        c.cluster.send_modify(|s| {
             Arc::make_mut(&mut s.secrets).remove(&name);
         });
         c.event("secret.deleted", &name, &format!("by {admin}"));
@@ -373,7 +381,7 @@ impl pb::admin_server::Admin for AdminService {
         let version = request.into_inner().version;
         let c = &self.coordinator;
         let _guard = c.rollout_lock.lock().await;
-        if let Some(r) = c.state.borrow().rollout.clone()
+        if let Some(r) = c.cluster.borrow().rollout.clone()
             && !r.state.is_final()
         {
             return Err(Status::failed_precondition(format!(
@@ -384,7 +392,7 @@ impl pb::admin_server::Admin for AdminService {
             )));
         }
         let rollout = self.plan_rollout(&version).await?;
-        if rollout.nodes.iter().all(|n| n.phase == crate::rollout::Phase::Skipped) {
+        if rollout.nodes.iter().all(|n| n.phase == Phase::Skipped) {
             return Err(Status::failed_precondition(format!(
                 "no node would be upgraded to {}: {}",
                 rollout.target,
@@ -397,7 +405,7 @@ impl pb::admin_server::Admin for AdminService {
             )));
         }
         c.event("upgrade.started", &rollout.id, &format!("to {} by {admin}", rollout.target));
-        crate::rollout::driver::save(c, rollout.clone()).await.map_err(internal)?;
+        c.save_rollout(rollout.clone()).await.map_err(internal)?;
         c.rollout_kick.notify_one();
         Ok(Response::new(self.rollout_view(&rollout)))
     }
@@ -407,7 +415,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::UpgradeStatusRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
         require_admin(&request)?;
-        let r = self.coordinator.state.borrow().rollout.clone().ok_or_else(|| {
+        let r = self.coordinator.cluster.borrow().rollout.clone().ok_or_else(|| {
             Status::not_found("no rollout yet; see `elysium-node upgrade plan`, then `upgrade start`")
         })?;
         Ok(Response::new(self.rollout_view(&r)))
@@ -418,7 +426,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::UpgradeControlRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
         let admin = require_admin(&request)?;
-        self.control(&admin, "paused", |r, now| crate::rollout::pause(r, now).map(|()| vec![])).await
+        self.control(&admin, "paused", |r, now| rollout::pause(r, now).map(|()| vec![])).await
     }
 
     async fn upgrade_resume(
@@ -426,7 +434,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::UpgradeControlRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
         let admin = require_admin(&request)?;
-        self.control(&admin, "resumed", |r, now| crate::rollout::resume(r, now).map(|()| vec![])).await
+        self.control(&admin, "resumed", |r, now| rollout::resume(r, now).map(|()| vec![])).await
     }
 
     async fn upgrade_abort(
@@ -434,7 +442,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::UpgradeControlRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
         let admin = require_admin(&request)?;
-        self.control(&admin, "aborted", crate::rollout::abort).await
+        self.control(&admin, "aborted", rollout::abort).await
     }
 
     async fn list_events(
@@ -456,7 +464,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ListSealingKeysRequest>,
     ) -> Result<Response<pb::ListSealingKeysResponse>, Status> {
         require_admin(&request)?;
-        crate::vault::rpc::list(&self.coordinator).await.map(Response::new)
+        vault::list(&self.coordinator).await.map(Response::new)
     }
 
     async fn export_sealing_keys(
@@ -464,7 +472,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ExportSealingKeysRequest>,
     ) -> Result<Response<pb::ExportSealingKeysResponse>, Status> {
         let admin = require_admin(&request)?;
-        crate::vault::rpc::export(&self.coordinator, &admin, request.into_inner()).await.map(Response::new)
+        vault::export(&self.coordinator, &admin, request.into_inner()).await.map(Response::new)
     }
 }
 

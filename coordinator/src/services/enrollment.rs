@@ -6,10 +6,10 @@ use std::sync::Arc;
 use elysium_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{blocking, internal};
+use super::status::{blocking, internal};
 use crate::convert;
 use crate::pki;
-use crate::server::Coordinator;
+use crate::state::Coordinator;
 use crate::store::{EnrollRefusal, NodeRecord};
 use crate::tokens::{JoinToken, TokenRejection};
 
@@ -133,7 +133,7 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             blocking(move || c.claim_first_server(&node)).await?
         };
         claim.map_err(internal)?;
-        let spec = c.node_spec(&node, &c.state.borrow());
+        let spec = c.cluster.borrow().node_spec(&node);
         Ok(Response::new(pb::EnrollResponse {
             node_id: node.id.clone(),
             node_name: name,
@@ -146,7 +146,57 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
 
 #[cfg(test)]
 mod tests {
-    use super::validate_node_name;
+    use std::time::{Duration, SystemTime};
+
+    use elysium_host::FakeClock;
+    use elysium_proto::v1::enrollment_server::Enrollment as _;
+    use tonic::Code;
+
+    use super::*;
+    use crate::pki::Ca;
+    use crate::store::RedbStore;
+    use crate::tokens::Role;
+    use crate::vault::VaultKey;
+
+    /// A CSR as a joining node makes one (the coordinator reads only its key).
+    fn csr_der() -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        rcgen::CertificateParams::default().serialize_request(&key).unwrap().der().to_vec()
+    }
+
+    fn request(token: &JoinToken, name: &str) -> Request<pb::EnrollRequest> {
+        Request::new(pb::EnrollRequest {
+            token: token.expose(),
+            csr_der: csr_der(),
+            requested_name: name.into(),
+            ..Default::default()
+        })
+    }
+
+    /// Expiry is decided by the coordinator's clock, not the machine's: moved
+    /// past a token's lifetime, the clock makes the coordinator refuse it. With
+    /// the system clock both tokens would still be fresh.
+    #[tokio::test]
+    async fn a_token_expires_by_the_coordinators_clock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&tmp.path().join("state.redb")).unwrap();
+        let (ca, _) = Ca::generate("test").unwrap();
+        let issued_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let clock = FakeClock::new(issued_at);
+        let c = Coordinator::new(Arc::new(store), ca, VaultKey::generate(), Arc::new(clock.clone())).unwrap();
+        let service = EnrollmentService::new(c.clone());
+        let (first, _) = c.issue_token(60, 1, Role::Agent, BTreeMap::new()).unwrap();
+        let (second, record) = c.issue_token(60, 1, Role::Agent, BTreeMap::new()).unwrap();
+        assert_eq!(record.expires_unix, 1_900_000_060);
+
+        clock.advance(Duration::from_secs(59));
+        service.enroll(request(&first, "node1")).await.expect("a token within its lifetime enrolls");
+
+        clock.advance(Duration::from_secs(2));
+        let refused = service.enroll(request(&second, "node2")).await.expect_err("the token has expired");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(refused.message().contains("expired 1 s ago"), "{}", refused.message());
+    }
 
     #[test]
     fn node_names() {

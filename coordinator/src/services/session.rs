@@ -7,7 +7,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use elysium_proto::v1 as pb;
 use tokio::sync::{Notify, mpsc};
@@ -15,9 +14,11 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{blocking, internal, require_node};
+use super::auth::require_node;
+use super::status::{blocking, internal};
+use super::vault;
 use crate::convert;
-use crate::server::{Coordinator, LiveSession, Outbound, OutboundMessage};
+use crate::state::{Coordinator, LiveSession, Outbound, OutboundMessage};
 use crate::store::NodeRecord;
 
 /// Outbound messages buffered per session before the sender waits.
@@ -56,7 +57,7 @@ impl pb::node_session_server::NodeSession for SessionService {
                 )
             })?;
 
-        let session_id = c.next_session.fetch_add(1, Ordering::Relaxed);
+        let session_id = c.next_session_id();
         let end = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel::<OutboundMessage>(OUTBOUND_BUFFER);
         let tx = Outbound::new(tx);
@@ -90,8 +91,8 @@ async fn drive(
     mut inbound: Streaming<pb::AgentMessage>,
     tx: Outbound,
 ) {
-    let mut spec_rx = c.state.subscribe();
-    let mut sent = c.node_spec(&node, &spec_rx.borrow_and_update());
+    let mut spec_rx = c.cluster.subscribe();
+    let mut sent = spec_rx.borrow_and_update().node_spec(&node);
     // `finish` is boxed for the same reason as `handle` below.
     if tx.send(spec_message(sent.clone())).await.is_err() {
         return Box::pin(finish(&c, &mut node, session_id)).await;
@@ -128,12 +129,12 @@ async fn drive(
                 // node does not use) leave this node's spec as it was.
                 let (spec, toml) = {
                     let state = spec_rx.borrow_and_update();
-                    let spec = c.node_spec_without_toml(&node, &state);
+                    let spec = state.node_spec_without_toml(&node);
                     if spec == sent {
                         continue;
                     }
                     // From the same state as the rest: generation and TOML agree.
-                    let toml = state.spec.toml.clone();
+                    let toml = state.spec.toml().to_owned();
                     (spec, toml)
                 };
                 sent = spec.clone();
@@ -220,12 +221,12 @@ async fn handle(
             None
         }
         Msg::K3s(report) => {
-            crate::vault::rpc::on_k3s_token(c, node, &report.server_token).await;
+            vault::on_k3s_token(c, node, &report.server_token).await;
             k3s_report(c, node, report).await;
             None
         }
         Msg::SealingKey(report) => {
-            crate::vault::rpc::on_sealing_key(c, node, report).await;
+            vault::on_sealing_key(c, node, report).await;
             None
         }
         Msg::Result(r) if r.operation_id.starts_with("drain-") => {
@@ -289,7 +290,7 @@ async fn k3s_report(c: &Arc<Coordinator>, node: &mut NodeRecord, report: pb::K3s
         persist(c, node).await;
         c.rollout_kick.notify_one();
     }
-    let is_first = c.state.borrow().k3s.first_server_id.as_deref() == Some(node.id.as_str());
+    let is_first = c.cluster.borrow().k3s.first_server_id.as_deref() == Some(node.id.as_str());
     if report.server_token.is_empty() {
         return;
     }

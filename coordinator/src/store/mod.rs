@@ -4,6 +4,14 @@
 //! engine is behind it. The embedded default is [`RedbStore`] (see the README for
 //! why redb). Every write is one ACID transaction, so a `kill -9` at any moment
 //! leaves the last committed state.
+//!
+//! The store is the bottom floor of the coordinator: nothing here knows the live
+//! state, the services or the rollout driver. It stores typed records, some of
+//! them defined by the pure modules that own their meaning (`tokens`'
+//! `TokenRecord`, `rollout`'s `Rollout`): those modules do no I/O and name
+//! nothing above `tokens`, so the store depending on them points one way. Typed
+//! records, rather than serialised bytes for the rollout, keep every record's
+//! encoding and its corruption errors in one place, here.
 
 mod hardware;
 mod redb_store;

@@ -9,7 +9,6 @@
 
 pub mod identity;
 pub mod render;
-pub(crate) mod rpc;
 
 use std::sync::Mutex;
 

@@ -2,69 +2,23 @@
 //! the node registry and live sessions, calls [`advance`], persists the result
 //! before acting on it, and carries out the effects (drain and uncordon through a
 //! server node's agent, events). Operator actions come through the same lock.
+//!
+//! Owns the loop and the effects. Does not own the policy (`rollout`, pure and
+//! unaware of this driver) nor the shared state it reads and publishes to
+//! (`state`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use elysium_proto::v1 as pb;
 
-use super::{Effect, NodeObs, NodeView, Observation, Rollout, State, advance, window};
-use crate::server::{ClusterState, Coordinator};
+use crate::rollout::{Effect, NodeObs, Observation, Rollout, State, advance};
+use crate::state::{Coordinator, blocking_store};
 use crate::store::{NodeRecord, StoreError};
 use crate::tokens::Role;
 
 /// How often the driver looks even when nothing woke it (timeouts, windows).
 const TICK: Duration = Duration::from_secs(1);
-
-/// The version `node` must run, or `None` to let `[k3s]` decide.
-///
-/// With `[upgrade]`, a node's version changes only through rollouts: the latest
-/// rollout pins the nodes it concerns (the target once their turn came, their
-/// old version until then), every other node stays on what it reports, and a
-/// node that never ran K3s installs what the last finished rollout installed.
-/// A node that reports the target is pinned to it.
-pub fn pinned_version(state: &ClusterState, node: &NodeRecord) -> Option<String> {
-    state.parsed.upgrade.as_ref()?;
-    if let Some(r) = &state.rollout
-        && let Some(v) = r.pinned_version(&node.id)
-    {
-        // A node that already runs the target (it came back upgraded after it
-        // timed out) is never sent back; `advance` marks it done.
-        if node.k3s_version == r.target {
-            return Some(r.target.clone());
-        }
-        return Some(v);
-    }
-    if !node.k3s_version.is_empty() {
-        return Some(node.k3s_version.clone());
-    }
-    state.rollout.as_ref().filter(|r| r.state == State::Done).map(|r| r.target.clone())
-}
-
-/// The fleet as the planner sees it.
-pub fn views(c: &Coordinator, nodes: &[NodeRecord]) -> Vec<NodeView> {
-    let live = c.live();
-    nodes
-        .iter()
-        .map(|n| NodeView {
-            node_id: n.id.clone(),
-            name: n.name.clone(),
-            role: n.role,
-            labels: n.labels.clone(),
-            online: live.contains_key(&n.id),
-            version: n.k3s_version.clone(),
-        })
-        .collect()
-}
-
-/// Whether a maintenance window of the current spec is open at `now`.
-pub fn window_open(state: &ClusterState, now: i64) -> bool {
-    state.parsed.upgrade.as_ref().is_none_or(|u| window::any_open(&u.windows, now))
-}
-
-pub fn next_window(state: &ClusterState, now: i64) -> Option<i64> {
-    state.parsed.upgrade.as_ref().and_then(|u| window::next_open(&u.windows, now))
-}
 
 /// Runs until `stop` resolves.
 pub async fn run(c: Arc<Coordinator>, stop: impl std::future::Future<Output = ()>) {
@@ -84,7 +38,7 @@ pub async fn run(c: Arc<Coordinator>, stop: impl std::future::Future<Output = ()
 /// One step of the current rollout, if there is one to drive.
 pub async fn tick(c: &Arc<Coordinator>) -> Result<(), StoreError> {
     let _guard = c.rollout_lock.lock().await;
-    let current = match c.state.borrow().rollout.clone() {
+    let current = match c.cluster.borrow().rollout.clone() {
         Some(r) if r.state != State::Done => r,
         _ => return Ok(()),
     };
@@ -92,14 +46,14 @@ pub async fn tick(c: &Arc<Coordinator>) -> Result<(), StoreError> {
         return Ok(());
     }
     let store = c.store.clone();
-    let nodes = crate::services::blocking_store(move || store.list_nodes_brief()).await?;
+    let nodes = blocking_store(move || store.list_nodes_brief()).await?;
     let now = c.now();
     let obs = {
         let live = c.live();
         let drains = c.drain_results.lock().unwrap_or_else(|p| p.into_inner()).clone();
         Observation {
             now,
-            window_open: window_open(&c.state.borrow(), now),
+            window_open: c.cluster.borrow().window_open(now),
             nodes: nodes
                 .iter()
                 .map(|n| {
@@ -119,7 +73,7 @@ pub async fn tick(c: &Arc<Coordinator>) -> Result<(), StoreError> {
     let mut next: Rollout = Rollout::clone(&current);
     let effects = advance(&mut next, &obs);
     if next != **current {
-        save(c, next.clone()).await?;
+        c.save_rollout(next.clone()).await?;
     }
     // Forget drain outcomes no node waits for any more.
     {
@@ -134,30 +88,9 @@ pub async fn tick(c: &Arc<Coordinator>) -> Result<(), StoreError> {
         // A drain found no server to go through (say, just after a restart,
         // before the servers reconnected): forget it in memory so the next tick
         // sends it again; the node timeout bounds the waiting.
-        publish(c, next);
+        c.publish_rollout(next);
     }
     Ok(())
-}
-
-/// Persists `r` and publishes it (sessions push the new version pins).
-pub async fn save(c: &Arc<Coordinator>, r: Rollout) -> Result<(), StoreError> {
-    let store = c.store.clone();
-    let stored = r.clone();
-    crate::services::blocking_store(move || store.put_rollout(&stored)).await?;
-    publish(c, r);
-    Ok(())
-}
-
-/// Makes `r` the current rollout. Sessions are woken only when a node's pin
-/// changes: waking all of them on every step cost most of a core with 1,000
-/// nodes (docs/BENCHMARKS-fleet.md). Readers (`upgrade status`, the driver,
-/// a session woken for another reason) see `r` either way.
-fn publish(c: &Coordinator, r: Rollout) {
-    c.state.send_if_modified(|s| {
-        let wake = s.rollout.as_ref().is_none_or(|old| !old.same_pins(&r));
-        s.rollout = Some(Arc::new(super::Published::new(r)));
-        wake
-    });
 }
 
 /// Carries out effects. Drains and uncordons go to a server node's agent, which

@@ -1,15 +1,18 @@
-//! The vault on the wire: what sessions do with agents' reports, and the Admin calls
-//! `ListSealingKeys` and `ExportSealingKeys`.
+//! The key vault on the wire: what sessions do with agents' reports, and the Admin
+//! calls `ListSealingKeys` and `ExportSealingKeys`.
+//!
+//! Owns turning reports and requests into vault calls, events and statuses; the
+//! decisions (what to keep, how it is encrypted) are `crate::vault`'s.
 
 use std::sync::Arc;
 
 use elysium_proto::{MAX_MESSAGE_BYTES, v1 as pb};
 use tonic::Status;
 
-use super::{Accepted, ExportError, Refused};
-use crate::server::Coordinator;
-use crate::services::{blocking, internal};
+use super::status::{blocking, internal};
+use crate::state::Coordinator;
 use crate::store::NodeRecord;
+use crate::vault::{Accepted, ExportError, Refused, token_fingerprint};
 
 /// A `SealingKeyReport` from a node's session.
 pub(crate) async fn on_sealing_key(c: &Arc<Coordinator>, node: &NodeRecord, report: pb::SealingKeyReport) {
@@ -93,7 +96,7 @@ pub(crate) async fn list(c: &Arc<Coordinator>) -> Result<pb::ListSealingKeysResp
         k3s_token: Some(match token {
             Some(r) => pb::K3sTokenInfo {
                 backed_up: true,
-                fingerprint: super::token_fingerprint(r),
+                fingerprint: token_fingerprint(r),
                 reported_by: r.reported_by.clone(),
                 first_seen_unix: r.first_seen_unix,
                 last_seen_unix: r.last_seen_unix,
