@@ -114,3 +114,31 @@ pub fn condition_from_pb(c: pb::Condition) -> Condition {
 pub fn event_to_pb(e: EventRecord) -> pb::Event {
     pb::Event { seq: e.seq, unix: e.unix, kind: e.kind, subject: e.subject, message: e.message }
 }
+
+/// The name a node record keeps for a heartbeat's reconcile state: from the enum,
+/// or the string an agent that predates it sends (kept as sent).
+pub(crate) fn reconcile_state_name(state: i32, legacy: String) -> String {
+    use pb::ReconcileState as S;
+    match S::try_from(state) {
+        Ok(S::Waiting) => "waiting".into(),
+        Ok(S::Reconciling) => "reconciling".into(),
+        Ok(S::Converged) => "converged".into(),
+        Ok(S::Failed) => "failed".into(),
+        Ok(S::Unspecified) | Err(_) => legacy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reconcile_state_comes_from_the_enum_or_an_older_agents_string() {
+        assert_eq!(reconcile_state_name(pb::ReconcileState::Failed.into(), "converged".into()), "failed");
+        assert_eq!(
+            reconcile_state_name(pb::ReconcileState::Unspecified.into(), "converged".into()),
+            "converged"
+        );
+        assert_eq!(reconcile_state_name(99, "reconciling".into()), "reconciling");
+    }
+}

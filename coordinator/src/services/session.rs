@@ -200,13 +200,14 @@ async fn handle(
             // Heartbeats are frequent: write to the store only when what the node
             // reports changes, and keep last-seen in memory meanwhile.
             let conditions: Vec<_> = hb.conditions.into_iter().map(convert::condition_from_pb).collect();
+            let state = convert::reconcile_state_name(hb.state, hb.reconcile_state);
             let changed = hb.applied_generation != node.applied_generation
-                || hb.reconcile_state != node.reconcile_state
+                || state != node.reconcile_state
                 || hb.reconcile_error != node.reconcile_error
                 || conditions != node.conditions;
             if changed {
                 node.applied_generation = hb.applied_generation;
-                node.reconcile_state = hb.reconcile_state;
+                node.reconcile_state = state;
                 node.reconcile_error = hb.reconcile_error;
                 node.conditions = conditions;
                 node.last_seen_unix = now;

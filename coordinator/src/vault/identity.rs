@@ -33,6 +33,9 @@ pub enum VaultError {
     },
     #[error("vault item {id} is corrupt: its content does not match its record")]
     Corrupt { id: String },
+    /// Never the item itself: it holds key material.
+    #[error("vault item {id} could not be serialised")]
+    Serialise { id: String },
 }
 
 /// The age identity that encrypts and decrypts vault items.

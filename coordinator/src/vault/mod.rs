@@ -320,7 +320,10 @@ impl Vault {
     }
 
     fn seal(&self, item: &Item) -> Result<Vec<u8>, VaultError> {
-        let plain = Zeroizing::new(serde_json::to_vec(item).unwrap_or_default());
+        // An error, never an empty sealed item that a later export would trust.
+        let plain = Zeroizing::new(
+            serde_json::to_vec(item).map_err(|_| VaultError::Serialise { id: item.id.clone() })?,
+        );
         self.key.seal(&item.id, &plain)
     }
 
