@@ -15,25 +15,10 @@ pub(super) fn mount_points() -> Vec<PathBuf> {
     text.lines().filter_map(|l| l.split(' ').nth(4)).map(|p| PathBuf::from(unescape_mountinfo(p))).collect()
 }
 
-/// Decodes the `\ooo` octal escapes of /proc/self/mountinfo.
+/// Decodes the `\ooo` octal escapes of /proc/self/mountinfo: the host seam's
+/// parser, so the harness and the agent read the table alike.
 pub(super) fn unescape_mountinfo(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    elysium_host::mounts::unescape(s)
 }
 
 pub(super) fn is_mounted(path: &Path) -> bool {
