@@ -13,6 +13,8 @@ mod systemd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+// The clock's fake is a few lines beside the real clock; named here with the rest.
+pub use crate::clock::FakeClock;
 pub use mounts::FakeMounts;
 pub use processes::{FakeProcesses, Reply};
 pub use signals::FakeSignals;
