@@ -156,7 +156,8 @@ struct Applied {
     generation: u64,
 }
 
-/// State could not be persisted; what was there before is kept.
+/// State could not be persisted (here and by the K3s journal); what was there
+/// before is kept.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(transparent)]

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use elysium_agent::config::AgentConfig;
 use elysium_agent::fleet::drain::{DrainError, DrainOptions, Drainer, Progress, Skip};
-use elysium_agent::fleet::{self, FleetCommand, FleetError, K3S_KUBECONFIG};
+use elysium_agent::fleet::{self, FleetCommand, FleetError};
 use elysium_agent::link;
 use elysium_agent::reconcile::Reconciler;
 use elysium_agent::service::{self as agent, AgentOptions};
 use elysium_host::RootFs;
+use elysium_kube::K3S_KUBECONFIG;
 use elysium_proto::v1 as pb;
 use elysium_tests::harness::{TestCoordinator, TestNode, eventually};
 use kube_apiserver_standin::{ApiServer, ObjectRef, Verb};

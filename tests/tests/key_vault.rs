@@ -167,7 +167,7 @@ async fn keys_reach_the_vault_and_export_passes_recover() {
     // Not a key: another Secret in the namespace is never read.
     api.put(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "other", "namespace": "flux-system"}, "stringData": {"x": "y"}}))
         .unwrap();
-    let kubeconfig = server.host.fs.resolve(elysium_agent::vault::K3S_KUBECONFIG);
+    let kubeconfig = server.host.fs.resolve(elysium_kube::K3S_KUBECONFIG);
     api.write_kubeconfig(&kubeconfig, &api.admin_credentials()).unwrap();
 
     let options =

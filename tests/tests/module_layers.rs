@@ -155,7 +155,6 @@ fn scan(src: &Path) -> CrateModules {
     }
     for f in &files {
         let this = module_of(src, f);
-        let is_dir_module = f.file_name().is_some_and(|n| n == "mod.rs" || n == "lib.rs" || n == "main.rs");
         let text = std::fs::read_to_string(f).unwrap();
         for (line, code) in code_lines(&text) {
             for (at, _) in code.match_indices("crate::").chain(code.match_indices("super::")) {
@@ -171,7 +170,6 @@ fn scan(src: &Path) -> CrateModules {
                 } else {
                     // `super` of `a/b.rs` is `a`; of `a/b/mod.rs` (module a::b) also `a`.
                     base = this.clone();
-                    let _ = is_dir_module;
                     while let Some(r) = rest.strip_prefix("super::") {
                         base.pop();
                         rest = r;

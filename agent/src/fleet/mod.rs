@@ -15,7 +15,7 @@ use elysium_proto::v1 as pb;
 use crate::error_chain;
 use crate::link::StepLink;
 use drain::{DrainError, DrainOptions, Drainer, Progress};
-pub use elysium_kube::K3S_KUBECONFIG;
+use elysium_kube::K3S_KUBECONFIG;
 
 /// A command on the cluster, from the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]

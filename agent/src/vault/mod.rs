@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use elysium_host::{FsError, RootFs};
-pub use elysium_kube::K3S_KUBECONFIG;
+use elysium_kube::K3S_KUBECONFIG;
 use elysium_kube::{ClientError, ClientOptions};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::watcher::{self, Event};

@@ -8,6 +8,8 @@
 //!   agent died mid-operation: it finishes it or rolls it back.
 
 use elysium_host::{FsError, RootFs};
+
+use crate::state::StateError;
 use serde::{Deserialize, Serialize};
 
 pub const STATE_FILE: &str = "/var/lib/elysium/k3s.json";
@@ -87,20 +89,7 @@ pub fn load_state(fs: &RootFs) -> K3sState {
     read(fs, STATE_FILE).unwrap_or_default()
 }
 
-/// A state file could not be written; the one on disk is left as it was.
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    #[error(transparent)]
-    Write(#[from] FsError),
-    #[error("could not serialise {path}")]
-    Serialise {
-        path: &'static str,
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-pub fn save_state(fs: &RootFs, state: &K3sState) -> Result<(), JournalError> {
+pub fn save_state(fs: &RootFs, state: &K3sState) -> Result<(), StateError> {
     write(fs, STATE_FILE, state)
 }
 
@@ -108,7 +97,7 @@ pub fn load_journal(fs: &RootFs) -> Option<Journal> {
     read(fs, JOURNAL_FILE)
 }
 
-pub fn save_journal(fs: &RootFs, journal: &Journal) -> Result<(), JournalError> {
+pub fn save_journal(fs: &RootFs, journal: &Journal) -> Result<(), StateError> {
     write(fs, JOURNAL_FILE, journal)
 }
 
@@ -129,10 +118,9 @@ fn read<T: for<'de> Deserialize<'de>>(fs: &RootFs, path: &str) -> Option<T> {
     }
 }
 
-fn write<T: Serialize>(fs: &RootFs, path: &'static str, value: &T) -> Result<(), JournalError> {
+fn write<T: Serialize>(fs: &RootFs, path: &'static str, value: &T) -> Result<(), StateError> {
     // Serialise first: a failure must keep the file that is there, never write an empty one.
-    let bytes =
-        serde_json::to_vec_pretty(value).map_err(|source| JournalError::Serialise { path, source })?;
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Serialise { path, source })?;
     Ok(fs.write_atomic(path, &bytes, 0o600)?)
 }
 

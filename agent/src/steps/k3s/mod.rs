@@ -35,8 +35,9 @@ use elysium_installer::k3s_service::{self, K3sRole};
 use crate::error_chain;
 use crate::link::StepLink;
 use crate::reconcile::{Desired, Step, SubCondition};
+use crate::state::StateError;
 use health::{Probe, Unhealthy};
-use journal::{Installed, JournalError};
+use journal::Installed;
 use plan::{Blocked, DesiredK3s, K3sPlan, ObservedK3s};
 pub use report::SERVER_TOKEN_FILE;
 
@@ -51,7 +52,7 @@ pub enum K3sError {
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error(transparent)]
-    Journal(#[from] JournalError),
+    State(#[from] StateError),
     #[error(transparent)]
     Systemd(#[from] SystemdError),
     #[error(transparent)]

@@ -123,14 +123,6 @@ garbage line
         assert_eq!(mounted_at(&entries, "/mnt/plain").unwrap().fs_type, "fuse.rclone");
     }
 
-    #[test]
-    fn unescape_leaves_other_backslashes() {
-        assert_eq!(unescape(r"/a\040b"), "/a b");
-        assert_eq!(unescape(r"/a\0"), r"/a\0");
-        assert_eq!(unescape(r"/a\999"), r"/a\999");
-        assert_eq!(unescape(r"/a\134"), r"/a\");
-    }
-
     #[tokio::test]
     async fn waits_until_mounted_or_times_out() {
         let dir = tempfile::tempdir().unwrap();
