@@ -30,18 +30,24 @@ The keys file is the backup of the old cluster's sealed-secrets keys, taken with
 
 The preflight touches no cluster. It clones --branch (shallow), checks every key against its
 certificate and the committed sealing certificate, trial-decrypts every SealedSecret in the
-repository, finds the controller's namespace and name from its HelmRelease, the Flux bootstrap
-manifests in PATH/flux-system/ and the Kustomizations' dependency order, and gives a verdict.
---force lets it pass when cluster-secret-vars (the Secret the Kustomizations substitute from)
-does not open, or when the committed certificate matches no key although some SealedSecrets
-open.
+repository, follows the cluster PATH the way kustomize does (resources:, wrapper directories)
+to every Flux Kustomization and what it applies, finds the controller's namespace and name from
+its HelmRelease, how Flux is bootstrapped (PATH/flux-system/ from `flux bootstrap`, a
+FluxInstance object, or the flux-instance HelmRelease of the Flux Operator) and the
+Kustomizations' dependency order, and gives a verdict. --force lets it pass when a Secret the
+Kustomizations substitute from (cluster-secret-vars) or a wait: true layer's HelmRelease reads
+values from does not open, or when the committed certificate matches no key although some
+SealedSecrets open.
 
 Then, unless --verify-only, it applies to the cluster of --kubeconfig (checked to answer
 first; nothing is applied otherwise), with server-side apply as field manager elysium-node:
   1. the namespaces, then the keys as Secrets in the controller's namespace, before any
      sealed-secrets controller starts (it reads its keys once, at start-up);
   2. PATH/flux-system/gotk-components.yaml (CRDs first, once Established the rest), the
-     deploy-key Secret the GitRepository reads, then gotk-sync.yaml;
+     deploy-key Secret the GitRepository reads, then gotk-sync.yaml; for the Flux Operator,
+     its release manifest (--flux-operator-manifest, labelled so that helm-controller adopts
+     it), the deploy key, then the FluxInstance, waiting until it is Ready (the cluster must
+     reach the operator's registry, ghcr.io/controlplaneio-fluxcd, or a mirror);
   3. a restart of the sealed-secrets controller if it was already running;
   4. it follows the GitRepository and every Kustomization in dependency order, then the
      HelmReleases and SealedSecrets, and reports.
@@ -129,6 +135,11 @@ pub struct RecoverArgs {
     /// Run the preflight, print its report and stop.
     #[arg(long)]
     pub verify_only: bool,
+    /// For a repository the Flux Operator bootstraps: the operator's release manifest
+    /// (`install.yaml`), a file (offline) or an https:// URL. Default: the release of the
+    /// version the flux-operator HelmRelease pins, from the operator's GitHub releases.
+    #[arg(long, value_name = "FILE|URL")]
+    pub flux_operator_manifest: Option<String>,
     /// Report format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -178,6 +189,7 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
         yes: args.yes,
         timeout: args.timeout,
         poll_interval: elysium_recovery::apply::DEFAULT_POLL,
+        flux_operator_manifest: args.flux_operator_manifest.clone(),
     };
     let mut ui = TerminalUi::new(json);
     let result = tokio::select! {

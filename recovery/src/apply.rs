@@ -41,7 +41,7 @@ use tokio::time::Instant;
 
 use crate::cluster::{self, Cluster, ClusterError, Kinds};
 use crate::deploykey::{self, DeployKeyError};
-use crate::flux::NamespacedName;
+use crate::flux::{BootstrapForm, NamespacedName};
 use crate::follow::{self, FollowOutcome, Readiness, Targets};
 use crate::keys::{SealingKey, TLS_CRT, TLS_KEY, TLS_SECRET_TYPE};
 use crate::ledger::{self, Ledger, LedgerError, Loaded};
@@ -76,6 +76,10 @@ pub struct ApplyOptions {
     /// The whole run, following Flux included.
     pub timeout: Duration,
     pub poll_interval: Duration,
+    /// `--flux-operator-manifest FILE|URL`: the Flux Operator's release manifest
+    /// (`install.yaml`) for repositories the operator bootstraps. Without it, the release
+    /// of the version the flux-operator HelmRelease pins is downloaded.
+    pub flux_operator_manifest: Option<String>,
 }
 
 impl ApplyOptions {
@@ -89,6 +93,7 @@ impl ApplyOptions {
             yes: false,
             timeout: Duration::from_secs(30 * 60),
             poll_interval: DEFAULT_POLL,
+            flux_operator_manifest: None,
         }
     }
 }
@@ -103,6 +108,32 @@ pub enum ApplyError {
         "the preflight found no sealed-secrets controller; pass --controller-namespace and --controller-name; nothing was applied"
     )]
     NoController,
+    #[error(
+        "the repository has no Flux bootstrap to apply (looked for: {looked_for}); nothing was applied"
+    )]
+    NoBootstrap { looked_for: String },
+    #[error(
+        "the repository is bootstrapped by the Flux Operator, but no flux-operator HelmRelease with a pinned \
+         chart version is applied from it: pass --flux-operator-manifest FILE|URL (the operator's install.yaml); \
+         nothing was applied"
+    )]
+    OperatorVersionUnknown,
+    #[error("could not download the Flux Operator manifest {url}; download it where there is access and pass --flux-operator-manifest FILE; nothing was applied")]
+    OperatorDownload {
+        url: String,
+        #[source]
+        source: Box<reqwest::Error>,
+    },
+    #[error("the Flux Operator manifest {source_name} holds no {what}; is it the operator's install.yaml?")]
+    OperatorManifest { source_name: String, what: &'static str },
+    #[error("FluxInstance {instance} did not become Ready in time ({state}); the objects applied are recorded in the state file: run again to go on")]
+    InstanceNotReady { instance: NamespacedName, state: String },
+    #[error("waiting for FluxInstance {instance} failed; run again to go on")]
+    InstanceWait {
+        instance: NamespacedName,
+        #[source]
+        source: Box<kube::Error>,
+    },
     #[error("could not read the bootstrap manifest {file}")]
     ReadManifest {
         file: PathBuf,
@@ -223,9 +254,7 @@ pub async fn run(
     let controller = preflight.controller.as_ref().ok_or(ApplyError::NoController)?;
 
     // Local inputs first: nothing needs the cluster to be found wrong.
-    let root = preflight.checkout.root();
-    let components = read_manifests(root, &preflight.bootstrap.components)?;
-    let sync = read_manifests(root, &preflight.bootstrap.sync)?;
+    let (components, sync) = bootstrap_manifests(preflight, opts, ui).await?;
     let keys = key_manifests(&preflight.keys, &controller.namespace)?;
     let source = &preflight.bootstrap.source;
     let deploy_secret = source.secret.as_ref().map(|s| NamespacedName::new(&source.name.namespace, s));
@@ -361,7 +390,7 @@ pub async fn run(
 
     let checkout = &preflight.checkout;
     let expected_revision = match (checkout.branch(), checkout.commit()) {
-        (Some(b), Some(c)) if b == source.branch => Some(format!("{b}@sha1:{c}")),
+        (Some(b), Some(c)) if b == source.branch => Some(source.revision(c)),
         _ => {
             ui.event(Event::Note(format!(
                 "the checked revision is not what the GitRepository syncs (branch {}): any revision is accepted",
@@ -384,6 +413,7 @@ pub async fn run(
         source: source.name.clone(),
         kustomizations: preflight.order.clone(),
         expected_revision,
+        instance: preflight.bootstrap.instance.as_ref().map(|i| i.name.clone()),
     });
     ui.event(Event::Plan { text: plan.to_string() });
 
@@ -459,6 +489,19 @@ pub async fn run(
                 ui.event(Event::Established { crds: crds.len() });
             }
             Step::WaitEstablished { .. } => {}
+            Step::WaitInstance { instance } if !opts.dry_run => {
+                let limit = deadline.saturating_duration_since(Instant::now());
+                match follow::wait_instance(&client, instance, limit, opts.poll_interval, ui).await {
+                    Ok(r) if r.is_ready() => {}
+                    Ok(r) => {
+                        return Err(ApplyError::InstanceNotReady { instance: instance.clone(), state: r.to_string() });
+                    }
+                    Err(source) => {
+                        return Err(ApplyError::InstanceWait { instance: instance.clone(), source: Box::new(source) });
+                    }
+                }
+            }
+            Step::WaitInstance { .. } => {}
             Step::ConfirmDeployKey { repository } => {
                 if let Some(r) = &deploy_report {
                     ui.event(Event::DeployKey {
@@ -670,8 +713,12 @@ impl Run<'_> {
 fn read_manifests(root: &Path, file: &Path) -> Result<Vec<Manifest>, ApplyError> {
     let bytes = std::fs::read(root.join(file))
         .map_err(|source| ApplyError::ReadManifest { file: file.to_owned(), source })?;
+    parse_manifests(&bytes, &file.display().to_string(), file)
+}
+
+fn parse_manifests(bytes: &[u8], origin: &str, file: &Path) -> Result<Vec<Manifest>, ApplyError> {
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml_ng::Deserializer::from_slice(&bytes).enumerate() {
+    for (i, doc) in serde_yaml_ng::Deserializer::from_slice(bytes).enumerate() {
         let value = Value::deserialize(doc).map_err(|source| ApplyError::Yaml {
             file: file.to_owned(),
             document: i + 1,
@@ -680,9 +727,88 @@ fn read_manifests(root: &Path, file: &Path) -> Result<Vec<Manifest>, ApplyError>
         if value.is_null() {
             continue;
         }
-        out.push(Manifest::new(Phase::Components, format!("{}#{}", file.display(), i + 1), value, false)?);
+        out.push(Manifest::new(Phase::Components, format!("{origin}#{}", i + 1), value, false)?);
     }
     Ok(out)
+}
+
+/// The Flux Operator's release manifest for `version` (docs/reference/flux.md#flux-operator).
+pub fn operator_manifest_url(version: &str) -> String {
+    format!("{OPERATOR_RELEASES}/download/v{}/install.yaml", version.trim_start_matches('v'))
+}
+const OPERATOR_RELEASES: &str = "https://github.com/controlplaneio-fluxcd/flux-operator/releases";
+
+/// What comes first and what syncs: gotk-components and gotk-sync for a classic bootstrap;
+/// for the Flux Operator, its release manifest and then the FluxInstance, each labelled so
+/// that helm-controller adopts them when Flux reconciles their HelmReleases.
+async fn bootstrap_manifests(
+    preflight: &Preflight,
+    opts: &ApplyOptions,
+    ui: &mut dyn Ui,
+) -> Result<(Vec<Manifest>, Vec<Manifest>), ApplyError> {
+    let b = &preflight.bootstrap;
+    let root = preflight.checkout.root();
+    match b.form {
+        BootstrapForm::None => Err(ApplyError::NoBootstrap { looked_for: b.looked_for.join("; ") }),
+        BootstrapForm::Classic => {
+            let (Some(components), Some(sync)) = (&b.components, &b.sync) else {
+                return Err(ApplyError::NoBootstrap { looked_for: b.looked_for.join("; ") });
+            };
+            Ok((read_manifests(root, components)?, read_manifests(root, sync)?))
+        }
+        BootstrapForm::FluxInstance | BootstrapForm::FluxInstanceChart => {
+            let Some(instance) = &b.instance else {
+                return Err(ApplyError::NoBootstrap { looked_for: b.looked_for.join("; ") });
+            };
+            let (name, bytes) = match &opts.flux_operator_manifest {
+                Some(given) if given.starts_with("https://") || given.starts_with("http://") => {
+                    (given.clone(), download(given).await?)
+                }
+                Some(file) => {
+                    let p = PathBuf::from(file);
+                    let bytes = std::fs::read(&p).map_err(|source| ApplyError::ReadManifest { file: p.clone(), source })?;
+                    (file.clone(), bytes)
+                }
+                None => {
+                    let version =
+                        b.operator.as_ref().and_then(|o| o.version.as_deref()).ok_or(ApplyError::OperatorVersionUnknown)?;
+                    let url = operator_manifest_url(version);
+                    ui.event(Event::Note(format!("downloading the Flux Operator {version} manifest from {url}")));
+                    (url.clone(), download(&url).await?)
+                }
+            };
+            let mut components = parse_manifests(&bytes, &name, Path::new(&name))?;
+            if !components.iter().any(|m| m.id.kind == "Deployment") {
+                return Err(ApplyError::OperatorManifest { source_name: name, what: "Deployment" });
+            }
+            if !components.iter().filter_map(Manifest::crd_defines).any(|c| c.kind == "FluxInstance") {
+                return Err(ApplyError::OperatorManifest { source_name: name, what: "FluxInstance CRD" });
+            }
+            if let Some(owner) = b.operator.as_ref().map(|o| &o.owner) {
+                for m in &mut components {
+                    if !m.is_namespace() {
+                        *m = m.adopted_by(owner)?;
+                    }
+                }
+            }
+            let mut inst = Manifest::new(Phase::Sync, instance.origin.clone(), instance.body.clone(), false)?;
+            if let Some(owner) = &instance.helm {
+                inst = inst.adopted_by(owner)?;
+            }
+            Ok((components, vec![inst]))
+        }
+    }
+}
+
+async fn download(url: &str) -> Result<Vec<u8>, ApplyError> {
+    let err = |source| ApplyError::OperatorDownload { url: url.to_owned(), source: Box::new(source) };
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(300))
+        .build()
+        .map_err(err)?;
+    let resp = client.get(url).send().await.map_err(err)?.error_for_status().map_err(err)?;
+    Ok(resp.bytes().await.map_err(err)?.to_vec())
 }
 
 /// The sealing keys as Secrets in the controller's namespace: name, labels (the `active`

@@ -3,12 +3,11 @@
 //! `fullname` template. The keys must be restored into that namespace, and that Deployment
 //! restarted, or the controller generates a fresh key and ignores the backup.
 
-use std::path::Path;
-
 use serde::Serialize;
 use serde_yaml_ng::Value;
 use sha2::{Digest, Sha256};
 
+use crate::kustomize::Included;
 use crate::manifests::{Object, Tree};
 
 /// The chart's name, in both bitnami-labs' Helm repository and Bitnami's OCI registry.
@@ -39,21 +38,30 @@ pub enum Found {
     Many(Vec<String>),
 }
 
-/// Finds the HelmRelease(s) of the chart. Those in files under `reachable` directories (the
-/// cluster path and the paths its Kustomizations apply) win over others, so a repository
-/// with several clusters resolves to this cluster's.
-pub fn find(tree: &Tree, reachable: &[&Path]) -> Found {
-    let all: Vec<&Object> =
-        tree.of(HELM_GROUP, "HelmRelease").filter(|hr| is_sealed_secrets(tree, hr)).collect();
-    let near: Vec<&Object> =
-        all.iter().copied().filter(|hr| reachable.iter().any(|d| hr.is_under(d))).collect();
-    let pick = if near.is_empty() { all } else { near };
+/// Finds the HelmRelease(s) of the chart. Those the cluster's Kustomizations apply
+/// (`reachable`, found by following kustomize's `resources:` from the cluster path, with
+/// the namespace the build gives them) win over others, so a repository with several
+/// clusters resolves to this cluster's. Only when none is reachable are the others looked at
+/// (a controller committed but installed by hand).
+pub fn find(tree: &Tree, reachable: &[Included]) -> Found {
+    let near: Vec<(&Object, &str)> = reachable
+        .iter()
+        .map(|i| (&tree.objects[i.index], i.namespace.as_deref()))
+        .filter(|(o, _)| o.is(HELM_GROUP, "HelmRelease") && chart_name(tree, o).as_deref() == Some(CHART))
+        .map(|(o, ns)| (o, ns.unwrap_or_else(|| self::ns(o))))
+        .collect();
+    let pick = if near.is_empty() {
+        tree.of(HELM_GROUP, "HelmRelease")
+            .filter(|hr| chart_name(tree, hr).as_deref() == Some(CHART))
+            .map(|o| (o, ns(o)))
+            .collect()
+    } else {
+        near
+    };
     match pick.as_slice() {
         [] => Found::None,
-        [hr] => Found::One(locate(hr)),
-        many => {
-            Found::Many(many.iter().map(|o| format!("{}/{} in {}", ns(o), o.name(), o.origin())).collect())
-        }
+        [(hr, ns)] => Found::One(locate(hr, ns)),
+        many => Found::Many(many.iter().map(|(o, ns)| format!("{ns}/{} in {}", o.name(), o.origin())).collect()),
     }
 }
 
@@ -61,14 +69,30 @@ fn ns(o: &Object) -> &str {
     o.namespace().unwrap_or("default")
 }
 
-/// `spec.chart.spec.chart: sealed-secrets`, or a `spec.chartRef` to an OCIRepository whose
-/// URL ends in `/sealed-secrets` (or, when that object is not in the repository, a
-/// chartRef named after the chart).
-fn is_sealed_secrets(tree: &Tree, hr: &Object) -> bool {
-    if hr.str_at(&["spec", "chart", "spec", "chart"]) == Some(CHART) {
-        return true;
+/// The chart a HelmRelease installs, and where from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Chart {
+    pub name: String,
+    /// The OCIRepository's or HelmRepository's URL, when that object is in the repository.
+    pub url: Option<String>,
+    /// `spec.ref.tag` of an OCIRepository, or `spec.chart.spec.version`.
+    pub version: Option<String>,
+    /// `spec.ref.digest` of an OCIRepository.
+    pub digest: Option<String>,
+}
+
+/// `spec.chart.spec.chart`, or the last path element of the OCIRepository a `spec.chartRef`
+/// points at (or, when that object is not in the repository, the chartRef's name).
+pub fn chart(tree: &Tree, hr: &Object) -> Option<Chart> {
+    if let Some(name) = hr.str_at(&["spec", "chart", "spec", "chart"]) {
+        return Some(Chart {
+            name: name.to_owned(),
+            url: None,
+            version: hr.str_at(&["spec", "chart", "spec", "version"]).map(str::to_owned),
+            digest: None,
+        });
     }
-    let Some(r) = hr.at(&["spec", "chartRef"]) else { return false };
+    let r = hr.at(&["spec", "chartRef"])?;
     let name = r.get("name").and_then(Value::as_str).unwrap_or("");
     let ref_ns = r.get("namespace").and_then(Value::as_str).unwrap_or(ns(hr));
     let kind = r.get("kind").and_then(Value::as_str).unwrap_or("");
@@ -76,27 +100,41 @@ fn is_sealed_secrets(tree: &Tree, hr: &Object) -> bool {
         .objects
         .iter()
         .find(|o| o.kind() == kind && o.name() == name && o.namespace().unwrap_or("default") == ref_ns);
-    match target.and_then(|o| o.str_at(&["spec", "url"])) {
-        Some(url) => url.trim_end_matches('/').rsplit('/').next() == Some(CHART),
-        None => name == CHART,
+    match target.and_then(|o| Some((o, o.str_at(&["spec", "url"])?))) {
+        Some((o, url)) => Some(Chart {
+            name: url.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_owned(),
+            url: Some(url.to_owned()),
+            version: o.str_at(&["spec", "ref", "tag"]).or(o.str_at(&["spec", "ref", "semver"])).map(str::to_owned),
+            digest: o.str_at(&["spec", "ref", "digest"]).map(str::to_owned),
+        }),
+        None => Some(Chart { name: name.to_owned(), url: None, version: None, digest: None }),
     }
 }
 
-/// helm-controller: release namespace = `targetNamespace` or the HelmRelease's namespace;
-/// release name = `releaseName` or `[targetNamespace-]name` (`GetReleaseName`), shortened
-/// past 53 characters (`release.ShortenName`). Then the chart's `sealed-secrets.fullname`:
-/// `fullnameOverride`, else the release name if it contains the chart name (nameOverride
-/// replacing it), else `<release>-<chart>`, cut to 63; `values.namespace` overrides the
-/// namespace (`sealed-secrets.namespace`).
-fn locate(hr: &Object) -> ControllerLocation {
+pub fn chart_name(tree: &Tree, hr: &Object) -> Option<String> {
+    chart(tree, hr).map(|c| c.name)
+}
+
+/// helm-controller's release namespace and name of a HelmRelease in namespace `ns`:
+/// `targetNamespace` or its own; `releaseName` or `[targetNamespace-]name`
+/// (`GetReleaseName`), shortened past 53 characters (`release.ShortenName`).
+pub fn release_of(hr: &Object, ns: &str) -> (String, String) {
     let target = hr.str_at(&["spec", "targetNamespace"]).filter(|s| !s.is_empty());
-    let release_ns = target.unwrap_or(ns(hr)).to_owned();
+    let release_ns = target.unwrap_or(ns).to_owned();
     let release = match (hr.str_at(&["spec", "releaseName"]).filter(|s| !s.is_empty()), target) {
         (Some(r), _) => r.to_owned(),
         (None, Some(t)) => format!("{t}-{}", hr.name()),
         (None, None) => hr.name().to_owned(),
     };
-    let release = shorten_release_name(&release);
+    (release_ns, shorten_release_name(&release))
+}
+
+/// The release as [`release_of`] names it, then the chart's `sealed-secrets.fullname`:
+/// `fullnameOverride`, else the release name if it contains the chart name (nameOverride
+/// replacing it), else `<release>-<chart>`, cut to 63; `values.namespace` overrides the
+/// namespace (`sealed-secrets.namespace`).
+fn locate(hr: &Object, hr_ns: &str) -> ControllerLocation {
+    let (release_ns, release) = release_of(hr, hr_ns);
     let values = |k: &str| hr.str_at(&["spec", "values", k]).filter(|s| !s.is_empty());
     let name = match values("fullnameOverride") {
         Some(f) => trunc63(f),
@@ -109,7 +147,7 @@ fn locate(hr: &Object) -> ControllerLocation {
         namespace: values("namespace").unwrap_or(&release_ns).to_owned(),
         name,
         release_name: Some(release),
-        source: format!("HelmRelease {}/{} in {}", ns(hr), hr.name(), hr.origin()),
+        source: format!("HelmRelease {hr_ns}/{} in {}", hr.name(), hr.origin()),
     }
 }
 

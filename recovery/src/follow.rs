@@ -144,6 +144,47 @@ pub fn judge_kustomization(obj: &Value, source: &NamespacedName, expected: Optio
     }
 }
 
+/// A FluxInstance: `Ready=True` for the current generation (the operator sets it once
+/// the distribution is installed and the sync objects are made).
+pub fn judge_instance(obj: &Value) -> Readiness {
+    match judge_flux(obj, "Ready") {
+        Ok(()) => Readiness::Ready { revision: None },
+        Err(r) => r,
+    }
+}
+
+pub fn flux_instance() -> Kind {
+    Kind::known("fluxcd.controlplane.io", "v1", "FluxInstance", "fluxinstances", true)
+}
+
+/// Polls the FluxInstance until it is Ready, turns terminal, or `limit` passes; returns
+/// where it stands then. Each change of state is an event.
+pub async fn wait_instance(
+    client: &Client,
+    name: &NamespacedName,
+    limit: Duration,
+    poll: Duration,
+    ui: &mut dyn Ui,
+) -> Result<Readiness, kube::Error> {
+    let api = flux_instance().api(client, Some(&name.namespace));
+    let until = tokio::time::Instant::now() + limit;
+    let mut last: Option<Readiness> = None;
+    loop {
+        let r = match api.get_opt(&name.name).await? {
+            None => Readiness::Missing,
+            Some(o) => judge_instance(&serde_json::to_value(&o).unwrap_or_default()),
+        };
+        if last.as_ref() != Some(&r) {
+            ui.event(Event::Status { what: format!("FluxInstance {name}"), readiness: r.clone() });
+            last = Some(r.clone());
+        }
+        if r.is_ready() || r.is_terminal() || tokio::time::Instant::now() >= until {
+            return Ok(r);
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
 /// A HelmRelease: `Ready=True` for the current generation.
 pub fn judge_helm_release(obj: &Value) -> Readiness {
     match judge_flux(obj, "Ready") {

@@ -10,8 +10,8 @@
 //! crate's.
 //!
 //! Preflight modules: [`repo`] (getting the repository), [`keys`] (the key backup),
-//! [`sealed`] (the sealed-secrets hybrid crypto), [`manifests`] (reading YAML), [`flux`]
-//! (bootstrap and Kustomization order), [`controller`] (where the controller runs),
+//! [`sealed`] (the sealed-secrets hybrid crypto), [`manifests`] (reading YAML), [`kustomize`]
+//! (what a directory applies), [`flux`] (bootstrap forms, layers and their order), [`controller`] (where the controller runs),
 //! [`preflight`] (the checks), [`report`] (what is printed). Apply modules: [`plan`] (the
 //! ordered steps, pure), [`cluster`] (the client from a kubeconfig), [`deploykey`] (Flux's
 //! SSH deploy key), [`ledger`] (progress on disk, for resuming), [`follow`] (readiness),
@@ -24,6 +24,7 @@ pub mod deploykey;
 pub mod flux;
 pub mod follow;
 pub mod keys;
+pub mod kustomize;
 pub mod ledger;
 pub mod manifests;
 pub mod plan;

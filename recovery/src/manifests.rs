@@ -1,8 +1,13 @@
 //! Reading a checked-out GitOps repository: every Kubernetes object in its YAML files
 //! (multi-document, `.yaml`/`.yml`, `.git` skipped, symlinks not followed), and committed
 //! PEM certificates. What the objects mean (Flux, Helm, SealedSecrets) is other modules'.
+//!
+//! Helm charts kept in the repository are not read: their `templates/` are Go templates,
+//! not YAML, and neither kustomize nor Flux applies them as files (helm-controller renders
+//! them from a chart source). A directory holding `Chart.yaml` is skipped whole, quietly.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize as _;
@@ -72,6 +77,11 @@ pub struct Skipped {
 pub struct Tree {
     pub objects: Vec<Object>,
     pub skipped: Vec<Skipped>,
+    /// Every YAML file read, with the range of its objects in `objects` (files are read in
+    /// sorted order, one after the other, so each file's objects are contiguous).
+    files: BTreeMap<PathBuf, Range<usize>>,
+    /// Helm chart directories that were not read.
+    pub charts: Vec<PathBuf>,
 }
 
 impl Tree {
@@ -80,13 +90,20 @@ impl Tree {
         let mut files = Vec::new();
         walk(root, Path::new(""), &mut files)?;
         files.sort();
+        let mut charts: Vec<PathBuf> = files
+            .iter()
+            .filter(|f| f.file_name().is_some_and(|n| n == "Chart.yaml"))
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        charts.sort();
         for rel in files {
-            if !is_yaml(&rel) {
+            if !is_yaml(&rel) || charts.iter().any(|c| rel.starts_with(c)) {
                 continue;
             }
             let bytes = std::fs::read(root.join(&rel))?;
             tree.add_file(rel, &bytes);
         }
+        tree.charts = charts;
         Ok(tree)
     }
 
@@ -105,7 +122,29 @@ impl Tree {
                 }
             }
         }
+        let start = self.objects.len();
         self.objects.extend(objects);
+        self.files.insert(file, start..self.objects.len());
+    }
+
+    /// Whether `file` (relative to the root) was read as YAML.
+    pub fn has_file(&self, file: &Path) -> bool {
+        self.files.contains_key(file)
+    }
+
+    /// Indices into `objects` of the objects in `file`, in document order.
+    pub fn in_file(&self, file: &Path) -> Range<usize> {
+        self.files.get(file).cloned().unwrap_or(0..0)
+    }
+
+    /// Every file read that lies below `dir`, sorted.
+    pub fn files_under<'a>(&'a self, dir: &'a Path) -> impl Iterator<Item = &'a Path> + 'a {
+        self.files.keys().map(PathBuf::as_path).filter(move |f| f.starts_with(dir))
+    }
+
+    /// Whether `dir` is (or is inside) a Helm chart that was not read.
+    pub fn in_chart(&self, path: &Path) -> bool {
+        self.charts.iter().any(|c| path.starts_with(c))
     }
 
     pub fn of<'a>(&'a self, group: &'a str, kind: &'a str) -> impl Iterator<Item = &'a Object> + 'a {

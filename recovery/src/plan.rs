@@ -25,6 +25,10 @@ use crate::flux::NamespacedName;
 
 /// The field manager of every write `recover` makes (server-side apply and patches).
 pub use elysium_kube::FIELD_MANAGER;
+/// Helm's ownership metadata (helm/helm pkg/action/validate.go `existingResourceConflict`).
+pub const HELM_MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "Helm");
+pub const HELM_RELEASE_NAME: &str = "meta.helm.sh/release-name";
+pub const HELM_RELEASE_NAMESPACE: &str = "meta.helm.sh/release-namespace";
 /// `apiextensions.k8s.io`: CRDs are applied before everything else in gotk-components.
 pub const CRD_GROUP: &str = "apiextensions.k8s.io";
 
@@ -217,6 +221,27 @@ impl Manifest {
         Ok(Manifest { phase, id, origin, secret, body, hash })
     }
 
+    /// The same object with the metadata Helm adopts an existing object by
+    /// (docs/reference/flux.md#helm-adoption): the `app.kubernetes.io/managed-by: Helm`
+    /// label and the `meta.helm.sh/release-name`/`release-namespace` annotations of the
+    /// release that will own it. Without them helm-controller refuses to install over it
+    /// ("exists and cannot be imported into the current release").
+    pub fn adopted_by(&self, owner: &crate::flux::HelmOwner) -> Result<Manifest, ManifestError> {
+        let mut body = self.body.clone();
+        if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+            let labels = meta.entry("labels").or_insert_with(|| serde_json::json!({}));
+            if let Some(l) = labels.as_object_mut() {
+                l.insert(HELM_MANAGED_BY.0.into(), HELM_MANAGED_BY.1.into());
+            }
+            let ann = meta.entry("annotations").or_insert_with(|| serde_json::json!({}));
+            if let Some(a) = ann.as_object_mut() {
+                a.insert(HELM_RELEASE_NAME.into(), owner.release_name.clone().into());
+                a.insert(HELM_RELEASE_NAMESPACE.into(), owner.release_namespace.clone().into());
+            }
+        }
+        Manifest::new(self.phase, self.origin.clone(), body, self.secret)
+    }
+
     /// The object to send. Never log or print it.
     pub fn body(&self) -> &Value {
         &self.body
@@ -292,6 +317,9 @@ pub enum Step {
     ConfirmDeployKey { repository: String },
     /// Restart the sealed-secrets controller if it is running, so it loads the keys.
     RestartController { deployment: NamespacedName },
+    /// Wait until the Flux Operator reports the FluxInstance Ready (it installed the
+    /// controllers and made the sync objects).
+    WaitInstance { instance: NamespacedName },
     /// Follow the GitRepository and the Kustomizations until ready.
     Follow { source: NamespacedName, kustomizations: Vec<NamespacedName>, expected_revision: Option<String> },
 }
@@ -318,6 +346,8 @@ pub struct PlanInput {
     /// Kustomizations in dependency order, the root sync first.
     pub kustomizations: Vec<NamespacedName>,
     pub expected_revision: Option<String>,
+    /// The FluxInstance among the sync objects, for a Flux Operator bootstrap.
+    pub instance: Option<NamespacedName>,
 }
 
 /// The ordered steps.
@@ -359,6 +389,7 @@ pub fn plan(input: PlanInput) -> Plan {
         source,
         kustomizations,
         expected_revision,
+        instance,
     } = input;
     let mut steps = Vec::new();
 
@@ -421,6 +452,9 @@ pub fn plan(input: PlanInput) -> Plan {
         m.phase = Phase::Sync;
         steps.push(Step::Apply(m));
     }
+    if let Some(instance) = instance {
+        steps.push(Step::WaitInstance { instance });
+    }
 
     // 3. and 4.
     steps.push(Step::RestartController { deployment: controller });
@@ -448,6 +482,10 @@ impl fmt::Display for Plan {
                 }
                 Step::ConfirmDeployKey { repository } => {
                     writeln!(f, "    {n:>3}. wait until the new deploy key is added to {repository}")?;
+                }
+                Step::WaitInstance { instance } => {
+                    phase = None;
+                    writeln!(f, "    {n:>3}. wait until FluxInstance {instance} is Ready (the operator installs Flux)")?;
                 }
                 Step::RestartController { deployment } => {
                     phase = None;
@@ -505,6 +543,7 @@ mod tests {
             source: fs.clone(),
             kustomizations: vec![fs],
             expected_revision: Some("main@sha1:abc".into()),
+            instance: None,
         }
     }
 
@@ -515,6 +554,7 @@ mod tests {
                 Step::Apply(m) => format!("{:?} {}", m.phase, m.id),
                 Step::WaitEstablished { crds } => format!("wait {}", crds.join(",")),
                 Step::ConfirmDeployKey { .. } => "confirm".into(),
+                Step::WaitInstance { instance } => format!("wait instance {instance}"),
                 Step::RestartController { deployment } => format!("restart {deployment}"),
                 Step::Follow { .. } => "follow".into(),
             })
@@ -543,6 +583,43 @@ mod tests {
                 "follow",
             ]
         );
+    }
+
+    #[test]
+    fn an_operator_bootstrap_waits_for_its_instance_before_the_controller_and_flux() {
+        let mut i = input();
+        i.sync = vec![m("FluxInstance", "fluxcd.controlplane.io/v1", Some("flux-system"), "flux")];
+        i.instance = Some(NamespacedName::new("flux-system", "flux"));
+        let s = shape(&plan(i));
+        let tail: Vec<&str> = s.iter().rev().take(4).rev().map(String::as_str).collect();
+        assert_eq!(
+            tail,
+            [
+                "Sync FluxInstance flux-system/flux",
+                "wait instance flux-system/flux",
+                "restart kube-system/sealed-secrets-controller",
+                "follow"
+            ]
+        );
+    }
+
+    #[test]
+    fn adoption_adds_helms_ownership_and_keeps_the_rest() {
+        let owner = crate::flux::HelmOwner {
+            helm_release: NamespacedName::new("flux-system", "flux-operator"),
+            origin: "r.yaml#1".into(),
+            release_name: "flux-operator".into(),
+            release_namespace: "flux-system".into(),
+        };
+        let mut body = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "namespace": "flux-system", "labels": {"app": "x"}}});
+        let plain = Manifest::new(Phase::Components, "m#1".into(), body.clone(), false).expect("manifest");
+        let adopted = plain.adopted_by(&owner).expect("adopted");
+        body["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!("Helm");
+        body["metadata"]["annotations"] =
+            json!({"meta.helm.sh/release-name": "flux-operator", "meta.helm.sh/release-namespace": "flux-system"});
+        assert_eq!(adopted.body(), &body);
+        assert_ne!(adopted.hash(), plain.hash(), "the ledger sees the change");
     }
 
     #[test]

@@ -17,12 +17,13 @@
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
+
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 
 use crate::controller::{self, ControllerLocation, Found};
-use crate::flux::{self, Bootstrap, FluxError, Kustomization, NamespacedName, SubstituteRef};
+use crate::flux::{self, Bootstrap, BootstrapForm, FluxError, Graph, Kustomization, NamespacedName, SubstituteRef};
 use crate::keys::{self, KeysError, SealingKey};
 use crate::manifests::{self, Object, Tree};
 use crate::repo::{self, Checkout, DeployKey, RepoError, RepoSource};
@@ -133,9 +134,25 @@ pub fn run(opts: &PreflightOptions) -> Result<Preflight, PreflightError> {
     let tree = Tree::load(&root).map_err(|source| PreflightError::Read { root: root.clone(), source })?;
     tracing::info!(objects = tree.objects.len(), skipped = tree.skipped.len(), "repository read");
 
-    let bootstrap = flux::bootstrap(&root, &path, &tree)?;
-    let kustomizations = flux::kustomizations(&tree, &path, &bootstrap.kustomization.namespace)?;
+    // The layers first (bootstrap detection looks at what they apply), with the default
+    // sync name; again if the bootstrap names its source otherwise.
+    let mut graph = flux::graph(&root, &tree, &path, flux::BOOTSTRAP_DIR, flux::BOOTSTRAP_DIR)?;
+    let bootstrap = flux::bootstrap(&root, &path, &tree, &graph)?;
+    if bootstrap.source.name.name != flux::BOOTSTRAP_DIR {
+        graph = flux::graph(&root, &tree, &path, &bootstrap.kustomization.namespace, &bootstrap.source.name.name)?;
+    }
+    if bootstrap.form != BootstrapForm::Classic {
+        graph.add_root(&bootstrap.kustomization, &path);
+    }
+    let kustomizations = graph.kustomizations();
     let order = flux::order(&kustomizations, &bootstrap.kustomization, &path)?;
+    let reachable = graph.reachable();
+    tracing::info!(
+        form = ?bootstrap.form,
+        layers = graph.layers.len(),
+        objects = reachable.len(),
+        "cluster path followed"
+    );
 
     let mut checks = Vec::new();
     let mut notes: Vec<String> = tree
@@ -143,6 +160,26 @@ pub fn run(opts: &PreflightOptions) -> Result<Preflight, PreflightError> {
         .iter()
         .map(|s| format!("{} skipped: not valid YAML ({})", s.file.display(), s.reason))
         .collect();
+    notes.extend(bootstrap.notes.iter().cloned());
+    notes.extend(graph.notes.iter().cloned());
+    checks.push(bootstrap_check(&bootstrap));
+    let broken: Vec<String> = graph
+        .layers
+        .iter()
+        .filter_map(|l| Some(format!("{} ({}): {}", l.kustomization.name, l.kustomization.path, l.problem.as_ref()?)))
+        .collect();
+    if !broken.is_empty() {
+        checks.push(check(
+            "layers",
+            Status::Fail,
+            format!(
+                "kustomize-controller cannot build {} Kustomization(s), so they and everything that depends on \
+                 them never reconcile: {}",
+                broken.len(),
+                broken.join("; ")
+            ),
+        ));
+    }
 
     // Keys.
     let loaded: Vec<&SealingKey> = keys.iter().filter(|k| k.is_loaded_by_controller()).collect();
@@ -185,10 +222,31 @@ pub fn run(opts: &PreflightOptions) -> Result<Preflight, PreflightError> {
 
     // Trial decryption of every SealedSecret.
     let mut opened_values = vec![0usize; keys.len()];
-    let sealed_reports: Vec<SealedSecretReport> = tree
-        .of(SEALED_SECRETS_GROUP, "SealedSecret")
-        .map(|o| try_open(o, &tree, &keys, &mut opened_values, &mut notes))
+    // Those the layers apply, in the namespace the builds give them; then any other in the
+    // repository (another cluster's, or not applied at all), in their own.
+    let applied: BTreeSet<usize> = reachable.iter().map(|i| i.index).collect();
+    let mut sealed_reports: Vec<SealedSecretReport> = reachable
+        .iter()
+        .filter(|i| tree.objects[i.index].is(SEALED_SECRETS_GROUP, "SealedSecret"))
+        .map(|i| {
+            let o = &tree.objects[i.index];
+            let layer = graph.layer_of(i.index).map(|l| l.kustomization.name.to_string());
+            let mut r = try_open(o, i.namespace.clone(), &tree, &keys, &mut opened_values, &mut notes);
+            r.layer = layer.or_else(|| Some(bootstrap.kustomization.to_string()));
+            r
+        })
         .collect();
+    let others = tree
+        .objects
+        .iter()
+        .enumerate()
+        .filter(|(i, o)| !applied.contains(i) && o.is(SEALED_SECRETS_GROUP, "SealedSecret"))
+        .map(|(_, o)| o)
+        .collect::<Vec<_>>();
+    for o in others {
+        let r = try_open(o, None, &tree, &keys, &mut opened_values, &mut notes);
+        sealed_reports.push(r);
+    }
     let any_opened = sealed_reports.iter().any(|s| s.opened && s.values > 0);
     let not_opened: Vec<String> =
         sealed_reports.iter().filter(|s| !s.opened).map(|s| s.display_name()).collect();
@@ -250,18 +308,17 @@ pub fn run(opts: &PreflightOptions) -> Result<Preflight, PreflightError> {
     for k in &kustomizations {
         subs.extend(k.substitute_from.iter());
     }
-    let path_dir = Path::new(&path);
     for sub in subs {
-        checks.push(substitution_check(sub, &sealed_reports, &tree, path_dir, opts.force));
+        checks.push(substitution_check(sub, &sealed_reports, opts.force));
+    }
+    // The Secrets HelmReleases read their values from.
+    for c in values_checks(&graph, &tree, &sealed_reports, &order, opts.force) {
+        checks.push(c);
     }
 
     // The controller.
-    let reachable: Vec<PathBuf> = std::iter::once(PathBuf::from(&path))
-        .chain(kustomizations.iter().filter_map(|k| normalize_path(&k.path).ok().map(PathBuf::from)))
-        .collect();
-    let reachable_refs: Vec<&Path> = reachable.iter().map(PathBuf::as_path).collect();
     let (controller, controller_check) = controller_location(
-        controller::find(&tree, &reachable_refs),
+        controller::find(&tree, &reachable),
         opts.controller_namespace.as_deref(),
         opts.controller_name.as_deref(),
     );
@@ -348,6 +405,7 @@ fn normalize_path(p: &str) -> Result<String, PreflightError> {
 /// Plaintexts are dropped (and wiped) as soon as they open.
 fn try_open(
     o: &Object,
+    applied_namespace: Option<String>,
     tree: &Tree,
     keys: &[SealingKey],
     opened_values: &mut [usize],
@@ -366,8 +424,11 @@ fn try_open(
             o.origin()
         ));
     }
-    let namespace = o.namespace().map(str::to_owned).or_else(|| kustomize_namespace(tree, o));
+    let namespace = applied_namespace
+        .or_else(|| o.namespace().map(str::to_owned))
+        .or_else(|| kustomize_namespace(tree, o));
     let mut rep = SealedSecretReport {
+        layer: None,
         name: o.name().to_owned(),
         namespace: namespace.clone(),
         scope,
@@ -477,25 +538,19 @@ fn cert_check(certs: &[CertReport], keys: &[SealingKey], any_opened: bool, force
     check(NAME, status, detail)
 }
 
-fn substitution_check(
-    sub: &SubstituteRef,
-    sealed: &[SealedSecretReport],
-    tree: &Tree,
-    path: &Path,
-    force: bool,
-) -> Check {
+fn substitution_check(sub: &SubstituteRef, sealed: &[SealedSecretReport], force: bool) -> Check {
     const NAME: &str = "substitution-secret";
     let id = &sub.secret;
-    let matching: Vec<(&SealedSecretReport, bool)> = sealed
+    let matching: Vec<&SealedSecretReport> = sealed
         .iter()
         .filter(|s| s.name == id.name && s.namespace.as_deref() == Some(id.namespace.as_str()))
-        .map(|s| (s, is_under(tree, &s.origin, path)))
         .collect();
-    // This cluster's copy wins when the repository holds several clusters' secrets.
-    let candidates: Vec<&SealedSecretReport> = if matching.iter().any(|(_, under)| *under) {
-        matching.iter().filter(|(_, u)| *u).map(|(s, _)| *s).collect()
+    // This cluster's copy (one its layers apply) wins when the repository holds several
+    // clusters' secrets.
+    let candidates: Vec<&SealedSecretReport> = if matching.iter().any(|s| s.layer.is_some()) {
+        matching.iter().filter(|s| s.layer.is_some()).copied().collect()
     } else {
-        matching.iter().map(|(s, _)| *s).collect()
+        matching
     };
     let failing = |what: String| {
         if sub.optional {
@@ -522,8 +577,168 @@ fn substitution_check(
     ))
 }
 
-fn is_under(tree: &Tree, origin: &str, dir: &Path) -> bool {
-    tree.objects.iter().any(|o| o.origin() == origin && o.is_under(dir))
+/// One check per Secret a HelmRelease reads values from (`spec.valuesFrom`, kind Secret,
+/// not optional). helm-controller does not install a release whose values Secret is
+/// missing; in a `wait: true` layer that keeps the layer from Ready, and every layer that
+/// depends on it waits forever: as fatal as a substitution Secret (docs/reference/flux.md#valuesfrom).
+fn values_checks(
+    graph: &Graph,
+    tree: &Tree,
+    sealed: &[SealedSecretReport],
+    order: &[NamespacedName],
+    force: bool,
+) -> Vec<Check> {
+    const NAME: &str = "values-secret";
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for layer in &graph.layers {
+        for inc in &layer.objects {
+            let hr = &tree.objects[inc.index];
+            if !hr.is(controller::HELM_GROUP, "HelmRelease") {
+                continue;
+            }
+            let ns = inc.namespace.as_deref().or(hr.namespace()).unwrap_or("default");
+            let Some(list) = hr.at(&["spec", "valuesFrom"]).and_then(|v| v.as_sequence()) else { continue };
+            for v in list {
+                let field = |k: &str| v.get(k).and_then(|x| x.as_str());
+                if field("kind") != Some("Secret") || v.get("optional").and_then(|x| x.as_bool()) == Some(true) {
+                    continue;
+                }
+                let Some(name) = field("name") else { continue };
+                let secret = NamespacedName::new(ns, name);
+                let hr_id = NamespacedName::new(ns, hr.name());
+                if !seen.insert((hr_id.clone(), secret.clone())) {
+                    continue;
+                }
+                let k = &layer.kustomization;
+                let reader = format!("HelmRelease {hr_id} ({}, layer {})", hr.origin(), k.name);
+                let matching: Vec<&SealedSecretReport> = sealed
+                    .iter()
+                    .filter(|s| s.name == secret.name && s.namespace.as_deref() == Some(secret.namespace.as_str()))
+                    .filter(|s| s.layer.is_some())
+                    .collect();
+                if let Some(s) = matching.iter().find(|s| s.opened) {
+                    out.push(check(NAME, Status::Pass, format!("{reader} reads {secret}: {} opens with key {}", s.origin, s.keys.join("+"))));
+                    continue;
+                }
+                let plain = graph
+                    .reachable()
+                    .iter()
+                    .any(|i| {
+                        let o = &tree.objects[i.index];
+                        o.group().is_empty() && o.kind() == "Secret" && o.name() == secret.name
+                            && i.namespace.as_deref().or(o.namespace()) == Some(secret.namespace.as_str())
+                    });
+                if plain {
+                    out.push(check(NAME, Status::Pass, format!("{reader} reads {secret}, a plain Secret in the repository")));
+                    continue;
+                }
+                if matching.is_empty() {
+                    out.push(check(
+                        NAME,
+                        Status::Warn,
+                        format!("{reader} reads Secret {secret}, which nothing in the repository makes: it must be created by hand or by another controller"),
+                    ));
+                    continue;
+                }
+                let origins: Vec<&str> = matching.iter().map(|s| s.origin.as_str()).collect();
+                let what = format!(
+                    "{reader} reads Secret {secret}, but SealedSecret {secret} ({}) does not open with any backup key",
+                    origins.join(", ")
+                );
+                if !k.wait {
+                    out.push(check(NAME, Status::Warn, format!("{what}: that release fails; {} does not wait for it, so the layers after it go on", k.name)));
+                    continue;
+                }
+                let blocked = dependents(graph, &k.name, order);
+                let consequence = if blocked.is_empty() {
+                    format!("{} (wait: true) never becomes Ready", k.name)
+                } else {
+                    format!(
+                        "{} (wait: true) never becomes Ready, and {} never reconcile",
+                        k.name,
+                        blocked.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    )
+                };
+                out.push(if force {
+                    check(NAME, Status::Overridden, format!("{what}: {consequence}"))
+                } else {
+                    check(NAME, Status::Fail, format!("{what}: {consequence}; --force to go on anyway"))
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Every layer that depends on `of`, directly or not, in bring-up order.
+fn dependents(graph: &Graph, of: &NamespacedName, order: &[NamespacedName]) -> Vec<NamespacedName> {
+    let mut blocked: BTreeSet<NamespacedName> = BTreeSet::new();
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for l in &graph.layers {
+            let k = &l.kustomization;
+            if !blocked.contains(&k.name) && k.depends_on.iter().any(|d| d == of || blocked.contains(d)) {
+                blocked.insert(k.name.clone());
+                changed = true;
+            }
+        }
+    }
+    order.iter().filter(|n| blocked.contains(*n)).cloned().collect()
+}
+
+fn bootstrap_check(b: &Bootstrap) -> Check {
+    const NAME: &str = "bootstrap";
+    match b.form {
+        BootstrapForm::None => check(
+            NAME,
+            Status::Fail,
+            format!(
+                "nothing bootstraps Flux: looked for {}; the keys, the certificate and every SealedSecret \
+                 are still checked below, but there is nothing to apply",
+                b.looked_for.join("; ")
+            ),
+        ),
+        BootstrapForm::Classic => check(
+            NAME,
+            Status::Pass,
+            format!(
+                "{}: {} and {}",
+                b.form,
+                b.components.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                b.sync.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+            ),
+        ),
+        BootstrapForm::FluxInstance | BootstrapForm::FluxInstanceChart => {
+            let i = b.instance.as_ref();
+            let mut detail = format!(
+                "{}: FluxInstance {} from {}, Flux {}",
+                b.form,
+                i.map(|i| i.name.to_string()).unwrap_or_default(),
+                i.map(|i| i.origin.as_str()).unwrap_or(""),
+                b.flux_version.as_deref().unwrap_or("(version not given)"),
+            );
+            match &b.operator {
+                Some(o) => {
+                    let _ = std::fmt::Write::write_fmt(
+                        &mut detail,
+                        format_args!(
+                            "; the operator from HelmRelease {} (chart {})",
+                            o.owner.helm_release,
+                            o.version.as_deref().unwrap_or("version not pinned")
+                        ),
+                    );
+                }
+                None => detail.push_str("; no flux-operator HelmRelease is applied, so --flux-operator-manifest must say which operator to install"),
+            }
+            detail.push_str(
+                "; recovery needs the operator's registry (ghcr.io/controlplaneio-fluxcd) reachable from the cluster, \
+                 or a mirror: the Flux controllers' manifests come from there",
+            );
+            check(NAME, Status::Pass, detail)
+        }
+    }
 }
 
 fn controller_location(
@@ -597,6 +812,13 @@ fn controller_location(
 /// mirror or a test branch is a legitimate thing to verify.
 fn sync_check(b: &Bootstrap, source: &RepoSource, branch: &str, path: &str) -> Check {
     const NAME: &str = "flux-sync";
+    let what = match (&b.sync, &b.instance) {
+        (Some(f), _) => f.display().to_string(),
+        (None, Some(i)) => format!("FluxInstance {}", i.name),
+        (None, None) => {
+            return check(NAME, Status::Warn, "no sync source to compare with what was verified".into());
+        }
+    };
     let mut diffs = Vec::new();
     let canon = |u: &str| u.trim_end_matches('/').trim_end_matches(".git").to_ascii_lowercase();
     if source.is_remote() && canon(&source.to_string()) != canon(&b.source.url) {
@@ -608,14 +830,11 @@ fn sync_check(b: &Bootstrap, source: &RepoSource, branch: &str, path: &str) -> C
     if normalize_path(&b.kustomization_path).ok().as_deref() != Some(path) {
         diffs.push(format!("its Kustomization applies {:?}, not ./{path}", b.kustomization_path));
     }
+    let reference = b.source.ref_name.as_deref().map(|r| format!("ref {r}")).unwrap_or_else(|| format!("branch {}", b.source.branch));
     if diffs.is_empty() {
-        check(
-            NAME,
-            Status::Pass,
-            format!("{} syncs {} branch {} path ./{path}", b.sync.display(), b.source.url, b.source.branch),
-        )
+        check(NAME, Status::Pass, format!("{what} syncs {} {reference} path ./{path}", b.source.url))
     } else {
-        check(NAME, Status::Warn, format!("{}: {}", b.sync.display(), diffs.join("; ")))
+        check(NAME, Status::Warn, format!("{what}: {}", diffs.join("; ")))
     }
 }
 

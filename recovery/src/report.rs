@@ -84,6 +84,9 @@ pub struct SealedSecretReport {
     pub unopened_values: Vec<String>,
     /// Why not, when it is not about keys (no namespace, deprecated format, bad base64).
     pub problem: Option<String>,
+    /// The Flux Kustomization that applies it; `None` when nothing the cluster path applies
+    /// reaches it (another cluster's, or unused).
+    pub layer: Option<String>,
 }
 
 impl SealedSecretReport {
@@ -220,12 +223,44 @@ impl fmt::Display for PreflightReport {
 
         let b = &self.bootstrap;
         out.push_str("\nFlux bootstrap\n");
-        let _ = writeln!(out, "  {}\n  {}", b.components.display(), b.sync.display());
-        let _ = writeln!(
-            out,
-            "  GitRepository {} → {} (branch {})\n  Kustomization {} → {}",
-            b.source.name, b.source.url, b.source.branch, b.kustomization, b.kustomization_path
-        );
+        let _ = writeln!(out, "  form        {}", b.form);
+        match b.form {
+            crate::flux::BootstrapForm::None => {
+                for l in &b.looked_for {
+                    let _ = writeln!(out, "  looked for  {l}");
+                }
+            }
+            crate::flux::BootstrapForm::Classic => {
+                for f in b.components.iter().chain(b.sync.iter()) {
+                    let _ = writeln!(out, "  {}", f.display());
+                }
+            }
+            _ => {
+                if let Some(i) = &b.instance {
+                    let _ = writeln!(out, "  instance    FluxInstance {} ({})", i.name, i.origin);
+                }
+                if let Some(o) = &b.operator {
+                    let _ = writeln!(
+                        out,
+                        "  operator    HelmRelease {} ({}), chart {}",
+                        o.owner.helm_release,
+                        o.owner.origin,
+                        o.version.as_deref().unwrap_or("not pinned")
+                    );
+                }
+            }
+        }
+        if let Some(v) = &b.flux_version {
+            let _ = writeln!(out, "  flux        {v}");
+        }
+        if b.form != crate::flux::BootstrapForm::None {
+            let reference = b.source.ref_name.clone().unwrap_or_else(|| format!("branch {}", b.source.branch));
+            let _ = writeln!(
+                out,
+                "  GitRepository {} → {} ({reference})\n  Kustomization {} → {}",
+                b.source.name, b.source.url, b.kustomization, b.kustomization_path
+            );
+        }
 
         out.push_str("\nKustomization order\n");
         for (i, k) in self.kustomization_order.iter().enumerate() {

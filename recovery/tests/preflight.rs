@@ -88,23 +88,32 @@ fn repository_resealed_with_the_backup_key_passes() {
         order,
         [
             "flux-system/flux-system",
+            // Applied by apps (apps/base/openclaw), with its own source.
+            "ai/openclaw",
             "flux-system/infra-controllers",
             "flux-system/infra-configs",
             "flux-system/apps",
             "flux-system/monitoring-controllers",
-            "flux-system/monitoring-configs"
+            "flux-system/monitoring-configs",
+            // Applied by infra-controllers and apps, each with its own source.
+            "flux-system/system-upgrade",
+            "n8n/n8n",
         ]
     );
 
+    assert_eq!(p.bootstrap.form, elysium_recovery::flux::BootstrapForm::Classic);
     assert_eq!(
-        p.bootstrap.components,
-        std::path::Path::new("clusters/kyrion/flux-system/gotk-components.yaml")
+        p.bootstrap.components.as_deref(),
+        Some(std::path::Path::new("clusters/kyrion/flux-system/gotk-components.yaml"))
     );
-    assert_eq!(p.bootstrap.sync, std::path::Path::new("clusters/kyrion/flux-system/gotk-sync.yaml"));
+    assert_eq!(
+        p.bootstrap.sync.as_deref(),
+        Some(std::path::Path::new("clusters/kyrion/flux-system/gotk-sync.yaml"))
+    );
     assert_eq!(p.bootstrap.source.url, "ssh://git@github.com/alecsg77/elysium");
     assert_eq!(p.bootstrap.source.branch, "main");
     assert!(
-        p.checkout.root().join(&p.bootstrap.components).is_file(),
+        p.checkout.root().join(p.bootstrap.components.as_deref().expect("components")).is_file(),
         "the apply phase reads it from the checkout"
     );
 
@@ -423,32 +432,37 @@ fn missing_repository_branch_and_deploy_key() {
 }
 
 #[test]
-fn flux_operator_repositories_are_explained() {
-    let dir = unpack();
+fn the_snapshot_without_flux_system_is_bootstrapped_by_its_flux_instance_release() {
+    // 74291b2 is half-way to the Flux Operator: it already holds the flux-operator and
+    // flux-instance HelmReleases. Without flux-system/, those are the bootstrap.
+    let (a, _) = keys();
+    let (dir, _) = repo_resealed_with(a, true, true);
     std::fs::remove_dir_all(dir.path().join("clusters/kyrion/flux-system")).unwrap();
+    commit_all(dir.path(), "operator");
+    let work = tempfile::tempdir().unwrap();
+    let p = preflight(&options(dir.path(), &two_keys_file(work.path())));
+    let b = &p.bootstrap;
+    assert_eq!(b.form, elysium_recovery::flux::BootstrapForm::FluxInstanceChart, "{}", p.report);
+    let i = b.instance.as_ref().expect("instance");
+    assert_eq!(i.name.to_string(), "flux-system/flux");
+    assert_eq!(i.origin, "infrastructure/configs/flux-instance/release.yaml#1");
+    assert_eq!(b.flux_version.as_deref(), Some("2.9.3"));
+    assert_eq!(b.source.url, "ssh://git@github.com/alecsg77/elysium");
+    assert_eq!(b.source.ref_name.as_deref(), Some("refs/heads/main"));
+    assert_eq!(b.kustomization_path, "./clusters/kyrion");
+    assert_eq!(b.operator.as_ref().and_then(|o| o.version.as_deref()), Some("0.57.0"));
+    assert_eq!(p.order.first().map(|n| n.to_string()).as_deref(), Some("flux-system/flux-system"));
+
+    // A FluxInstance object wins over the chart, and one the operator would refuse is named.
     std::fs::write(
         dir.path().join("clusters/kyrion/flux-instance.yaml"),
         "apiVersion: fluxcd.controlplane.io/v1\nkind: FluxInstance\nmetadata:\n  name: flux\n  namespace: flux-system\nspec:\n  distribution: {version: 2.x}\n",
     )
     .unwrap();
-    commit_all(dir.path(), "operator");
-    let work = tempfile::tempdir().unwrap();
+    commit_all(dir.path(), "an instance without sync");
     let (e, text) = preflight_err(&options(dir.path(), &two_keys_file(work.path())));
-    assert!(matches!(e, PreflightError::Flux(FluxError::FluxOperator { .. })), "{text}");
-    for part in [
-        "clusters/kyrion/flux-system/ does not exist",
-        "FluxInstance (flux-system/flux in clusters/kyrion/flux-instance.yaml)",
-        "Flux Operator, which `recover` does not support yet",
-        "gotk-components.yaml and gotk-sync.yaml",
-    ] {
-        assert!(text.contains(part), "{part:?} missing from: {text}");
-    }
-
-    // Without a FluxInstance either: no bootstrap at all.
-    std::fs::remove_file(dir.path().join("clusters/kyrion/flux-instance.yaml")).unwrap();
-    commit_all(dir.path(), "nothing");
-    let (e, _) = preflight_err(&options(dir.path(), &two_keys_file(work.path())));
-    assert!(matches!(e, PreflightError::Flux(FluxError::NoBootstrap { .. })));
+    assert!(matches!(e, PreflightError::Flux(FluxError::InstanceInvalid { .. })), "{text}");
+    assert!(text.contains("flux-system/flux (clusters/kyrion/flux-instance.yaml#1) has no spec.sync"), "{text}");
 }
 
 #[test]

@@ -142,6 +142,16 @@ pub struct FluxScript {
     pub not_ready: Vec<(String, String)>,
     /// SealedSecrets (namespace, name, synced, message) the sealed-secrets controller reports.
     pub sealed_secrets: Vec<(String, String, bool, String)>,
+    /// Files (relative to the repository) holding the Kustomizations the root applies.
+    pub children: Vec<String>,
+    /// Every Kustomization kustomize-controller ends up creating, `(namespace, name)`, the
+    /// root included: those not in `children` (nested ones, in layers' own directories) are
+    /// made minimal.
+    pub layers: Vec<(String, String)>,
+    /// Play the Flux Operator: once FluxInstance flux-system/flux exists, make the sync
+    /// GitRepository and Kustomization (as the operator does from `spec.sync`) and report
+    /// the instance Ready — unless this is false, then it stays not ready.
+    pub operator: Option<bool>,
 }
 
 impl FluxScript {
@@ -151,8 +161,55 @@ impl FluxScript {
             repo: repo.to_owned(),
             not_ready: Vec::new(),
             sealed_secrets: vec![("flux-system".into(), "cluster-secret-vars".into(), true, String::new())],
+            children: ["infrastructure.yaml", "apps.yaml", "monitoring.yaml"]
+                .iter()
+                .map(|f| format!("clusters/kyrion/{f}"))
+                .collect(),
+            layers: layers(&[
+                "flux-system/flux-system",
+                "flux-system/infra-controllers",
+                "flux-system/infra-configs",
+                "flux-system/apps",
+                "flux-system/monitoring-controllers",
+                "flux-system/monitoring-configs",
+                // Nested: infrastructure/controllers/system-upgrade.yaml,
+                // apps/base/n8n/release.yaml, apps/base/openclaw/openclaw-install.yaml.
+                "flux-system/system-upgrade",
+                "n8n/n8n",
+                "ai/openclaw",
+            ]),
+            operator: None,
         }
     }
+
+    /// The same for a Flux Operator repository (`common::today`): revisions of a
+    /// `ref.name` sync, the today layout's layers, the operator played.
+    pub fn operator(repo: &Path, commit: &str) -> Self {
+        FluxScript {
+            revision: format!("refs/heads/main@sha1:{commit}"),
+            children: vec!["clusters/kyrion/infrastructure.yaml".into(), "clusters/kyrion/apps.yaml".into()],
+            layers: layers(&[
+                "flux-system/flux-system",
+                "flux-system/infra-controllers",
+                "flux-system/infra-configs",
+                "flux-system/apps",
+            ]),
+            operator: Some(true),
+            ..FluxScript::healthy(repo, commit)
+        }
+    }
+}
+
+pub const FLUX_INSTANCE: &str = "fluxcd.controlplane.io/v1";
+
+fn layers(names: &[&str]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .map(|n| {
+            let (ns, name) = n.split_once('/').expect("ns/name");
+            (ns.to_owned(), name.to_owned())
+        })
+        .collect()
 }
 
 /// A running test Flux; stops when dropped.
@@ -181,15 +238,15 @@ pub fn play_flux(server: Arc<ApiServer>, script: FluxScript) -> Flux {
     Flux { stop }
 }
 
-fn ks(name: &str) -> ObjectRef {
-    ObjectRef::namespaced(KUSTOMIZATION, "Kustomization", "flux-system", name)
+fn ks(ns: &str, name: &str) -> ObjectRef {
+    ObjectRef::namespaced(KUSTOMIZATION, "Kustomization", ns, name)
 }
 
-/// The Kustomizations the root one applies from `clusters/kyrion`.
-fn child_kustomizations(repo: &Path) -> Vec<Value> {
+/// The Kustomizations the root one applies.
+fn child_kustomizations(repo: &Path, files: &[String]) -> Vec<Value> {
     let mut out = Vec::new();
-    for f in ["infrastructure.yaml", "apps.yaml", "monitoring.yaml"] {
-        let text = std::fs::read_to_string(repo.join("clusters/kyrion").join(f)).expect("read");
+    for f in files {
+        let text = std::fs::read_to_string(repo.join(f)).expect("read");
         for doc in serde_yaml_ng::Deserializer::from_str(&text) {
             let v: Value = serde::Deserialize::deserialize(doc).expect("yaml");
             if v["kind"] == "Kustomization" && v["apiVersion"] == KUSTOMIZATION {
@@ -209,6 +266,48 @@ fn step(server: &ApiServer, s: &FluxScript, done: &mut Vec<String>) {
             true
         }
     };
+    // The Flux Operator.
+    let instance = ObjectRef::namespaced(FLUX_INSTANCE, "FluxInstance", "flux-system", "flux");
+    if let Some(ready) = s.operator
+        && server.get(&instance).is_some()
+        && once(done, "operator")
+    {
+        if ready {
+            // The distribution it installs: Flux's CRDs, the ones used here.
+            for (group, kind, plural, version) in [
+                ("source.toolkit.fluxcd.io", "GitRepository", "gitrepositories", "v1"),
+                ("kustomize.toolkit.fluxcd.io", "Kustomization", "kustomizations", "v1"),
+                ("helm.toolkit.fluxcd.io", "HelmRelease", "helmreleases", "v2"),
+            ] {
+                let mut c = crd(group, kind, plural, true);
+                c["spec"]["versions"][0]["name"] = json!(version);
+                server.put(c).expect("Flux CRD");
+                server.establish(&format!("{plural}.{group}"));
+            }
+            let fi = server.get(&instance).expect("instance");
+            let sync = &fi["spec"]["sync"];
+            let name = sync["name"].as_str().unwrap_or("flux-system");
+            server
+                .put(json!({"apiVersion": GIT_REPOSITORY, "kind": "GitRepository",
+                    "metadata": {"name": name, "namespace": "flux-system"},
+                    "spec": {"interval": "1m", "url": sync["url"], "ref": {"name": sync["ref"]},
+                        "secretRef": {"name": sync["pullSecret"]}}}))
+                .expect("GitRepository");
+            server
+                .put(json!({"apiVersion": KUSTOMIZATION, "kind": "Kustomization",
+                    "metadata": {"name": name, "namespace": "flux-system"},
+                    "spec": {"interval": "10m", "path": sync["path"], "prune": true,
+                        "sourceRef": {"kind": "GitRepository", "name": name}}}))
+                .expect("Kustomization");
+            server
+                .set_condition(&instance, &Condition::new("Ready", true, "ReconciliationSucceeded", "Reconciliation finished"))
+                .expect("instance status");
+        } else {
+            server
+                .set_condition(&instance, &Condition::new("Ready", false, "ArtifactFailed", "pulling the distribution failed"))
+                .expect("instance status");
+        }
+    }
     // source-controller
     let gr = ObjectRef::namespaced(GIT_REPOSITORY, "GitRepository", "flux-system", "flux-system");
     if server.get(&gr).is_some() && once(done, "gitrepository") {
@@ -219,12 +318,22 @@ fn step(server: &ApiServer, s: &FluxScript, done: &mut Vec<String>) {
         server.set_condition(&gr, &Condition::new("Ready", true, "Succeeded", &msg)).expect("condition");
     }
     // kustomize-controller: the root applies the children, each reports.
-    if server.get(&ks("flux-system")).is_some()
+    if server.get(&ks("flux-system", "flux-system")).is_some()
         && done.iter().any(|d| d == "gitrepository")
         && once(done, "root")
     {
-        for child in child_kustomizations(&s.repo) {
+        for child in child_kustomizations(&s.repo, &s.children) {
             server.put(child).expect("child Kustomization");
+        }
+        for (ns, name) in &s.layers {
+            if server.get(&ks(ns, name)).is_none() {
+                server
+                    .put(json!({"apiVersion": KUSTOMIZATION, "kind": "Kustomization",
+                        "metadata": {"name": name, "namespace": ns},
+                        "spec": {"interval": "1h", "path": "./", "prune": true,
+                            "sourceRef": {"kind": "GitRepository", "name": "flux-system", "namespace": "flux-system"}}}))
+                    .expect("nested Kustomization");
+            }
         }
         // What the children's manifests bring that matters here: a HelmRelease and the
         // SealedSecret kind (the chart's CRD), with the SealedSecrets.
@@ -244,19 +353,13 @@ fn step(server: &ApiServer, s: &FluxScript, done: &mut Vec<String>) {
                 .expect("SealedSecret");
         }
     }
-    let mut names = vec!["flux-system".to_owned()];
-    names.extend(
-        child_kustomizations(&s.repo)
-            .iter()
-            .filter_map(|k| k["metadata"]["name"].as_str().map(str::to_owned)),
-    );
-    for name in names {
-        let r = ks(&name);
-        if server.get(&r).is_none() || !done.iter().any(|d| d == "root") || !once(done, &format!("ks/{name}"))
+    for (ns, name) in &s.layers {
+        let r = ks(ns, name);
+        if server.get(&r).is_none() || !done.iter().any(|d| d == "root") || !once(done, &format!("ks/{ns}/{name}"))
         {
             continue;
         }
-        let failing = s.not_ready.iter().find(|(n, _)| *n == name);
+        let failing = s.not_ready.iter().find(|(n, _)| n == name);
         let rev = s.revision.clone();
         server
             .update_status(&r, |st| {

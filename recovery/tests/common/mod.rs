@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod cluster;
+pub mod today;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
