@@ -108,9 +108,7 @@ pub enum ApplyError {
         "the preflight found no sealed-secrets controller; pass --controller-namespace and --controller-name; nothing was applied"
     )]
     NoController,
-    #[error(
-        "the repository has no Flux bootstrap to apply (looked for: {looked_for}); nothing was applied"
-    )]
+    #[error("the repository has no Flux bootstrap to apply (looked for: {looked_for}); nothing was applied")]
     NoBootstrap { looked_for: String },
     #[error(
         "the repository is bootstrapped by the Flux Operator, but no flux-operator HelmRelease with a pinned \
@@ -118,7 +116,9 @@ pub enum ApplyError {
          nothing was applied"
     )]
     OperatorVersionUnknown,
-    #[error("could not download the Flux Operator manifest {url}; download it where there is access and pass --flux-operator-manifest FILE; nothing was applied")]
+    #[error(
+        "could not download the Flux Operator manifest {url}; download it where there is access and pass --flux-operator-manifest FILE; nothing was applied"
+    )]
     OperatorDownload {
         url: String,
         #[source]
@@ -126,7 +126,9 @@ pub enum ApplyError {
     },
     #[error("the Flux Operator manifest {source_name} holds no {what}; is it the operator's install.yaml?")]
     OperatorManifest { source_name: String, what: &'static str },
-    #[error("FluxInstance {instance} did not become Ready in time ({state}); the objects applied are recorded in the state file: run again to go on")]
+    #[error(
+        "FluxInstance {instance} did not become Ready in time ({state}); the objects applied are recorded in the state file: run again to go on"
+    )]
     InstanceNotReady { instance: NamespacedName, state: String },
     #[error("waiting for FluxInstance {instance} failed; run again to go on")]
     InstanceWait {
@@ -494,10 +496,16 @@ pub async fn run(
                 match follow::wait_instance(&client, instance, limit, opts.poll_interval, ui).await {
                     Ok(r) if r.is_ready() => {}
                     Ok(r) => {
-                        return Err(ApplyError::InstanceNotReady { instance: instance.clone(), state: r.to_string() });
+                        return Err(ApplyError::InstanceNotReady {
+                            instance: instance.clone(),
+                            state: r.to_string(),
+                        });
                     }
                     Err(source) => {
-                        return Err(ApplyError::InstanceWait { instance: instance.clone(), source: Box::new(source) });
+                        return Err(ApplyError::InstanceWait {
+                            instance: instance.clone(),
+                            source: Box::new(source),
+                        });
                     }
                 }
             }
@@ -766,14 +774,20 @@ async fn bootstrap_manifests(
                 }
                 Some(file) => {
                     let p = PathBuf::from(file);
-                    let bytes = std::fs::read(&p).map_err(|source| ApplyError::ReadManifest { file: p.clone(), source })?;
+                    let bytes = std::fs::read(&p)
+                        .map_err(|source| ApplyError::ReadManifest { file: p.clone(), source })?;
                     (file.clone(), bytes)
                 }
                 None => {
-                    let version =
-                        b.operator.as_ref().and_then(|o| o.version.as_deref()).ok_or(ApplyError::OperatorVersionUnknown)?;
+                    let version = b
+                        .operator
+                        .as_ref()
+                        .and_then(|o| o.version.as_deref())
+                        .ok_or(ApplyError::OperatorVersionUnknown)?;
                     let url = operator_manifest_url(version);
-                    ui.event(Event::Note(format!("downloading the Flux Operator {version} manifest from {url}")));
+                    ui.event(Event::Note(format!(
+                        "downloading the Flux Operator {version} manifest from {url}"
+                    )));
                     (url.clone(), download(&url).await?)
                 }
             };

@@ -61,7 +61,9 @@ pub fn find(tree: &Tree, reachable: &[Included]) -> Found {
     match pick.as_slice() {
         [] => Found::None,
         [(hr, ns)] => Found::One(locate(hr, ns)),
-        many => Found::Many(many.iter().map(|(o, ns)| format!("{ns}/{} in {}", o.name(), o.origin())).collect()),
+        many => {
+            Found::Many(many.iter().map(|(o, ns)| format!("{ns}/{} in {}", o.name(), o.origin())).collect())
+        }
     }
 }
 
@@ -104,7 +106,10 @@ pub fn chart(tree: &Tree, hr: &Object) -> Option<Chart> {
         Some((o, url)) => Some(Chart {
             name: url.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_owned(),
             url: Some(url.to_owned()),
-            version: o.str_at(&["spec", "ref", "tag"]).or(o.str_at(&["spec", "ref", "semver"])).map(str::to_owned),
+            version: o
+                .str_at(&["spec", "ref", "tag"])
+                .or(o.str_at(&["spec", "ref", "semver"]))
+                .map(str::to_owned),
             digest: o.str_at(&["spec", "ref", "digest"]).map(str::to_owned),
         }),
         None => Some(Chart { name: name.to_owned(), url: None, version: None, digest: None }),

@@ -103,7 +103,9 @@ impl fmt::Display for BootstrapForm {
         f.write_str(match self {
             BootstrapForm::Classic => "classic (flux bootstrap: gotk-components.yaml, gotk-sync.yaml)",
             BootstrapForm::FluxInstance => "Flux Operator (a FluxInstance object)",
-            BootstrapForm::FluxInstanceChart => "Flux Operator (a FluxInstance from the flux-instance HelmRelease)",
+            BootstrapForm::FluxInstanceChart => {
+                "Flux Operator (a FluxInstance from the flux-instance HelmRelease)"
+            }
             BootstrapForm::None => "none found",
         })
     }
@@ -262,7 +264,13 @@ impl Graph {
 /// are listed but not followed (their files are in another repository). The root layer of
 /// a classic bootstrap (gotk-sync's Kustomization, whose path is the cluster path) is found
 /// like any other; the Flux Operator's root is added with [`Graph::add_root`].
-pub fn graph(root: &Path, tree: &Tree, path: &str, default_namespace: &str, source: &str) -> Result<Graph, FluxError> {
+pub fn graph(
+    root: &Path,
+    tree: &Tree,
+    path: &str,
+    default_namespace: &str,
+    source: &str,
+) -> Result<Graph, FluxError> {
     let built = kustomize::build(root, tree, Path::new(path))
         .map_err(|source| FluxError::ClusterPath { path: path.to_owned(), source })?;
     let mut g = Graph { root: built.objects, layers: Vec::new(), notes: built.notes };
@@ -303,8 +311,10 @@ pub fn graph(root: &Path, tree: &Tree, path: &str, default_namespace: &str, sour
             } else {
                 match normalize(&layer.kustomization.path) {
                     None => {
-                        layer.problem =
-                            Some(format!("spec.path {:?} is not a path inside the repository", layer.kustomization.path))
+                        layer.problem = Some(format!(
+                            "spec.path {:?} is not a path inside the repository",
+                            layer.kustomization.path
+                        ))
                     }
                     Some(p) if built_paths.contains(&p) => {
                         // The root sync's own path, or a path two layers share: followed once.
@@ -384,14 +394,16 @@ pub fn bootstrap(root: &Path, path: &str, tree: &Tree, graph: &Graph) -> Result<
         .iter()
         .filter(|i| {
             let o = &tree.objects[i.index];
-            o.is(HELM_GROUP, "HelmRelease") && controller::chart_name(tree, o).as_deref() == Some(INSTANCE_CHART)
+            o.is(HELM_GROUP, "HelmRelease")
+                && controller::chart_name(tree, o).as_deref() == Some(INSTANCE_CHART)
         })
         .collect();
     let operator = reachable
         .iter()
         .find(|i| {
             let o = &tree.objects[i.index];
-            o.is(HELM_GROUP, "HelmRelease") && controller::chart_name(tree, o).as_deref() == Some(OPERATOR_CHART)
+            o.is(HELM_GROUP, "HelmRelease")
+                && controller::chart_name(tree, o).as_deref() == Some(OPERATOR_CHART)
         })
         .map(|i| operator_of(tree, i));
 
@@ -419,7 +431,11 @@ pub fn bootstrap(root: &Path, path: &str, tree: &Tree, graph: &Graph) -> Result<
         Some((BootstrapForm::FluxInstance, instance_object(tree, i)?))
     } else if let Some(i) = charts.first() {
         if charts.len() > 1 {
-            notes.push(format!("{} flux-instance HelmReleases are applied; using {}", charts.len(), tree.objects[i.index].origin()));
+            notes.push(format!(
+                "{} flux-instance HelmReleases are applied; using {}",
+                charts.len(),
+                tree.objects[i.index].origin()
+            ));
         }
         Some((BootstrapForm::FluxInstanceChart, instance_from_chart(tree, i)?))
     } else {
@@ -518,7 +534,12 @@ fn operator_of(tree: &Tree, i: &Included) -> Operator {
     let (release_namespace, release_name) = controller::release_of(o, ns);
     let chart = controller::chart(tree, o);
     Operator {
-        owner: HelmOwner { helm_release: NamespacedName::new(ns, o.name()), origin: o.origin(), release_name, release_namespace },
+        owner: HelmOwner {
+            helm_release: NamespacedName::new(ns, o.name()),
+            origin: o.origin(),
+            release_name,
+            release_namespace,
+        },
         version: chart.as_ref().and_then(|c| c.version.clone()),
         chart_url: chart.as_ref().and_then(|c| c.url.clone()),
         digest: chart.and_then(|c| c.digest),
@@ -532,7 +553,8 @@ fn instance_object(tree: &Tree, i: &Included) -> Result<Instance, FluxError> {
     if let Some(meta) = body.get_mut("metadata").and_then(serde_json::Value::as_object_mut) {
         meta.insert("namespace".into(), ns.into());
     }
-    let version = body.pointer("/spec/distribution/version").and_then(serde_json::Value::as_str).map(str::to_owned);
+    let version =
+        body.pointer("/spec/distribution/version").and_then(serde_json::Value::as_str).map(str::to_owned);
     Ok(Instance {
         name: NamespacedName::new(ns, o.name()),
         origin: o.origin(),
@@ -563,7 +585,8 @@ fn instance_from_chart(tree: &Tree, i: &Included) -> Result<Instance, FluxError>
     if let Some(given) = hr.at(&["spec", "values", "instance"]) {
         merge(&mut spec, serde_json::to_value(given).unwrap_or_default());
     }
-    let version = spec.pointer("/distribution/version").and_then(serde_json::Value::as_str).map(str::to_owned);
+    let version =
+        spec.pointer("/distribution/version").and_then(serde_json::Value::as_str).map(str::to_owned);
     let body = serde_json::json!({
         "apiVersion": FLUX_INSTANCE_API,
         "kind": "FluxInstance",
@@ -818,6 +841,20 @@ mod tests {
                 "monitoring-configs"
             ]
         );
+    }
+
+    #[test]
+    fn the_flux_version_is_read_from_the_components_header() {
+        let header = b"---\n# This manifest was generated by flux. DO NOT EDIT.\n# Flux Version: v2.9.3\n# Components: source-controller\napiVersion: v1\nkind: Namespace\n";
+        assert_eq!(components_version(header).as_deref(), Some("v2.9.3"));
+        assert_eq!(components_version(b"apiVersion: v1\nkind: Namespace\n# Flux Version: v9\n"), None);
+    }
+
+    #[test]
+    fn helm_values_merge_maps_and_replace_lists() {
+        let mut base = serde_json::json!({"a": {"b": 1, "c": [1, 2]}, "d": "x"});
+        merge(&mut base, serde_json::json!({"a": {"c": [3], "e": true}, "d": "y"}));
+        assert_eq!(base, serde_json::json!({"a": {"b": 1, "c": [3], "e": true}, "d": "y"}));
     }
 
     #[test]

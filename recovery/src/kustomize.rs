@@ -200,7 +200,8 @@ impl Builder<'_> {
         // Objects from the nested builds get this kustomization's namespace: collect them,
         // then override.
         let first = self.out.objects.len();
-        for entry in list("resources").into_iter().chain(list("bases")).chain(list("components")).chain(list("crds"))
+        for entry in
+            list("resources").into_iter().chain(list("bases")).chain(list("components")).chain(list("crds"))
         {
             if is_remote(&entry) {
                 self.out.notes.push(format!(
@@ -353,7 +354,10 @@ mod tests {
         assert!(matches!(build(r, &tree, Path::new("c")), Err(KustomizeError::NoKustomization { .. })));
         assert!(matches!(build(r, &tree, Path::new("e")), Err(KustomizeError::OutsideRepository { .. })));
         let e = build(r, &tree, Path::new("f")).expect_err("missing");
-        assert_eq!(e.to_string(), "f/gone.yaml does not exist in the repository (listed in f/kustomization.yaml)");
+        assert_eq!(
+            e.to_string(),
+            "f/gone.yaml does not exist in the repository (listed in f/kustomization.yaml)"
+        );
         assert!(matches!(build(r, &tree, Path::new("nowhere")), Err(KustomizeError::Missing { .. })));
     }
 
@@ -361,7 +365,11 @@ mod tests {
     fn remote_resources_are_noted_not_followed() {
         let d = tempfile::tempdir().expect("tempdir");
         let r = d.path();
-        write(r, "g/kustomization.yaml", "resources:\n  - https://example.org/x.yaml\n  - github.com/org/repo//deploy?ref=v1\n");
+        write(
+            r,
+            "g/kustomization.yaml",
+            "resources:\n  - https://example.org/x.yaml\n  - github.com/org/repo//deploy?ref=v1\n",
+        );
         let tree = Tree::load(r).expect("load");
         let b = build(r, &tree, Path::new("g")).expect("build");
         assert!(b.objects.is_empty());

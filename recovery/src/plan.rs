@@ -485,7 +485,10 @@ impl fmt::Display for Plan {
                 }
                 Step::WaitInstance { instance } => {
                     phase = None;
-                    writeln!(f, "    {n:>3}. wait until FluxInstance {instance} is Ready (the operator installs Flux)")?;
+                    writeln!(
+                        f,
+                        "    {n:>3}. wait until FluxInstance {instance} is Ready (the operator installs Flux)"
+                    )?;
                 }
                 Step::RestartController { deployment } => {
                     phase = None;
@@ -616,8 +619,7 @@ mod tests {
         let plain = Manifest::new(Phase::Components, "m#1".into(), body.clone(), false).expect("manifest");
         let adopted = plain.adopted_by(&owner).expect("adopted");
         body["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!("Helm");
-        body["metadata"]["annotations"] =
-            json!({"meta.helm.sh/release-name": "flux-operator", "meta.helm.sh/release-namespace": "flux-system"});
+        body["metadata"]["annotations"] = json!({"meta.helm.sh/release-name": "flux-operator", "meta.helm.sh/release-namespace": "flux-system"});
         assert_eq!(adopted.body(), &body);
         assert_ne!(adopted.hash(), plain.hash(), "the ledger sees the change");
     }

@@ -23,7 +23,9 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 
 use crate::controller::{self, ControllerLocation, Found};
-use crate::flux::{self, Bootstrap, BootstrapForm, FluxError, Graph, Kustomization, NamespacedName, SubstituteRef};
+use crate::flux::{
+    self, Bootstrap, BootstrapForm, FluxError, Graph, Kustomization, NamespacedName, SubstituteRef,
+};
 use crate::keys::{self, KeysError, SealingKey};
 use crate::manifests::{self, Object, Tree};
 use crate::repo::{self, Checkout, DeployKey, RepoError, RepoSource};
@@ -139,7 +141,13 @@ pub fn run(opts: &PreflightOptions) -> Result<Preflight, PreflightError> {
     let mut graph = flux::graph(&root, &tree, &path, flux::BOOTSTRAP_DIR, flux::BOOTSTRAP_DIR)?;
     let bootstrap = flux::bootstrap(&root, &path, &tree, &graph)?;
     if bootstrap.source.name.name != flux::BOOTSTRAP_DIR {
-        graph = flux::graph(&root, &tree, &path, &bootstrap.kustomization.namespace, &bootstrap.source.name.name)?;
+        graph = flux::graph(
+            &root,
+            &tree,
+            &path,
+            &bootstrap.kustomization.namespace,
+            &bootstrap.source.name.name,
+        )?;
     }
     if bootstrap.form != BootstrapForm::Classic {
         graph.add_root(&bootstrap.kustomization, &path);
@@ -166,7 +174,9 @@ pub fn run(opts: &PreflightOptions) -> Result<Preflight, PreflightError> {
     let broken: Vec<String> = graph
         .layers
         .iter()
-        .filter_map(|l| Some(format!("{} ({}): {}", l.kustomization.name, l.kustomization.path, l.problem.as_ref()?)))
+        .filter_map(|l| {
+            Some(format!("{} ({}): {}", l.kustomization.name, l.kustomization.path, l.problem.as_ref()?))
+        })
         .collect();
     if !broken.is_empty() {
         checks.push(check(
@@ -601,7 +611,9 @@ fn values_checks(
             let Some(list) = hr.at(&["spec", "valuesFrom"]).and_then(|v| v.as_sequence()) else { continue };
             for v in list {
                 let field = |k: &str| v.get(k).and_then(|x| x.as_str());
-                if field("kind") != Some("Secret") || v.get("optional").and_then(|x| x.as_bool()) == Some(true) {
+                if field("kind") != Some("Secret")
+                    || v.get("optional").and_then(|x| x.as_bool()) == Some(true)
+                {
                     continue;
                 }
                 let Some(name) = field("name") else { continue };
@@ -614,23 +626,32 @@ fn values_checks(
                 let reader = format!("HelmRelease {hr_id} ({}, layer {})", hr.origin(), k.name);
                 let matching: Vec<&SealedSecretReport> = sealed
                     .iter()
-                    .filter(|s| s.name == secret.name && s.namespace.as_deref() == Some(secret.namespace.as_str()))
+                    .filter(|s| {
+                        s.name == secret.name && s.namespace.as_deref() == Some(secret.namespace.as_str())
+                    })
                     .filter(|s| s.layer.is_some())
                     .collect();
                 if let Some(s) = matching.iter().find(|s| s.opened) {
-                    out.push(check(NAME, Status::Pass, format!("{reader} reads {secret}: {} opens with key {}", s.origin, s.keys.join("+"))));
+                    out.push(check(
+                        NAME,
+                        Status::Pass,
+                        format!("{reader} reads {secret}: {} opens with key {}", s.origin, s.keys.join("+")),
+                    ));
                     continue;
                 }
-                let plain = graph
-                    .reachable()
-                    .iter()
-                    .any(|i| {
-                        let o = &tree.objects[i.index];
-                        o.group().is_empty() && o.kind() == "Secret" && o.name() == secret.name
-                            && i.namespace.as_deref().or(o.namespace()) == Some(secret.namespace.as_str())
-                    });
+                let plain = graph.reachable().iter().any(|i| {
+                    let o = &tree.objects[i.index];
+                    o.group().is_empty()
+                        && o.kind() == "Secret"
+                        && o.name() == secret.name
+                        && i.namespace.as_deref().or(o.namespace()) == Some(secret.namespace.as_str())
+                });
                 if plain {
-                    out.push(check(NAME, Status::Pass, format!("{reader} reads {secret}, a plain Secret in the repository")));
+                    out.push(check(
+                        NAME,
+                        Status::Pass,
+                        format!("{reader} reads {secret}, a plain Secret in the repository"),
+                    ));
                     continue;
                 }
                 if matching.is_empty() {
@@ -830,7 +851,12 @@ fn sync_check(b: &Bootstrap, source: &RepoSource, branch: &str, path: &str) -> C
     if normalize_path(&b.kustomization_path).ok().as_deref() != Some(path) {
         diffs.push(format!("its Kustomization applies {:?}, not ./{path}", b.kustomization_path));
     }
-    let reference = b.source.ref_name.as_deref().map(|r| format!("ref {r}")).unwrap_or_else(|| format!("branch {}", b.source.branch));
+    let reference = b
+        .source
+        .ref_name
+        .as_deref()
+        .map(|r| format!("ref {r}"))
+        .unwrap_or_else(|| format!("branch {}", b.source.branch));
     if diffs.is_empty() {
         check(NAME, Status::Pass, format!("{what} syncs {} {reference} path ./{path}", b.source.url))
     } else {

@@ -254,7 +254,8 @@ impl fmt::Display for PreflightReport {
             let _ = writeln!(out, "  flux        {v}");
         }
         if b.form != crate::flux::BootstrapForm::None {
-            let reference = b.source.ref_name.clone().unwrap_or_else(|| format!("branch {}", b.source.branch));
+            let reference =
+                b.source.ref_name.clone().unwrap_or_else(|| format!("branch {}", b.source.branch));
             let _ = writeln!(
                 out,
                 "  GitRepository {} → {} ({reference})\n  Kustomization {} → {}",

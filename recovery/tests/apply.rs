@@ -211,18 +211,21 @@ async fn applies_in_the_order_that_cannot_strand_the_cluster_and_follows_flux_to
     no_secrets_in(&text);
     assert_no_key_material(&text, &identity);
 
-    // Followed to the end, in dependency order.
+    // Followed to the end, in dependency order, nested layers included.
     let flux = report.flux.as_ref().expect("followed");
     let ks: Vec<&str> = flux.kustomizations.iter().map(|k| k.name.as_str()).collect();
     assert_eq!(
         ks,
         [
             "flux-system/flux-system",
+            "ai/openclaw",
             "flux-system/infra-controllers",
             "flux-system/infra-configs",
             "flux-system/apps",
             "flux-system/monitoring-controllers",
-            "flux-system/monitoring-configs"
+            "flux-system/monitoring-configs",
+            "flux-system/system-upgrade",
+            "n8n/n8n",
         ]
     );
     let rev = format!("main@sha1:{}", s.sha);

@@ -81,7 +81,7 @@ fn verify_only_passes_on_a_recoverable_repository() {
         "NOT opened  n8n/n8n-secret",
         "flux-system/sealed-secrets-controller  (HelmRelease flux-system/sealed-secrets",
         "clusters/kyrion/flux-system/gotk-components.yaml",
-        "   1. flux-system/flux-system\n   2. flux-system/infra-controllers\n   3. flux-system/infra-configs\n   4. flux-system/apps",
+        "   1. flux-system/flux-system\n   2. ai/openclaw\n   3. flux-system/infra-controllers\n   4. flux-system/infra-configs\n   5. flux-system/apps",
         "Verdict: OK",
     ] {
         assert!(stdout.contains(part), "{part:?} missing from:\n{stdout}");
@@ -126,7 +126,7 @@ async fn recover_applies_and_follows_flux_to_healthy() {
         "deploy key for Secret flux-system/flux-system (generated), SHA256:",
         "--yes: not waiting for the deploy key",
         "Kustomization flux-system/apps: ready at main@sha1:",
-        "Kustomizations: 6 of 6 ready",
+        "Kustomizations: 9 of 9 ready",
         "Result: HEALTHY",
     ] {
         assert!(stdout.contains(part), "{part:?} missing from:\n{stdout}");

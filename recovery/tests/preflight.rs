@@ -165,7 +165,7 @@ fn repository_resealed_with_the_backup_key_passes() {
     assert!(text.contains("flux-system/sealed-secrets-controller"), "{text}");
     let json = serde_json::to_value(r).unwrap();
     assert_eq!(json["verdict"], "ok");
-    assert_eq!(json["kustomization_order"][1]["name"], "infra-controllers");
+    assert_eq!(json["kustomization_order"][2]["name"], "infra-controllers");
 
     // Nothing printable carries key material.
     for text in [text, json.to_string(), format!("{p:?}")] {
@@ -462,7 +462,10 @@ fn the_snapshot_without_flux_system_is_bootstrapped_by_its_flux_instance_release
     commit_all(dir.path(), "an instance without sync");
     let (e, text) = preflight_err(&options(dir.path(), &two_keys_file(work.path())));
     assert!(matches!(e, PreflightError::Flux(FluxError::InstanceInvalid { .. })), "{text}");
-    assert!(text.contains("flux-system/flux (clusters/kyrion/flux-instance.yaml#1) has no spec.sync"), "{text}");
+    assert!(
+        text.contains("flux-system/flux (clusters/kyrion/flux-instance.yaml#1) has no spec.sync"),
+        "{text}"
+    );
 }
 
 #[test]

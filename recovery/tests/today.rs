@@ -18,7 +18,10 @@ fn keys_file(dir: &std::path::Path) -> std::path::PathBuf {
     let (a, b) = keys();
     write_keys_file(
         dir,
-        &keys_list(&[KeySecret::active("sealed-secrets-keynew01", a), KeySecret::active("sealed-secrets-keyold24", b)]),
+        &keys_list(&[
+            KeySecret::active("sealed-secrets-keynew01", a),
+            KeySecret::active("sealed-secrets-keyold24", b),
+        ]),
     )
 }
 
@@ -50,7 +53,10 @@ fn todays_layout_passes_with_the_instance_from_the_chart() {
     assert_eq!(inst.body["spec"]["cluster"]["domain"], "cluster.local");
     assert_eq!(inst.body["spec"]["components"].as_array().map(Vec::len), Some(4));
     let owner = inst.helm.as_ref().expect("helm owner");
-    assert_eq!((owner.release_name.as_str(), owner.release_namespace.as_str()), ("flux-instance", "flux-system"));
+    assert_eq!(
+        (owner.release_name.as_str(), owner.release_namespace.as_str()),
+        ("flux-instance", "flux-system")
+    );
     assert_eq!(bs.source.url, today::SYNC_URL);
     assert_eq!(bs.source.ref_name.as_deref(), Some("refs/heads/main"));
     assert_eq!(bs.source.branch, "main");
@@ -64,7 +70,8 @@ fn todays_layout_passes_with_the_instance_from_the_chart() {
 
     // The report names the form, the instance, its sync URL, ref and path.
     let text = r.to_string();
-    for want in ["Flux Operator", "flux-system/flux", today::SYNC_URL, "refs/heads/main", "./clusters/kyrion"] {
+    for want in ["Flux Operator", "flux-system/flux", today::SYNC_URL, "refs/heads/main", "./clusters/kyrion"]
+    {
         assert!(text.contains(want), "report lacks {want:?}:\n{text}");
     }
     assert!(text.contains("registry"), "the report says the operator's registry must be reachable:\n{text}");
@@ -111,16 +118,30 @@ fn a_values_secret_sealed_to_a_foreign_key_stops_the_chain_and_is_named() {
     today::write(
         repo.path(),
         TAILSCALE_SECRET,
-        &sealed_secret(&foreign, "flux-system", "tailscale-operator-secret", Scope::Strict, Scope::Strict, &[("oauth-client-secret", "x")]),
+        &sealed_secret(
+            &foreign,
+            "flux-system",
+            "tailscale-operator-secret",
+            Scope::Strict,
+            Scope::Strict,
+            &[("oauth-client-secret", "x")],
+        ),
     );
     commit_all(repo.path(), "resealed to another cluster's key");
     let p = run(repo.path());
     let r = &p.report;
     assert_eq!(r.verdict, Verdict::Failed, "{r}");
-    let failed: Vec<&Check> = checks(r, "values-secret").into_iter().filter(|c| c.status == Status::Fail).collect();
+    let failed: Vec<&Check> =
+        checks(r, "values-secret").into_iter().filter(|c| c.status == Status::Fail).collect();
     assert_eq!(failed.len(), 1, "{:#?}", r.checks);
     let d = &failed[0].detail;
-    for want in ["flux-system/tailscale-operator-secret", "flux-system/infra-controllers", "flux-system/infra-configs", "flux-system/apps", "--force"] {
+    for want in [
+        "flux-system/tailscale-operator-secret",
+        "flux-system/infra-controllers",
+        "flux-system/infra-configs",
+        "flux-system/apps",
+        "--force",
+    ] {
         assert!(d.contains(want), "{want:?} not in {d}");
     }
 
@@ -147,12 +168,20 @@ fn a_values_secret_of_a_layer_that_does_not_wait_is_a_warning() {
     today::write(
         repo.path(),
         FLUX_WEB_SECRET,
-        &sealed_secret(&foreign, "flux-system", "flux-web-client", Scope::NamespaceWide, Scope::NamespaceWide, &[("client-secret", "x")]),
+        &sealed_secret(
+            &foreign,
+            "flux-system",
+            "flux-web-client",
+            Scope::NamespaceWide,
+            Scope::NamespaceWide,
+            &[("client-secret", "x")],
+        ),
     );
     commit_all(repo.path(), "infra-configs does not wait");
     let r = run(repo.path()).report;
     assert_eq!(r.verdict, Verdict::Ok, "{r}");
-    let warned: Vec<&Check> = checks(&r, "values-secret").into_iter().filter(|c| c.status == Status::Warn).collect();
+    let warned: Vec<&Check> =
+        checks(&r, "values-secret").into_iter().filter(|c| c.status == Status::Warn).collect();
     assert_eq!(warned.len(), 1, "{:#?}", r.checks);
     assert!(warned[0].detail.contains("flux-system/flux-web-client"), "{}", warned[0].detail);
 }

@@ -300,11 +300,17 @@ fn step(server: &ApiServer, s: &FluxScript, done: &mut Vec<String>) {
                         "sourceRef": {"kind": "GitRepository", "name": name}}}))
                 .expect("Kustomization");
             server
-                .set_condition(&instance, &Condition::new("Ready", true, "ReconciliationSucceeded", "Reconciliation finished"))
+                .set_condition(
+                    &instance,
+                    &Condition::new("Ready", true, "ReconciliationSucceeded", "Reconciliation finished"),
+                )
                 .expect("instance status");
         } else {
             server
-                .set_condition(&instance, &Condition::new("Ready", false, "ArtifactFailed", "pulling the distribution failed"))
+                .set_condition(
+                    &instance,
+                    &Condition::new("Ready", false, "ArtifactFailed", "pulling the distribution failed"),
+                )
                 .expect("instance status");
         }
     }
@@ -355,7 +361,9 @@ fn step(server: &ApiServer, s: &FluxScript, done: &mut Vec<String>) {
     }
     for (ns, name) in &s.layers {
         let r = ks(ns, name);
-        if server.get(&r).is_none() || !done.iter().any(|d| d == "root") || !once(done, &format!("ks/{ns}/{name}"))
+        if server.get(&r).is_none()
+            || !done.iter().any(|d| d == "root")
+            || !once(done, &format!("ks/{ns}/{name}"))
         {
             continue;
         }

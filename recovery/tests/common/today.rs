@@ -26,7 +26,8 @@ use super::{TestKey, commit_all, sealed_secret};
 
 pub const CLUSTER: &str = "clusters/kyrion";
 pub const CERT_FILE: &str = "etc/certs/pub-sealed-secrets.pem";
-pub const TAILSCALE_SECRET: &str = "clusters/kyrion/infrastructure/controllers/tailscale-operator-secret.yaml";
+pub const TAILSCALE_SECRET: &str =
+    "clusters/kyrion/infrastructure/controllers/tailscale-operator-secret.yaml";
 pub const FLUX_WEB_SECRET: &str = "clusters/kyrion/infrastructure/configs/flux-web-client.yaml";
 pub const INSTANCE_RELEASE: &str = "infrastructure/configs/flux-instance/release.yaml";
 pub const INSTANCE_DIR: &str = "infrastructure/configs/flux-instance";
@@ -62,7 +63,9 @@ fn flux_ks(name: &str, path: &str, wait: bool, depends: &[&str], substitute: boo
         "  interval: 1h\n  sourceRef:\n    kind: GitRepository\n    name: flux-system\n  prune: true\n  wait: {wait}\n  path: {path}\n"
     ));
     if substitute {
-        y.push_str("  postBuild:\n    substituteFrom:\n      - kind: Secret\n        name: cluster-secret-vars\n");
+        y.push_str(
+            "  postBuild:\n    substituteFrom:\n      - kind: Secret\n        name: cluster-secret-vars\n",
+        );
     }
     y
 }
@@ -107,20 +110,37 @@ pub fn build(root: &Path, new: &TestKey, old: &TestKey) {
     write(
         root,
         "clusters/kyrion/kustomization.yaml",
-        &kustomization(&["infrastructure.yaml", "apps.yaml", "cluster-secret-vars.yaml", "cluster-vars.yaml"], ""),
+        &kustomization(
+            &["infrastructure.yaml", "apps.yaml", "cluster-secret-vars.yaml", "cluster-vars.yaml"],
+            "",
+        ),
     );
     // Not listed: a root sync applying the whole directory would pick this up.
-    write(root, "clusters/kyrion/README.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: not-applied\n  namespace: flux-system\n");
+    write(
+        root,
+        "clusters/kyrion/README.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: not-applied\n  namespace: flux-system\n",
+    );
     write(
         root,
         "clusters/kyrion/infrastructure.yaml",
         &[
             flux_ks("infra-controllers", "./clusters/kyrion/infrastructure/controllers", true, &[], true),
-            flux_ks("infra-configs", "./clusters/kyrion/infrastructure/configs", true, &["infra-controllers"], true),
+            flux_ks(
+                "infra-configs",
+                "./clusters/kyrion/infrastructure/configs",
+                true,
+                &["infra-controllers"],
+                true,
+            ),
         ]
         .concat(),
     );
-    write(root, "clusters/kyrion/apps.yaml", &flux_ks("apps", "./apps/kyrion", false, &["infra-configs"], true));
+    write(
+        root,
+        "clusters/kyrion/apps.yaml",
+        &flux_ks("apps", "./apps/kyrion", false, &["infra-configs"], true),
+    );
     write(
         root,
         "clusters/kyrion/cluster-secret-vars.yaml",
@@ -151,7 +171,14 @@ pub fn build(root: &Path, new: &TestKey, old: &TestKey) {
     write(
         root,
         TAILSCALE_SECRET,
-        &sealed_secret(new, "flux-system", "tailscale-operator-secret", Scope::Strict, Scope::Strict, &[("oauth-client-secret", "tskey-client-x")]),
+        &sealed_secret(
+            new,
+            "flux-system",
+            "tailscale-operator-secret",
+            Scope::Strict,
+            Scope::Strict,
+            &[("oauth-client-secret", "tskey-client-x")],
+        ),
     );
     write(
         root,
@@ -161,25 +188,56 @@ pub fn build(root: &Path, new: &TestKey, old: &TestKey) {
     write(
         root,
         FLUX_WEB_SECRET,
-        &sealed_secret(new, "flux-system", "flux-web-client", Scope::NamespaceWide, Scope::NamespaceWide, &[("client-secret", "s3cret")]),
+        &sealed_secret(
+            new,
+            "flux-system",
+            "flux-web-client",
+            Scope::NamespaceWide,
+            Scope::NamespaceWide,
+            &[("client-secret", "s3cret")],
+        ),
     );
 
     // The shared layers.
-    write(root, "infrastructure/controllers/kustomization.yaml", &kustomization(&["sealed-secrets", "flux-operator", "tailscale-operator"], ""));
-    write(root, "infrastructure/controllers/sealed-secrets/kustomization.yaml", &kustomization(&["release.yaml"], ""));
+    write(
+        root,
+        "infrastructure/controllers/kustomization.yaml",
+        &kustomization(&["sealed-secrets", "flux-operator", "tailscale-operator"], ""),
+    );
+    write(
+        root,
+        "infrastructure/controllers/sealed-secrets/kustomization.yaml",
+        &kustomization(&["release.yaml"], ""),
+    );
     write(
         root,
         "infrastructure/controllers/sealed-secrets/release.yaml",
-        &helm_release("sealed-secrets", "flux-system", "sealed-secrets", "  releaseName: sealed-secrets-controller\n  targetNamespace: flux-system\n"),
+        &helm_release(
+            "sealed-secrets",
+            "flux-system",
+            "sealed-secrets",
+            "  releaseName: sealed-secrets-controller\n  targetNamespace: flux-system\n",
+        ),
     );
-    write(root, "infrastructure/controllers/flux-operator/kustomization.yaml", &kustomization(&["repository.yaml", "release.yaml"], ""));
+    write(
+        root,
+        "infrastructure/controllers/flux-operator/kustomization.yaml",
+        &kustomization(&["repository.yaml", "release.yaml"], ""),
+    );
     write(root, "infrastructure/controllers/flux-operator/repository.yaml", &oci_repository("flux-operator"));
     write(
         root,
         "infrastructure/controllers/flux-operator/release.yaml",
-        &oci_release("flux-operator", "  install:\n    crds: CreateReplace\n  values:\n    web:\n      enabled: false\n"),
+        &oci_release(
+            "flux-operator",
+            "  install:\n    crds: CreateReplace\n  values:\n    web:\n      enabled: false\n",
+        ),
     );
-    write(root, "infrastructure/controllers/tailscale-operator/kustomization.yaml", &kustomization(&["release.yaml"], ""));
+    write(
+        root,
+        "infrastructure/controllers/tailscale-operator/kustomization.yaml",
+        &kustomization(&["release.yaml"], ""),
+    );
     write(
         root,
         "infrastructure/controllers/tailscale-operator/release.yaml",
@@ -190,13 +248,24 @@ pub fn build(root: &Path, new: &TestKey, old: &TestKey) {
             "  targetNamespace: tailscale\n  values:\n    oauth:\n      clientId: ${ts_oauth_clientID}\n  valuesFrom:\n    - kind: Secret\n      name: tailscale-operator-secret\n      valuesKey: oauth-client-secret\n      targetPath: oauth.clientSecret\n",
         ),
     );
-    write(root, "infrastructure/configs/kustomization.yaml", &kustomization(&["flux-instance", "flux-web"], ""));
-    write(root, "infrastructure/configs/flux-instance/kustomization.yaml", &kustomization(&["repository.yaml", "release.yaml"], ""));
+    write(
+        root,
+        "infrastructure/configs/kustomization.yaml",
+        &kustomization(&["flux-instance", "flux-web"], ""),
+    );
+    write(
+        root,
+        "infrastructure/configs/flux-instance/kustomization.yaml",
+        &kustomization(&["repository.yaml", "release.yaml"], ""),
+    );
     write(root, "infrastructure/configs/flux-instance/repository.yaml", &oci_repository("flux-instance"));
     write(
         root,
         INSTANCE_RELEASE,
-        &oci_release("flux-instance", &format!("  dependsOn:\n    - name: flux-operator\n{}", instance_values())),
+        &oci_release(
+            "flux-instance",
+            &format!("  dependsOn:\n    - name: flux-operator\n{}", instance_values()),
+        ),
     );
     write(root, "infrastructure/configs/flux-web/kustomization.yaml", &kustomization(&["release.yaml"], ""));
     write(
@@ -218,10 +287,15 @@ pub fn build(root: &Path, new: &TestKey, old: &TestKey) {
         "apps/base/whoami/sealed.yaml",
         &sealed_secret(new, "whoami", "anywhere", Scope::ClusterWide, Scope::ClusterWide, &[("token", "t")]),
     );
-    write(root, "apps/kyrion/media/kustomization.yaml", &kustomization(&["sealed.yaml"], "namespace: media\n"));
+    write(
+        root,
+        "apps/kyrion/media/kustomization.yaml",
+        &kustomization(&["sealed.yaml"], "namespace: media\n"),
+    );
     // Sealed (strict) for media/library with the old key; its file names no namespace.
-    let media = sealed_secret(old, "media", "library", Scope::Strict, Scope::Strict, &[("rclone.conf", "[x]\n")])
-        .replacen("  namespace: media\n", "", 1);
+    let media =
+        sealed_secret(old, "media", "library", Scope::Strict, Scope::Strict, &[("rclone.conf", "[x]\n")])
+            .replacen("  namespace: media\n", "", 1);
     write(root, "apps/kyrion/media/sealed.yaml", &media);
 
     // A Helm chart kept in the repository: its templates are Go templates.
