@@ -9,7 +9,8 @@
 //! healthy. Installing K3s and cloning with the operator's own credentials are not this
 //! crate's.
 //!
-//! Preflight modules: [`repo`] (getting the repository), [`keys`] (the key backup),
+//! Preflight modules: [`repo`] (getting the repository), [`keys`] (the key backup's
+//! format), [`backup`] (the backup file, plaintext or age-encrypted),
 //! [`sealed`] (the sealed-secrets hybrid crypto), [`manifests`] (reading YAML), [`flux`]
 //! (bootstrap and Kustomization order), [`controller`] (where the controller runs),
 //! [`preflight`] (the checks), [`report`] (what is printed). Apply modules: [`plan`] (the
@@ -18,6 +19,7 @@
 //! [`progress`] (events for the operator), [`apply`] (carrying the plan out).
 
 pub mod apply;
+pub mod backup;
 pub mod cluster;
 pub mod controller;
 pub mod deploykey;
@@ -34,6 +36,7 @@ pub mod report;
 pub mod sealed;
 
 pub use apply::{ApplyError, ApplyOptions, ApplyReport};
+pub use backup::{AgeOptions, KeySource, PassphraseSource};
 pub use preflight::{Preflight, PreflightError, PreflightOptions, run as preflight};
 pub use progress::{Event, Ui};
 pub use report::{PreflightReport, Verdict};
