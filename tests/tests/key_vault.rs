@@ -448,10 +448,14 @@ async fn an_export_larger_than_a_message_streams_and_is_age_encrypted() {
         for k in &keys {
             assert_absent(&file.display().to_string(), &bytes, &k.needles());
         }
-        // It opens to exactly the plaintext export.
+        // It opens to the plaintext export (all but the header comment, which has the time).
         let age = elysium_recovery::AgeOptions { identities: vec![id_file.clone()], passphrase: None };
         let (opened, _) = elysium_recovery::backup::read(file, &age).unwrap();
-        assert_eq!(&opened[..], &plain_bytes[..], "{}", file.display());
+        let body = |b: &[u8]| -> Vec<Vec<u8>> {
+            b.split(|&c| c == b'\n').filter(|l| !l.starts_with(b"#")).map(<[u8]>::to_vec).collect()
+        };
+        // No assert_eq!: its message would print the keys.
+        assert!(body(&opened) == body(&plain_bytes), "{} does not open to the export", file.display());
     }
     let armored_text = std::fs::read_to_string(&armored).unwrap();
     assert!(armored_text.trim_end().ends_with("-----END AGE ENCRYPTED FILE-----"));
