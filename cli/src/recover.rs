@@ -241,8 +241,7 @@ impl PassphraseSource for TerminalPassphrase {
         let typed = zeroize::Zeroizing::new(rpassword::prompt_password(prompt).ok()?);
         // Trailing CR from a Windows-style terminal is not part of the passphrase.
         let trimmed = typed.trim_end_matches(['\r', '\n']);
-        let secret = (!trimmed.is_empty()).then(|| SecretString::from(trimmed));
-        secret
+        (!trimmed.is_empty()).then(|| SecretString::from(trimmed))
     }
 }
 

@@ -29,13 +29,13 @@ impl Answer {
         Arc::new(Answer { passphrase: p.map(str::to_owned), prompts: Mutex::new(Vec::new()) })
     }
     fn prompts(&self) -> Vec<String> {
-        self.prompts.lock().unwrap().clone()
+        self.prompts.lock().expect("lock").clone()
     }
 }
 
 impl PassphraseSource for Answer {
     fn passphrase(&self, prompt: &str) -> Option<SecretString> {
-        self.prompts.lock().unwrap().push(prompt.to_owned());
+        self.prompts.lock().expect("lock").push(prompt.to_owned());
         self.passphrase.as_deref().map(SecretString::from)
     }
 }
@@ -47,7 +47,7 @@ fn plain_keys() -> String {
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
+    std::fs::write(&p, bytes).expect("write");
     p
 }
 
@@ -69,7 +69,7 @@ fn traced<T>(f: impl FnOnce() -> T) -> (T, String) {
     struct Buf(Arc<Mutex<Vec<u8>>>);
     impl std::io::Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
+            self.0.lock().expect("lock").extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -84,7 +84,7 @@ fn traced<T>(f: impl FnOnce() -> T) -> (T, String) {
         .with_writer(move || writer.clone())
         .finish();
     let out = tracing::subscriber::with_default(subscriber, f);
-    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let log = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8 log");
     (out, log)
 }
 
@@ -386,7 +386,7 @@ fn the_age_cli_and_the_library_read_each_other() {
     // What the export writes, opened by `age -d -i`.
     let recipient = backup::parse_recipient(public, "test").unwrap();
     for armor in [false, true] {
-        let sealed = write(work.path(), "export.age", &backup::encrypt(plain_keys().as_bytes(), &[recipient.clone()], armor).unwrap());
+        let sealed = write(work.path(), "export.age", &backup::encrypt(plain_keys().as_bytes(), std::slice::from_ref(&recipient), armor).unwrap());
         let opened = run(Command::new("age").arg("-d").arg("-i").arg(&id_file).arg(&sealed));
         assert_eq!(opened, plain_keys().as_bytes(), "armor {armor}");
     }
