@@ -144,7 +144,10 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             if let Some(path) = &k3s_token_out {
                 match &export.k3s_token {
                     None => {
-                        eprintln!("The K3s server token is not backed up yet; {} not written.", path.display())
+                        eprintln!(
+                            "The K3s server token is not backed up yet; {} not written.",
+                            path.display()
+                        )
                     }
                     Some(token) => {
                         let line = Zeroizing::new(format!("{}\n", token.as_str()));
@@ -205,7 +208,9 @@ async fn fetch_export(conn: &AdminConn, include_k3s_token: bool) -> anyhow::Resu
     let mut piece = Some(Zeroizing::new(std::mem::take(&mut first.keys_yaml)));
     while let Some(bytes) = piece.take() {
         if keys_yaml.len() + bytes.len() > total {
-            anyhow::bail!("the coordinator sent more than the {total} bytes it announced; the export is not used");
+            anyhow::bail!(
+                "the coordinator sent more than the {total} bytes it announced; the export is not used"
+            );
         }
         keys_yaml.extend_from_slice(&bytes);
         piece = stream.message().await.map_err(rpc)?.map(|c| Zeroizing::new(c.keys_yaml));
@@ -227,7 +232,10 @@ fn secret(token: String) -> Option<Zeroizing<String>> {
 }
 
 /// The age recipients of --encrypt-to and --encrypt-to-file.
-fn recipients(values: &[String], files: &[PathBuf]) -> anyhow::Result<Vec<elysium_recovery::backup::Recipient>> {
+fn recipients(
+    values: &[String],
+    files: &[PathBuf],
+) -> anyhow::Result<Vec<elysium_recovery::backup::Recipient>> {
     let mut out = Vec::new();
     for v in values {
         out.push(elysium_recovery::backup::parse_recipient(v, "--encrypt-to")?);

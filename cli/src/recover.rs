@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use elysium_recovery::backup::SecretString;
 use elysium_recovery::follow::Readiness;
 use elysium_recovery::repo::DeployKey;
-use elysium_recovery::backup::SecretString;
-use elysium_recovery::{AgeOptions, ApplyOptions, Event, KeySource, PassphraseSource, PreflightOptions, Ui, Verdict};
+use elysium_recovery::{
+    AgeOptions, ApplyOptions, Event, KeySource, PassphraseSource, PreflightOptions, Ui, Verdict,
+};
 
 use super::Output;
 

@@ -143,9 +143,7 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{what} is in an age format newer than age-encryption.org/v1, which this version does not read"
-    )]
+    #[error("{what} is in an age format newer than age-encryption.org/v1, which this version does not read")]
     UnknownFormat { what: String },
     #[error(
         "{what} asks for scrypt work factor 2^{required}, far above this machine's 2^{target}: \
@@ -163,15 +161,15 @@ pub enum BackupError {
     )]
     EmptyIdentity { path: PathBuf },
     // age's own message gives the line number only, never the line.
-    #[error("the age identity file {path} is not usable (only X25519 identities, AGE-SECRET-KEY-1…, are read)")]
+    #[error(
+        "the age identity file {path} is not usable (only X25519 identities, AGE-SECRET-KEY-1…, are read)"
+    )]
     BadIdentity {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "the age identity file {path} is age-encrypted to a key, not a passphrase: decrypt it first"
-    )]
+    #[error("the age identity file {path} is age-encrypted to a key, not a passphrase: decrypt it first")]
     IdentityNotPassphrase { path: PathBuf },
 }
 
@@ -219,12 +217,13 @@ pub fn read(path: &Path, age: &AgeOptions) -> Result<(Zeroizing<Vec<u8>>, Form),
     for file in &age.identities {
         identities.extend(load_identities(file, age)?);
     }
-    let stream = decryptor.decrypt(identities.iter().map(|i| &**i as &dyn age::Identity)).map_err(|e| match e {
-        age::DecryptError::NoMatchingKeys => {
-            BackupError::WrongIdentity { path: path.to_owned(), identities: age.identities.clone() }
-        }
-        other => header_error(other, &what),
-    })?;
+    let stream =
+        decryptor.decrypt(identities.iter().map(|i| &**i as &dyn age::Identity)).map_err(|e| match e {
+            age::DecryptError::NoMatchingKeys => {
+                BackupError::WrongIdentity { path: path.to_owned(), identities: age.identities.clone() }
+            }
+            other => header_error(other, &what),
+        })?;
     let plain = drain(stream, bytes.len(), &what)?;
     tracing::info!(file = %path.display(), form = %form, "key backup decrypted");
     Ok((plain, form))
@@ -281,12 +280,13 @@ fn open_scrypt(
     let source = age.passphrase.as_ref().ok_or_else(no_passphrase)?;
     let passphrase = source.passphrase(&format!("Passphrase for {what}: ")).ok_or_else(no_passphrase)?;
     let identity = age::scrypt::Identity::new(passphrase);
-    let stream = decryptor.decrypt(std::iter::once(&identity as &dyn age::Identity)).map_err(|e| match e {
-        age::DecryptError::DecryptionFailed | age::DecryptError::KeyDecryptionFailed => {
-            BackupError::WrongPassphrase { what: what.to_owned() }
-        }
-        other => header_error(other, what),
-    })?;
+    let stream =
+        decryptor.decrypt(std::iter::once(&identity as &dyn age::Identity)).map_err(|e| match e {
+            age::DecryptError::DecryptionFailed | age::DecryptError::KeyDecryptionFailed => {
+                BackupError::WrongPassphrase { what: what.to_owned() }
+            }
+            other => header_error(other, what),
+        })?;
     let plain = drain(stream, capacity, what)?;
     tracing::info!(what, "decrypted with a passphrase");
     Ok(plain)
@@ -294,7 +294,11 @@ fn open_scrypt(
 
 /// Reads the payload into a buffer of the ciphertext's size, which the plaintext never
 /// exceeds: no reallocation, so no copy is left behind unwiped.
-fn drain(mut stream: impl std::io::Read, capacity: usize, what: &str) -> Result<Zeroizing<Vec<u8>>, BackupError> {
+fn drain(
+    mut stream: impl std::io::Read,
+    capacity: usize,
+    what: &str,
+) -> Result<Zeroizing<Vec<u8>>, BackupError> {
     let mut plain = Zeroizing::new(Vec::with_capacity(capacity));
     stream
         .read_to_end(&mut plain)

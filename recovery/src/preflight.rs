@@ -21,9 +21,9 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 
+use crate::backup::{self, BackupError, KeySource};
 use crate::controller::{self, ControllerLocation, Found};
 use crate::flux::{self, Bootstrap, FluxError, Kustomization, NamespacedName, SubstituteRef};
-use crate::backup::{self, BackupError, KeySource};
 use crate::keys::{self, SealingKey};
 use crate::manifests::{self, Object, Tree};
 use crate::repo::{self, Checkout, DeployKey, RepoError, RepoSource};

@@ -182,7 +182,11 @@ impl fmt::Display for PreflightReport {
                 &k.fingerprint[..16.min(k.fingerprint.len())]
             );
             if !k.matches_committed_certs.is_empty() {
-                let _ = writeln!(out, "      is the committed certificate {}", k.matches_committed_certs.join(", "));
+                let _ = writeln!(
+                    out,
+                    "      is the committed certificate {}",
+                    k.matches_committed_certs.join(", ")
+                );
             }
             if k.opened_values > 0 {
                 let _ = writeln!(
@@ -204,10 +208,7 @@ impl fmt::Display for PreflightReport {
             let span = if rest.len() == 1 {
                 format!("{} (not before {})", first.name, first.not_before)
             } else {
-                format!(
-                    "from {} ({}) to {} ({})",
-                    first.name, first.not_before, last.name, last.not_before
-                )
+                format!("from {} ({}) to {} ({})", first.name, first.not_before, last.name, last.not_before)
             };
             let _ = writeln!(
                 out,

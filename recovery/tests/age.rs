@@ -42,7 +42,10 @@ impl PassphraseSource for Answer {
 
 fn plain_keys() -> String {
     let (a, b) = keys();
-    keys_list(&[KeySecret::active("sealed-secrets-keya1b2c", a), KeySecret::active("sealed-secrets-keyolder", b)])
+    keys_list(&[
+        KeySecret::active("sealed-secrets-keya1b2c", a),
+        KeySecret::active("sealed-secrets-keyolder", b),
+    ])
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -51,7 +54,12 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
-fn age_options(repo: &Path, file: &Path, identities: &[&Path], answer: Option<Arc<Answer>>) -> elysium_recovery::PreflightOptions {
+fn age_options(
+    repo: &Path,
+    file: &Path,
+    identities: &[&Path],
+    answer: Option<Arc<Answer>>,
+) -> elysium_recovery::PreflightOptions {
     let mut o = options(repo, file);
     o.keys = KeySource::File {
         path: file.to_owned(),
@@ -172,7 +180,8 @@ fn the_wrong_identity_is_named_with_the_backup() {
     let (id, _) = identity_file(work.path(), "right.txt");
     let (wrong1, wrong1_file) = identity_file(work.path(), "wrong-1.txt");
     let (wrong2, wrong2_file) = identity_file(work.path(), "wrong-2.txt");
-    let file = write(work.path(), "main.key.age", &encrypt_to(plain_keys().as_bytes(), &[&id.to_public()], false));
+    let file =
+        write(work.path(), "main.key.age", &encrypt_to(plain_keys().as_bytes(), &[&id.to_public()], false));
     let opts = age_options(&work.path().join("not-cloned"), &file, &[&wrong1_file, &wrong2_file], None);
     let (e, text, log) = backup_error(&opts);
     assert!(matches!(e, BackupError::WrongIdentity { .. }), "{text}");
@@ -215,7 +224,8 @@ fn damaged_and_truncated_backups_fail_clearly() {
     ];
     for (what, bytes) in cases {
         let file = write(work.path(), "main.key.age", &bytes);
-        let (e, text, log) = backup_error(&age_options(&work.path().join("not-cloned"), &file, &[&id_file], None));
+        let (e, text, log) =
+            backup_error(&age_options(&work.path().join("not-cloned"), &file, &[&id_file], None));
         assert!(
             matches!(e, BackupError::Corrupt { .. } | BackupError::CorruptPayload { .. }),
             "{what}: {text}"
@@ -236,18 +246,27 @@ fn a_passphrase_backup_asks_the_passphrase_source() {
     let (repo, _) = repo_resealed_with(a, true, true);
     let work = tempfile::tempdir().unwrap();
     for armor in [false, true] {
-        let file = write(work.path(), "main.key.age", &encrypt_passphrase(plain_keys().as_bytes(), PASSPHRASE, armor));
+        let file = write(
+            work.path(),
+            "main.key.age",
+            &encrypt_passphrase(plain_keys().as_bytes(), PASSPHRASE, armor),
+        );
         let answer = Answer::with(Some(PASSPHRASE));
         let opts = age_options(repo.path(), &file, &[], Some(answer.clone()));
         let (p, log) = traced(|| preflight(&opts));
         assert_eq!(p.report.verdict, Verdict::Ok, "{}", p.report);
-        assert_eq!(answer.prompts(), vec![format!("Passphrase for the sealed-secrets keys file {}: ", file.display())]);
+        assert_eq!(
+            answer.prompts(),
+            vec![format!("Passphrase for the sealed-secrets keys file {}: ", file.display())]
+        );
         assert_no_secrets(&format!("{}{log}", p.report), &[]);
     }
 
-    let file = write(work.path(), "main.key.age", &encrypt_passphrase(plain_keys().as_bytes(), PASSPHRASE, false));
+    let file =
+        write(work.path(), "main.key.age", &encrypt_passphrase(plain_keys().as_bytes(), PASSPHRASE, false));
     let not_cloned = work.path().join("not-cloned");
-    let (e, text, log) = backup_error(&age_options(&not_cloned, &file, &[], Some(Answer::with(Some("wrong")))));
+    let (e, text, log) =
+        backup_error(&age_options(&not_cloned, &file, &[], Some(Answer::with(Some("wrong")))));
     assert!(matches!(e, BackupError::WrongPassphrase { .. }), "{text}");
     assert!(text.contains(&file.display().to_string()), "{text}");
     assert_no_secrets(&format!("{text}{log}"), &[]);
@@ -269,19 +288,27 @@ fn a_passphrase_encrypted_identity_file_asks_once_and_opens_the_backup() {
     let id_text = std::fs::read(&plain_id).unwrap();
     std::fs::remove_file(&plain_id).unwrap();
     let id_file = write(work.path(), "keys.txt.age", &encrypt_passphrase(&id_text, PASSPHRASE, true));
-    let file = write(work.path(), "main.key.age", &encrypt_to(plain_keys().as_bytes(), &[&id.to_public()], false));
+    let file =
+        write(work.path(), "main.key.age", &encrypt_to(plain_keys().as_bytes(), &[&id.to_public()], false));
 
     let answer = Answer::with(Some(PASSPHRASE));
     let opts = age_options(repo.path(), &file, &[&id_file], Some(answer.clone()));
     let (p, log) = traced(|| preflight(&opts));
     assert_eq!(p.report.verdict, Verdict::Ok, "{}", p.report);
-    assert_eq!(answer.prompts(), vec![format!("Passphrase for the age identity file {}: ", id_file.display())]);
+    assert_eq!(
+        answer.prompts(),
+        vec![format!("Passphrase for the age identity file {}: ", id_file.display())]
+    );
     assert_no_secrets(&format!("{}{log}", p.report), &[&id]);
 
     let not_cloned = work.path().join("not-cloned");
-    let (e, text, log) = backup_error(&age_options(&not_cloned, &file, &[&id_file], Some(Answer::with(Some("nope")))));
+    let (e, text, log) =
+        backup_error(&age_options(&not_cloned, &file, &[&id_file], Some(Answer::with(Some("nope")))));
     assert!(matches!(e, BackupError::WrongPassphrase { .. }), "{text}");
-    assert!(text.contains(&format!("wrong passphrase for the age identity file {}", id_file.display())), "{text}");
+    assert!(
+        text.contains(&format!("wrong passphrase for the age identity file {}", id_file.display())),
+        "{text}"
+    );
     assert_no_secrets(&format!("{text}{log}"), &[&id]);
 
     let (e, text, _) = backup_error(&age_options(&not_cloned, &file, &[&id_file], None));
@@ -293,7 +320,8 @@ fn a_passphrase_encrypted_identity_file_asks_once_and_opens_the_backup() {
 fn unusable_identity_files_are_named() {
     let work = tempfile::tempdir().unwrap();
     let (id, _) = identity_file(work.path(), "keys.txt");
-    let file = write(work.path(), "main.key.age", &encrypt_to(plain_keys().as_bytes(), &[&id.to_public()], false));
+    let file =
+        write(work.path(), "main.key.age", &encrypt_to(plain_keys().as_bytes(), &[&id.to_public()], false));
     let not_cloned = work.path().join("not-cloned");
 
     let empty = write(work.path(), "empty.txt", b"# just a comment\n\n");
@@ -314,7 +342,8 @@ fn unusable_identity_files_are_named() {
 
     // An identity file encrypted to a key, not a passphrase.
     let (other, _) = identity_file(work.path(), "other.txt");
-    let boxed = write(work.path(), "boxed.age", &encrypt_to(b"AGE-SECRET-KEY-1X\n", &[&other.to_public()], false));
+    let boxed =
+        write(work.path(), "boxed.age", &encrypt_to(b"AGE-SECRET-KEY-1X\n", &[&other.to_public()], false));
     let (e, text, _) = backup_error(&age_options(&not_cloned, &file, &[&boxed], None));
     assert!(matches!(e, BackupError::IdentityNotPassphrase { .. }) && text.contains("boxed.age"), "{text}");
 
@@ -339,13 +368,16 @@ fn the_library_encrypts_what_age_decrypts() {
         }
         let r = age::Decryptor::new(age::armor::ArmoredReader::new(&sealed[..])).unwrap();
         let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut r.decrypt(std::iter::once(&id as &dyn age::Identity)).unwrap(), &mut out)
-            .unwrap();
+        std::io::Read::read_to_end(
+            &mut r.decrypt(std::iter::once(&id as &dyn age::Identity)).unwrap(),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out, plain.as_bytes());
-        let (opened, form) = backup::read(&write(work.path(), "b", &sealed), &AgeOptions {
-            identities: vec![id_file.clone()],
-            passphrase: None,
-        })
+        let (opened, form) = backup::read(
+            &write(work.path(), "b", &sealed),
+            &AgeOptions { identities: vec![id_file.clone()], passphrase: None },
+        )
         .unwrap();
         assert_eq!(&opened[..], plain.as_bytes());
         assert_eq!(form, if armor { Form::AgeArmored } else { Form::Age });
@@ -359,7 +391,9 @@ fn the_library_encrypts_what_age_decrypts() {
 fn the_age_cli_and_the_library_read_each_other() {
     use std::process::Command;
     let run = |cmd: &mut Command| {
-        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (is the age package installed? tests/run installs it)"));
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e} (is the age package installed? tests/run installs it)"));
         assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
         out.stdout
     };
@@ -375,7 +409,13 @@ fn the_age_cli_and_the_library_read_each_other() {
 
     // As the operator's docs do it, binary and armored.
     let binary = work.path().join("sealed-secrets-keys.yaml.age");
-    run(Command::new("age").arg("--encrypt").arg("--recipient").arg(public).arg("-o").arg(&binary).arg(&plain));
+    run(Command::new("age")
+        .arg("--encrypt")
+        .arg("--recipient")
+        .arg(public)
+        .arg("-o")
+        .arg(&binary)
+        .arg(&plain));
     let armored = work.path().join("sealed-secrets-keys.yaml.asc");
     run(Command::new("age").args(["-e", "-a", "-R"]).arg(&recipients).arg("-o").arg(&armored).arg(&plain));
     for file in [&binary, &armored] {
@@ -386,7 +426,11 @@ fn the_age_cli_and_the_library_read_each_other() {
     // What the export writes, opened by `age -d -i`.
     let recipient = backup::parse_recipient(public, "test").unwrap();
     for armor in [false, true] {
-        let sealed = write(work.path(), "export.age", &backup::encrypt(plain_keys().as_bytes(), std::slice::from_ref(&recipient), armor).unwrap());
+        let sealed = write(
+            work.path(),
+            "export.age",
+            &backup::encrypt(plain_keys().as_bytes(), std::slice::from_ref(&recipient), armor).unwrap(),
+        );
         let opened = run(Command::new("age").arg("-d").arg("-i").arg(&id_file).arg(&sealed));
         assert_eq!(opened, plain_keys().as_bytes(), "armor {armor}");
     }

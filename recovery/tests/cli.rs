@@ -123,7 +123,12 @@ fn verify_only_opens_an_age_backup_and_never_prompts_off_a_terminal() {
 
     let run = |file: &Path, extra: &[&Path]| {
         let mut cmd = Command::new(binary());
-        cmd.arg("recover").arg("--verify-only").arg("--repo").arg(repo.path()).arg("--sealed-secrets-keys").arg(file);
+        cmd.arg("recover")
+            .arg("--verify-only")
+            .arg("--repo")
+            .arg(repo.path())
+            .arg("--sealed-secrets-keys")
+            .arg(file);
         for i in extra {
             cmd.arg("--age-identity").arg(i);
         }
@@ -142,7 +147,11 @@ fn verify_only_opens_an_age_backup_and_never_prompts_off_a_terminal() {
         assert!(!text.contains(&id.to_string().expose_secret()[16..]), "{text}");
         assert!(!has_age_secret_key(&text), "{text}");
         assert!(!text.contains(passphrase), "{text}");
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
 
     let (code, stdout, stderr) = run(&sealed, &[&id_file]);
@@ -157,7 +166,9 @@ fn verify_only_opens_an_age_backup_and_never_prompts_off_a_terminal() {
     let (code, _, stderr) = run(&by_passphrase, &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("is encrypted with a passphrase, but no passphrase can be asked for: run on a terminal"),
+        stderr.contains(
+            "is encrypted with a passphrase, but no passphrase can be asked for: run on a terminal"
+        ),
         "{stderr}"
     );
 }

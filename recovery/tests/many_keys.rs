@@ -24,7 +24,14 @@ fn twenty_five_keys_report_which_key_is_the_certificate_and_which_opens_what() {
     let (repo, _) = repo_resealed_with(oldest, true, true);
     let extra = [
         sealed_secret(&keys[5], "coder", "alpha", Scope::Strict, Scope::Strict, &[("token", "a")]),
-        sealed_secret(&keys[5], "coder", "beta", Scope::Strict, Scope::Strict, &[("token", "b"), ("user", "u")]),
+        sealed_secret(
+            &keys[5],
+            "coder",
+            "beta",
+            Scope::Strict,
+            Scope::Strict,
+            &[("token", "b"), ("user", "u")],
+        ),
         sealed_secret(&keys[12], "n8n", "gamma", Scope::NamespaceWide, Scope::NamespaceWide, &[("key", "g")]),
         sealed_secret(&keys[KEYS - 1], "n8n", "delta", Scope::Strict, Scope::Strict, &[("key", "d")]),
     ]

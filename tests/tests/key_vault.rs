@@ -410,12 +410,18 @@ async fn an_export_larger_than_a_message_streams_and_is_age_encrypted() {
     let id = age::x25519::Identity::generate();
     let id_file = work.path().join("keys.txt");
     use age::secrecy::ExposeSecret as _;
-    std::fs::write(&id_file, format!("# public key: {}\n{}\n", id.to_public(), id.to_string().expose_secret()))
-        .unwrap();
+    std::fs::write(
+        &id_file,
+        format!("# public key: {}\n{}\n", id.to_public(), id.to_string().expose_secret()),
+    )
+    .unwrap();
     let recipients = work.path().join("recipients.txt");
     let other = age::x25519::Identity::generate().to_public();
-    std::fs::write(&recipients, format!("# the operator and an offline copy\n{}\n\n{other}\n", id.to_public()))
-        .unwrap();
+    std::fs::write(
+        &recipients,
+        format!("# the operator and an offline copy\n{}\n\n{other}\n", id.to_public()),
+    )
+    .unwrap();
 
     // Plaintext, binary age to a recipient, armored age to a recipients file.
     let plain = work.path().join("main.key");
@@ -425,7 +431,13 @@ async fn an_export_larger_than_a_message_streams_and_is_age_encrypted() {
     let runs: [Vec<&str>; 3] = [
         vec!["--out", plain.to_str().unwrap()],
         vec!["--out", binary.to_str().unwrap(), "--encrypt-to", &recipient],
-        vec!["--out", armored.to_str().unwrap(), "--encrypt-to-file", recipients.to_str().unwrap(), "--armor"],
+        vec![
+            "--out",
+            armored.to_str().unwrap(),
+            "--encrypt-to-file",
+            recipients.to_str().unwrap(),
+            "--armor",
+        ],
     ];
     for extra in &runs {
         let args = [&["keys", "export"][..], extra, &["--config", &admin][..]].concat();
@@ -439,12 +451,23 @@ async fn an_export_larger_than_a_message_streams_and_is_age_encrypted() {
     );
     assert_eq!(elysium_recovery::keys::parse(&plain_bytes).unwrap().len(), RECORDS);
 
-    for (file, prefix) in [(&binary, "age-encryption.org/v1\n-> X25519 "), (&armored, "-----BEGIN AGE ENCRYPTED FILE-----\n")] {
-        assert_eq!(std::fs::metadata(file).unwrap().permissions().mode() & 0o777, 0o600, "{}", file.display());
+    for (file, prefix) in
+        [(&binary, "age-encryption.org/v1\n-> X25519 "), (&armored, "-----BEGIN AGE ENCRYPTED FILE-----\n")]
+    {
+        assert_eq!(
+            std::fs::metadata(file).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            file.display()
+        );
         let bytes = std::fs::read(file).unwrap();
         assert!(bytes.starts_with(prefix.as_bytes()), "{}", file.display());
         // Ciphertext only: no YAML, no key.
-        assert_absent(&file.display().to_string(), &bytes, &["apiVersion".to_owned(), "sealed-secrets-key0".to_owned()]);
+        assert_absent(
+            &file.display().to_string(),
+            &bytes,
+            &["apiVersion".to_owned(), "sealed-secrets-key0".to_owned()],
+        );
         for k in &keys {
             assert_absent(&file.display().to_string(), &bytes, &k.needles());
         }
@@ -476,16 +499,31 @@ async fn an_export_larger_than_a_message_streams_and_is_age_encrypted() {
         assert_eq!(cli(&verify).await.unwrap(), ExitCode::SUCCESS, "recover refused {}", file.display());
     }
     // Without the identity it says what to pass.
-    let err = cli(&["recover", "--verify-only", "--repo", repo.path().to_str().unwrap(), "--sealed-secrets-keys", binary.to_str().unwrap()])
-        .await
-        .unwrap_err();
+    let err = cli(&[
+        "recover",
+        "--verify-only",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--sealed-secrets-keys",
+        binary.to_str().unwrap(),
+    ])
+    .await
+    .unwrap_err();
     assert!(format!("{err:#}").contains("pass --age-identity FILE"), "{err:#}");
 
     // A secret key passed as a recipient is refused without being echoed.
     let secret = id.to_string();
     let never = work.path().join("never-written.age");
-    let args =
-        ["keys", "export", "--out", never.to_str().unwrap(), "--encrypt-to", secret.expose_secret(), "--config", &admin];
+    let args = [
+        "keys",
+        "export",
+        "--out",
+        never.to_str().unwrap(),
+        "--encrypt-to",
+        secret.expose_secret(),
+        "--config",
+        &admin,
+    ];
     let err = cli(&args).await.unwrap_err();
     assert!(format!("{err:#}").contains("not a recipient"), "{err:#}");
     assert!(!format!("{err:#}").contains(secret.expose_secret()), "{err:#}");

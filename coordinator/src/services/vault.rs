@@ -120,11 +120,13 @@ pub(crate) async fn list(c: &Arc<Coordinator>) -> Result<pb::ListSealingKeysResp
 async fn open_export(c: &Arc<Coordinator>, request: &pb::ExportSealingKeysRequest) -> Result<Export, Status> {
     let cc = c.clone();
     let include_k3s_token = request.include_k3s_token;
-    blocking(move || cc.vault.export(cc.store.as_ref(), include_k3s_token, cc.now())).await?.map_err(|e| match e {
-        ExportError::Store(e) => internal(e),
-        ExportError::Vault(e) => {
-            tracing::error!(error = %e, "key vault export failed");
-            Status::data_loss(e.to_string())
+    blocking(move || cc.vault.export(cc.store.as_ref(), include_k3s_token, cc.now())).await?.map_err(|e| {
+        match e {
+            ExportError::Store(e) => internal(e),
+            ExportError::Vault(e) => {
+                tracing::error!(error = %e, "key vault export failed");
+                Status::data_loss(e.to_string())
+            }
         }
     })
 }

@@ -291,26 +291,29 @@ pub fn identity_file(dir: &Path, name: &str) -> (age::x25519::Identity, PathBuf)
 }
 
 pub fn encrypt_to(plain: &[u8], recipients: &[&age::x25519::Recipient], armor: bool) -> Vec<u8> {
-    let e = age::Encryptor::with_recipients(recipients.iter().map(|r| *r as &dyn age::Recipient)).expect("age test file");
+    let e = age::Encryptor::with_recipients(recipients.iter().map(|r| *r as &dyn age::Recipient))
+        .expect("age test file");
     finish(e, plain, armor)
 }
 
 pub fn encrypt_passphrase(plain: &[u8], passphrase: &str, armor: bool) -> Vec<u8> {
     let mut r = age::scrypt::Recipient::new(SecretString::from(passphrase));
     r.set_work_factor(TEST_LOG_N);
-    let e = age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).expect("age test file");
+    let e =
+        age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).expect("age test file");
     finish(e, plain, armor)
 }
 
 fn finish(e: age::Encryptor, plain: &[u8], armor: bool) -> Vec<u8> {
     let format = if armor { age::armor::Format::AsciiArmor } else { age::armor::Format::Binary };
     let mut out = Vec::new();
-    let mut w = e.wrap_output(age::armor::ArmoredWriter::wrap_output(&mut out, format).expect("age test file")).expect("age test file");
+    let mut w = e
+        .wrap_output(age::armor::ArmoredWriter::wrap_output(&mut out, format).expect("age test file"))
+        .expect("age test file");
     w.write_all(plain).expect("age test file");
     w.finish().expect("age test file").finish().expect("age test file");
     out
 }
-
 
 /// Whether `text` holds something shaped like an age secret key (the prefix and Bech32
 /// characters after it), as opposed to a message naming the format (`AGE-SECRET-KEY-1…`).
