@@ -9,7 +9,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Small per-call buffers (src/lib.rs, `Codec`).
         .codec_path("crate::Codec")
         // Messages carrying private keys get a redacting Debug by hand (src/lib.rs).
-        .skip_debug([".elysium.v1.SealingKeyReport", ".elysium.v1.ExportSealingKeysResponse"])
+        .skip_debug([
+            ".elysium.v1.SealingKeyReport",
+            ".elysium.v1.ExportSealingKeysResponse",
+            ".elysium.v1.ExportSealingKeysChunk",
+        ])
         .compile_fds(descriptors)?;
     Ok(())
 }

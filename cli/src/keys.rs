@@ -11,6 +11,7 @@ use anyhow::{Context as _, anyhow};
 use clap::Subcommand;
 use elysium_proto::v1 as pb;
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 use super::admin::{client, print_json, print_table, rpc};
 use super::{AdminConn, Output};
@@ -33,6 +34,9 @@ The K3s server token, needed to restore etcd snapshots, is kept the same way.
 `status` exits 1 when the backup looks stale: no key, the newest key older than the renewal
 period (the controller made a newer one the vault has not seen), no report for a while, or no
 K3s token. `export` writes the keys file (0600) that `recover` reads; copy it offline.
+With --encrypt-to age1… (or --encrypt-to-file) it writes the file age-encrypted, the form the
+cluster's operator documents (`age --encrypt --recipient age1… keys.yaml`), binary or
+--armor; the plaintext never reaches the disk. The export streams, so a vault of any size fits.
 
 Examples:
   elysium-node keys status
@@ -40,7 +44,10 @@ Examples:
   elysium-node keys export --out /root/main.key
   elysium-node keys export --out /root/main.key --k3s-token-out /root/k3s-token --force
   elysium-node recover --verify-only --repo ssh://git@github.com/alecsg77/elysium \\
-      --deploy-key /root/flux-deploy-key --sealed-secrets-keys /root/main.key";
+      --deploy-key /root/flux-deploy-key --sealed-secrets-keys /root/main.key
+  elysium-node keys export --out sealed-secrets-keys.yaml.age --encrypt-to age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+  elysium-node recover --verify-only --repo ~/src/elysium \\
+      --sealed-secrets-keys sealed-secrets-keys.yaml.age --age-identity ~/.config/age/keys.txt";
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -60,14 +67,27 @@ pub enum KeysCommand {
         conn: AdminConn,
     },
     /// Write every backed-up key as the keys file `recover --sealed-secrets-keys`
-    /// reads (a `v1 List` of kubernetes.io/tls Secrets), mode 0600.
+    /// reads (a `v1 List` of kubernetes.io/tls Secrets), mode 0600; age-encrypted with
+    /// --encrypt-to.
     Export {
         /// Where to write it. Refused if it exists, unless --force.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// Also write the K3s server token to this file (0600).
+        /// Also write the K3s server token to this file (0600; age-encrypted too with
+        /// --encrypt-to).
         #[arg(long, value_name = "FILE")]
         k3s_token_out: Option<PathBuf>,
+        /// Encrypt to this age recipient (age1…), like `age -e -r`; repeatable. The
+        /// plaintext then never reaches the disk; `recover --age-identity` opens it.
+        #[arg(long, value_name = "RECIPIENT")]
+        encrypt_to: Vec<String>,
+        /// Encrypt to every recipient in this file (one age1… a line, # comments), like
+        /// `age -e -R`; repeatable.
+        #[arg(long, value_name = "FILE")]
+        encrypt_to_file: Vec<PathBuf>,
+        /// With --encrypt-to: ASCII-armored (`age -a`) instead of binary.
+        #[arg(long)]
+        armor: bool,
         /// Replace existing files.
         #[arg(long)]
         force: bool,
@@ -88,39 +108,142 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(if status.warnings.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        KeysCommand::Export { out, k3s_token_out, force, conn } => {
+        KeysCommand::Export { out, k3s_token_out, encrypt_to, encrypt_to_file, armor, force, conn } => {
             for path in std::iter::once(&out).chain(k3s_token_out.as_ref()) {
                 if !force && path.exists() {
                     anyhow::bail!("{} exists; pass --force to replace it", path.display());
                 }
             }
-            let request = pb::ExportSealingKeysRequest { include_k3s_token: k3s_token_out.is_some() };
-            let export = client(&conn).await?.export_sealing_keys(request).await.map_err(rpc)?.into_inner();
+            let recipients = recipients(&encrypt_to, &encrypt_to_file)?;
+            if armor && recipients.is_empty() {
+                anyhow::bail!("--armor only applies to an encrypted export: add --encrypt-to RECIPIENT");
+            }
+            let export = fetch_export(&conn, k3s_token_out.is_some()).await?;
             if export.keys == 0 {
                 anyhow::bail!(
                     "the vault holds no sealing key yet: `elysium-node keys status` says why (is a server node's agent running?)"
                 );
             }
             // Only a file `recover` reads is a backup: check before writing.
-            let keys = elysium_recovery::keys::parse(export.keys_yaml.as_bytes())
+            let keys = elysium_recovery::keys::parse(&export.keys_yaml)
                 .context("the coordinator's export is not a keys file that `recover` reads")?;
-            write_private(&out, export.keys_yaml.as_bytes(), force)?;
-            eprintln!("Wrote {} sealed-secrets keys to {} (0600).", keys.len(), out.display());
+            // Encrypted in memory: with recipients, only ciphertext is written.
+            let seal = |plain: &[u8]| -> anyhow::Result<Zeroizing<Vec<u8>>> {
+                if recipients.is_empty() {
+                    return Ok(Zeroizing::new(plain.to_vec()));
+                }
+                Ok(Zeroizing::new(elysium_recovery::backup::encrypt(plain, &recipients, armor)?))
+            };
+            let form = match (recipients.len(), armor) {
+                (0, _) => "plaintext".to_owned(),
+                (n, false) => format!("age-encrypted to {n} recipient(s)"),
+                (n, true) => format!("age-encrypted to {n} recipient(s), armored"),
+            };
+            write_private(&out, &seal(&export.keys_yaml)?, force)?;
+            eprintln!("Wrote {} sealed-secrets keys to {} ({form}, 0600).", keys.len(), out.display());
             if let Some(path) = &k3s_token_out {
-                if export.k3s_server_token.is_empty() {
-                    eprintln!("The K3s server token is not backed up yet; {} not written.", path.display());
-                } else {
-                    write_private(path, format!("{}\n", export.k3s_server_token).as_bytes(), force)?;
-                    eprintln!("Wrote the K3s server token to {} (0600).", path.display());
+                match &export.k3s_token {
+                    None => {
+                        eprintln!(
+                            "The K3s server token is not backed up yet; {} not written.",
+                            path.display()
+                        )
+                    }
+                    Some(token) => {
+                        let line = Zeroizing::new(format!("{}\n", token.as_str()));
+                        write_private(path, &seal(line.as_bytes())?, force)?;
+                        eprintln!("Wrote the K3s server token to {} ({form}, 0600).", path.display());
+                    }
                 }
             }
+            let identity = if recipients.is_empty() { "" } else { " --age-identity IDENTITY_FILE" };
             eprintln!(
-                "Check it against the repository: elysium-node recover --verify-only --repo REPO --sealed-secrets-keys {}",
+                "Check it against the repository: elysium-node recover --verify-only --repo REPO --sealed-secrets-keys {}{identity}",
                 out.display()
             );
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The export as received, in buffers that are wiped when dropped.
+struct Received {
+    keys_yaml: Zeroizing<Vec<u8>>,
+    keys: u32,
+    k3s_token: Option<Zeroizing<String>>,
+}
+
+/// Refuses a first chunk announcing more than this: no vault is that large, and the
+/// buffer is allocated up front from it.
+const MAX_EXPORT_BYTES: u64 = 1 << 30;
+
+/// `ExportSealingKeysStream`, reassembled; `ExportSealingKeys` from a coordinator that
+/// predates the stream (within its one-message limit).
+async fn fetch_export(conn: &AdminConn, include_k3s_token: bool) -> anyhow::Result<Received> {
+    let request = || pb::ExportSealingKeysRequest { include_k3s_token };
+    let mut client = client(conn).await?;
+    let mut stream = match client.export_sealing_keys_stream(request()).await {
+        Ok(r) => r.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            let mut r = client.export_sealing_keys(request()).await.map_err(rpc)?.into_inner();
+            let keys_yaml = Zeroizing::new(std::mem::take(&mut r.keys_yaml).into_bytes());
+            let k3s_token = secret(std::mem::take(&mut r.k3s_server_token));
+            return Ok(Received { keys_yaml, keys: r.keys, k3s_token });
+        }
+        Err(status) => return Err(rpc(status)),
+    };
+    let mut first = stream
+        .message()
+        .await
+        .map_err(rpc)?
+        .ok_or_else(|| anyhow!("the coordinator ended the export before sending anything"))?;
+    if first.total_bytes > MAX_EXPORT_BYTES {
+        anyhow::bail!("the coordinator announced an export of {} bytes; refusing", first.total_bytes);
+    }
+    let total = first.total_bytes as usize;
+    // Sized up front, so that it never reallocates and leaves an unwiped copy behind.
+    let mut keys_yaml = Zeroizing::new(Vec::with_capacity(total));
+    let k3s_token = secret(std::mem::take(&mut first.k3s_server_token));
+    let keys = first.keys;
+    let mut piece = Some(Zeroizing::new(std::mem::take(&mut first.keys_yaml)));
+    while let Some(bytes) = piece.take() {
+        if keys_yaml.len() + bytes.len() > total {
+            anyhow::bail!(
+                "the coordinator sent more than the {total} bytes it announced; the export is not used"
+            );
+        }
+        keys_yaml.extend_from_slice(&bytes);
+        piece = stream.message().await.map_err(rpc)?.map(|c| Zeroizing::new(c.keys_yaml));
+    }
+    if keys_yaml.len() != total {
+        anyhow::bail!(
+            "the export was cut short: {} of {total} bytes arrived; nothing was written, run it again",
+            keys_yaml.len()
+        );
+    }
+    tracing::debug!(bytes = total, keys, "export received");
+    Ok(Received { keys_yaml, keys, k3s_token })
+}
+
+/// A token from the wire, kept wiped on drop; empty means none.
+fn secret(token: String) -> Option<Zeroizing<String>> {
+    let token = Zeroizing::new(token);
+    (!token.is_empty()).then_some(token)
+}
+
+/// The age recipients of --encrypt-to and --encrypt-to-file.
+fn recipients(
+    values: &[String],
+    files: &[PathBuf],
+) -> anyhow::Result<Vec<elysium_recovery::backup::Recipient>> {
+    let mut out = Vec::new();
+    for v in values {
+        out.push(elysium_recovery::backup::parse_recipient(v, "--encrypt-to")?);
+    }
+    for f in files {
+        out.extend(elysium_recovery::backup::read_recipients_file(f)?);
+    }
+    Ok(out)
 }
 
 /// Writes a secret file with mode 0600 from its first byte. Without `force` the file

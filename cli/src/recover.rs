@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use elysium_recovery::backup::SecretString;
 use elysium_recovery::follow::Readiness;
 use elysium_recovery::repo::DeployKey;
-use elysium_recovery::{ApplyOptions, Event, PreflightOptions, Ui, Verdict};
+use elysium_recovery::{
+    AgeOptions, ApplyOptions, Event, KeySource, PassphraseSource, PreflightOptions, Ui, Verdict,
+};
 
 use super::Output;
 
@@ -26,7 +29,11 @@ pub const RECOVER_HELP: &str = "\
 The keys file is the backup of the old cluster's sealed-secrets keys, taken with
   kubectl get secret -n NAMESPACE -o yaml \\
       -l sealedsecrets.bitnami.com/sealed-secrets-key > main.key
-(every key: the controller adds one every 30 days and never deletes old ones).
+(every key: the controller adds one every 30 days and never deletes old ones), or that
+file age-encrypted (`age -e -r age1… main.key > main.key.age`, binary or --armor): pass
+--age-identity FILE with the identity it was encrypted to. A backup encrypted with a
+passphrase (`age -p`), and an identity file that is, ask for the passphrase on the
+terminal; it is never read from arguments or the environment.
 
 The preflight touches no cluster. It clones --branch (shallow), checks every key against its
 certificate and the committed sealing certificate, trial-decrypts every SealedSecret in the
@@ -75,6 +82,10 @@ Examples:
   elysium-node recover --dry-run --repo ssh://git@github.com/alecsg77/elysium \\
       --deploy-key /root/flux-deploy-key --sealed-secrets-keys /root/main.key
 
+  # An age-encrypted backup (from `elysium-node keys export --encrypt-to age1…`)
+  elysium-node recover --verify-only --repo ~/src/elysium \\
+      --sealed-secrets-keys sealed-secrets-keys.yaml.age --age-identity ~/.config/age/keys.txt
+
   # Recover, with a new deploy key
   elysium-node recover --repo ssh://git@github.com/alecsg77/elysium \\
       --generate-deploy-key --sealed-secrets-keys /root/main.key";
@@ -91,9 +102,16 @@ pub struct RecoverArgs {
     /// The cluster directory Flux syncs, relative to the repository root.
     #[arg(long, default_value = "clusters/kyrion")]
     pub path: String,
-    /// The sealed-secrets key backup (`kubectl get secret -l … -o yaml`). Never printed.
+    /// The sealed-secrets key backup (`kubectl get secret -l … -o yaml`), plaintext or
+    /// age-encrypted (binary or armored; told apart by content). Never printed.
     #[arg(long, value_name = "FILE")]
     pub sealed_secrets_keys: PathBuf,
+    /// age identity file that opens an age-encrypted backup, like `age -d -i FILE`
+    /// (AGE-SECRET-KEY-1… lines; a passphrase-encrypted identity file asks for its
+    /// passphrase on the terminal). Repeatable. A backup made with `age -p` needs none:
+    /// its passphrase is asked on the terminal.
+    #[arg(long, value_name = "FILE")]
+    pub age_identity: Vec<PathBuf>,
     /// Private SSH key that reads the repository (Flux's deploy key); only its path is
     /// passed to git.
     #[arg(long, value_name = "FILE", conflicts_with = "generate_deploy_key")]
@@ -150,7 +168,13 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
         repo: args.repo.clone(),
         branch: args.branch.clone(),
         path: args.path.clone(),
-        keys_file: args.sealed_secrets_keys.clone(),
+        keys: KeySource::File {
+            path: args.sealed_secrets_keys.clone(),
+            age: AgeOptions {
+                identities: args.age_identity.clone(),
+                passphrase: TerminalPassphrase::if_terminal(),
+            },
+        },
         deploy_key: deploy_key(&args),
         controller_namespace: args.controller_namespace.clone(),
         controller_name: args.controller_name.clone(),
@@ -212,6 +236,27 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
         print!("\n{report}");
     }
     Ok(if report.healthy || report.dry_run { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_HEALTHY) })
+}
+
+/// Asks for age passphrases on the terminal, without echo (rpassword reads /dev/tty).
+/// Only offered when standard input is a terminal: otherwise nobody is there to answer,
+/// and the library says so instead of hanging.
+#[derive(Debug)]
+struct TerminalPassphrase;
+
+impl TerminalPassphrase {
+    fn if_terminal() -> Option<std::sync::Arc<dyn PassphraseSource>> {
+        std::io::stdin().is_terminal().then(|| std::sync::Arc::new(TerminalPassphrase) as _)
+    }
+}
+
+impl PassphraseSource for TerminalPassphrase {
+    fn passphrase(&self, prompt: &str) -> Option<SecretString> {
+        let typed = zeroize::Zeroizing::new(rpassword::prompt_password(prompt).ok()?);
+        // Trailing CR from a Windows-style terminal is not part of the passphrase.
+        let trimmed = typed.trim_end_matches(['\r', '\n']);
+        (!trimmed.is_empty()).then(|| SecretString::from(trimmed))
+    }
 }
 
 fn deploy_key(args: &RecoverArgs) -> DeployKey {

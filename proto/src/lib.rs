@@ -33,6 +33,17 @@ pub mod v1 {
                 .finish()
         }
     }
+
+    impl std::fmt::Debug for ExportSealingKeysChunk {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ExportSealingKeysChunk")
+                .field("keys_yaml_bytes", &self.keys_yaml.len())
+                .field("keys", &self.keys)
+                .field("total_bytes", &self.total_bytes)
+                .field("k3s_server_token", &"<redacted>")
+                .finish()
+        }
+    }
 }
 
 /// The codec of every service: prost's, with small initial buffers.

@@ -94,6 +94,7 @@ pub enum KeysError {
 /// One sealed-secrets key from the backup, checked: the private key matches the
 /// certificate. Keeps the original PEM bytes so the apply phase restores exactly what was
 /// backed up.
+#[derive(Clone)]
 pub struct SealingKey {
     name: String,
     namespace: Option<String>,

@@ -9,15 +9,17 @@
 //! healthy. Installing K3s and cloning with the operator's own credentials are not this
 //! crate's.
 //!
-//! Preflight modules: [`repo`] (getting the repository), [`keys`] (the key backup),
-//! [`sealed`] (the sealed-secrets hybrid crypto), [`manifests`] (reading YAML), [`kustomize`]
-//! (what a directory applies), [`flux`] (bootstrap forms, layers and their order), [`controller`] (where the controller runs),
+//! Preflight modules: [`repo`] (getting the repository), [`keys`] (the key backup's
+//! format), [`backup`] (the backup file, plaintext or age-encrypted), [`sealed`] (the
+//! sealed-secrets hybrid crypto), [`manifests`] (reading YAML), [`kustomize`] (what a
+//! directory applies), [`flux`] (bootstrap forms, layers and their order), [`controller`] (where the controller runs),
 //! [`preflight`] (the checks), [`report`] (what is printed). Apply modules: [`plan`] (the
 //! ordered steps, pure), [`cluster`] (the client from a kubeconfig), [`deploykey`] (Flux's
 //! SSH deploy key), [`ledger`] (progress on disk, for resuming), [`follow`] (readiness),
 //! [`progress`] (events for the operator), [`apply`] (carrying the plan out).
 
 pub mod apply;
+pub mod backup;
 pub mod cluster;
 pub mod controller;
 pub mod deploykey;
@@ -35,6 +37,7 @@ pub mod report;
 pub mod sealed;
 
 pub use apply::{ApplyError, ApplyOptions, ApplyReport};
+pub use backup::{AgeOptions, KeySource, PassphraseSource};
 pub use preflight::{Preflight, PreflightError, PreflightOptions, run as preflight};
 pub use progress::{Event, Ui};
 pub use report::{PreflightReport, Verdict};

@@ -22,11 +22,12 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 
+use crate::backup::{self, BackupError, KeySource};
 use crate::controller::{self, ControllerLocation, Found};
 use crate::flux::{
     self, Bootstrap, BootstrapForm, FluxError, Graph, Kustomization, NamespacedName, SubstituteRef,
 };
-use crate::keys::{self, KeysError, SealingKey};
+use crate::keys::{self, SealingKey};
 use crate::manifests::{self, Object, Tree};
 use crate::repo::{self, Checkout, DeployKey, RepoError, RepoSource};
 use crate::report::{
@@ -51,8 +52,9 @@ pub struct PreflightOptions {
     pub branch: String,
     /// The cluster directory Flux syncs (`clusters/kyrion`).
     pub path: String,
-    /// The key backup (`kubectl get secret -l … -o yaml`).
-    pub keys_file: PathBuf,
+    /// The key backup (`kubectl get secret -l … -o yaml`, plaintext or age-encrypted),
+    /// or keys already parsed.
+    pub keys: KeySource,
     pub deploy_key: DeployKey,
     pub controller_namespace: Option<String>,
     pub controller_name: Option<String>,
@@ -62,18 +64,8 @@ pub struct PreflightOptions {
 /// Problems that stop the preflight before there is anything to report.
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
-    #[error("could not read the sealed-secrets keys file {path}")]
-    ReadKeys {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the sealed-secrets keys file {path} is not usable")]
-    Keys {
-        path: PathBuf,
-        #[source]
-        source: KeysError,
-    },
+    #[error(transparent)]
+    Backup(#[from] BackupError),
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error("--path {path:?} must be a relative directory inside the repository, without `..`")]
@@ -118,13 +110,8 @@ pub struct Preflight {
 /// Runs the preflight. Blocking (git, file reads, RSA): call it from a blocking thread.
 pub fn run(opts: &PreflightOptions) -> Result<Preflight, PreflightError> {
     // The keys first: no network needed to find out the backup is unusable.
-    let bytes = zeroize::Zeroizing::new(
-        std::fs::read(&opts.keys_file)
-            .map_err(|source| PreflightError::ReadKeys { path: opts.keys_file.clone(), source })?,
-    );
-    let keys = keys::parse(&bytes)
-        .map_err(|source| PreflightError::Keys { path: opts.keys_file.clone(), source })?;
-    tracing::info!(keys = keys.len(), file = %opts.keys_file.display(), "sealed-secrets keys parsed");
+    let (keys, keys_origin) = backup::load(&opts.keys)?;
+    tracing::debug!(keys = keys.len(), origin = %keys_origin, "sealing keys read");
 
     let path = normalize_path(&opts.path)?;
     let source = RepoSource::parse(&opts.repo)?;
@@ -361,6 +348,11 @@ pub fn run(opts: &PreflightOptions) -> Result<Preflight, PreflightError> {
             fingerprint: k.fingerprint().to_owned(),
             matches_committed_certs: key_certs[i].clone(),
             opened_values: opened_values[i],
+            opened_sealed_secrets: sealed_reports
+                .iter()
+                .filter(|s| s.keys.iter().any(|n| n == k.name()))
+                .map(SealedSecretReport::display_name)
+                .collect(),
         })
         .collect();
     let report = PreflightReport {

@@ -54,6 +54,19 @@ pub struct KeyReport {
     pub matches_committed_certs: Vec<String>,
     /// SealedSecret values it opened.
     pub opened_values: usize,
+    /// The SealedSecrets (`namespace/name`) it opened values of.
+    pub opened_sealed_secrets: Vec<String>,
+}
+
+impl KeyReport {
+    /// Worth a line of its own: it matches a committed certificate, opens something,
+    /// seals new secrets, or is one the controller would not load.
+    fn notable(&self) -> bool {
+        !self.matches_committed_certs.is_empty()
+            || self.opened_values > 0
+            || self.newest
+            || !self.loaded_by_controller
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -152,8 +165,10 @@ impl fmt::Display for PreflightReport {
         }
         let _ = writeln!(out, "  cluster     {}", r.path);
 
+        // A backup holds a key per 30 days since the cluster began: list the keys that
+        // matter for this repository and count the rest in one line.
         let _ = writeln!(out, "\nSealing keys ({})", self.keys.len());
-        for k in &self.keys {
+        for k in self.keys.iter().filter(|k| k.notable()) {
             let mut tags = Vec::new();
             tags.push(k.state.clone().unwrap_or_else(|| "legacy".into()));
             if !k.loaded_by_controller {
@@ -169,13 +184,41 @@ impl fmt::Display for PreflightReport {
                 k.not_before,
                 &k.fingerprint[..16.min(k.fingerprint.len())]
             );
-            let certs = if k.matches_committed_certs.is_empty() {
-                "none".into()
+            if !k.matches_committed_certs.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "      is the committed certificate {}",
+                    k.matches_committed_certs.join(", ")
+                );
+            }
+            if k.opened_values > 0 {
+                let _ = writeln!(
+                    out,
+                    "      opened {} value(s) of {} SealedSecret(s): {}",
+                    k.opened_values,
+                    k.opened_sealed_secrets.len(),
+                    k.opened_sealed_secrets.join(", ")
+                );
             } else {
-                k.matches_committed_certs.join(", ")
+                out.push_str("      opened nothing\n");
+            }
+        }
+        let rest: Vec<&KeyReport> = self.keys.iter().filter(|k| !k.notable()).collect();
+        if let (Some(first), Some(last)) = (
+            rest.iter().min_by(|a, b| a.not_before.cmp(&b.not_before)),
+            rest.iter().max_by(|a, b| a.not_before.cmp(&b.not_before)),
+        ) {
+            let span = if rest.len() == 1 {
+                format!("{} (not before {})", first.name, first.not_before)
+            } else {
+                format!("from {} ({}) to {} ({})", first.name, first.not_before, last.name, last.not_before)
             };
-            let _ =
-                writeln!(out, "      committed certificate: {certs}; opened {} value(s)", k.opened_values);
+            let _ = writeln!(
+                out,
+                "  + {} more key(s) {span}: match no committed certificate and open no SealedSecret here \
+                 (restored all the same; every key is in -o json)",
+                rest.len()
+            );
         }
 
         out.push_str("\nCommitted sealing certificates\n");

@@ -105,6 +105,74 @@ fn verify_only_fails_on_keys_that_are_not_the_clusters() {
     assert!(stdout.contains("Verdict: FAILED (committed-certificate)"), "{stdout}");
 }
 
+/// An age-encrypted backup through the binary, logging at trace level: it opens with
+/// `--age-identity`; without one, or needing a passphrase off a terminal (the test's
+/// standard input is not one), it says what to do. No secret reaches the output.
+#[test]
+fn verify_only_opens_an_age_backup_and_never_prompts_off_a_terminal() {
+    let (a, _) = keys();
+    let (repo, _) = repo_resealed_with(a, true, true);
+    let work = tempfile::tempdir().expect("tempdir");
+    let (id, id_file) = identity_file(work.path(), "keys.txt");
+    let plain = std::fs::read(keys_file(work.path())).expect("keys file");
+    let sealed = work.path().join("sealed-secrets-keys.yaml.age");
+    std::fs::write(&sealed, encrypt_to(&plain, &[&id.to_public()], true)).expect("write");
+    let passphrase = "a passphrase nobody types 4471";
+    let by_passphrase = work.path().join("by-passphrase.age");
+    std::fs::write(&by_passphrase, encrypt_passphrase(&plain, passphrase, false)).expect("write");
+
+    let run = |file: &Path, extra: &[&Path]| {
+        let mut cmd = Command::new(binary());
+        cmd.arg("recover")
+            .arg("--verify-only")
+            .arg("--repo")
+            .arg(repo.path())
+            .arg("--sealed-secrets-keys")
+            .arg(file);
+        for i in extra {
+            cmd.arg("--age-identity").arg(i);
+        }
+        let argv: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let out = cmd.env("RUST_LOG", "trace").output().expect("run elysium-node");
+        let text = format!(
+            "{}{}{}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (ka, kb) = keys();
+        assert_no_key_material(&text, &ka.key_pem);
+        assert_no_key_material(&text, &kb.key_pem);
+        use age::secrecy::ExposeSecret as _;
+        assert!(!text.contains(&id.to_string().expose_secret()[16..]), "{text}");
+        assert!(!has_age_secret_key(&text), "{text}");
+        assert!(!text.contains(passphrase), "{text}");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, stderr) = run(&sealed, &[&id_file]);
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("Verdict: OK"), "{stdout}");
+    assert!(stderr.contains("key backup decrypted"), "the trace log was not captured: {stderr}");
+
+    let (code, _, stderr) = run(&sealed, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("is age-encrypted (age, ASCII-armored); pass --age-identity FILE"), "{stderr}");
+
+    let (code, _, stderr) = run(&by_passphrase, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "is encrypted with a passphrase, but no passphrase can be asked for: run on a terminal"
+        ),
+        "{stderr}"
+    );
+}
+
 /// The binary against the API server stand-in, with the test playing Flux: the happy path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recover_applies_and_follows_flux_to_healthy() {

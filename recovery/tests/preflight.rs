@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use elysium_recovery::PreflightError;
+use elysium_recovery::backup::BackupError;
 use elysium_recovery::flux::FluxError;
 use elysium_recovery::keys::KeysError;
 use elysium_recovery::repo::{DeployKey, RepoError};
@@ -302,7 +303,7 @@ fn keys_error(contents: &str) -> (KeysError, String) {
     let (e, text) = preflight_err(&options(&work.path().join("not-cloned"), &file));
     assert!(text.contains(&file.display().to_string()), "names the keys file: {text}");
     match e {
-        PreflightError::Keys { source, .. } => (source, text),
+        PreflightError::Backup(BackupError::Keys { source, .. }) => (source, text),
         other => panic!("expected a keys error, got {}", chain(&other)),
     }
 }

@@ -59,6 +59,18 @@ impl TestKey {
         })
     }
 
+    /// Another certificate for the same key, padded with `sans` DNS names to be large
+    /// (a vault's bytes, not its key count, are what the one-message limit is about).
+    fn padded_cert(&self, tag: usize, sans: usize) -> String {
+        let pkcs8 = self.private.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let pair = rcgen::KeyPair::from_pkcs8_pem_and_sign_algo(&pkcs8, &rcgen::PKCS_RSA_SHA256).unwrap();
+        let names: Vec<String> = (0..sans).map(|j| format!("k{tag}-s{j}.padding.example.invalid")).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(3 + tag as i64);
+        params.not_after = params.not_before + time::Duration::days(3650);
+        params.self_signed(&pair).unwrap().pem()
+    }
+
     /// Runs of its private key's PEM body and of their base64, as they would appear
     /// if leaked.
     fn needles(&self) -> Vec<String> {
@@ -343,4 +355,183 @@ async fn a_worker_node_cannot_inject_sealing_keys() {
     let logs = logs.bytes();
     assert_absent("the logs", &logs, &key.needles());
     assert_absent("the logs", &logs, &["1eaked".repeat(8)]);
+}
+
+/// A vault whose export is larger than one gRPC message (1 MiB): `keys export` streams
+/// it, encrypts it to age recipients (binary and armored) without writing the plaintext,
+/// and `recover --verify-only --age-identity` opens what it wrote.
+#[tokio::test]
+async fn an_export_larger_than_a_message_streams_and_is_age_encrypted() {
+    const RECORDS: usize = 24;
+    const SANS: usize = 1200;
+    let logs = LogCapture::global();
+    let c = TestCoordinator::start().await;
+    let server = TestNode::new("s1");
+    server.join(&c.url(), &c.token_for(pb::NodeRole::Server, 1, 600).await).await.unwrap();
+    let keys: Vec<TestKey> = (0..4).map(|i| TestKey::generate(3 + 30 * i)).collect();
+
+    // The reports a server's agent sends, straight on its session.
+    let mut session = server.session_client(&c.url()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(RECORDS + 1);
+    let hello = pb::Hello { agent_version: "test".into(), ..Default::default() };
+    tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(hello)) }).await.unwrap();
+    for i in 0..RECORDS {
+        let k = &keys[i % keys.len()];
+        let report = pb::SealingKeyReport {
+            namespace: "flux-system".into(),
+            name: format!("sealed-secrets-key{i:05}"),
+            labels: [(KEY_LABEL.to_owned(), "active".to_owned())].into(),
+            tls_crt: k.padded_cert(i, SANS).into_bytes(),
+            tls_key: k.key_pem.clone().into_bytes(),
+            ..Default::default()
+        };
+        tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::SealingKey(report)) }).await.unwrap();
+    }
+    let _stream = session.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap();
+    eventually("every key in the vault", Duration::from_secs(60), || async {
+        (list(&c).await.keys.len() == RECORDS).then_some(())
+    })
+    .await;
+
+    // The one-message call cannot carry it, and says what to use instead.
+    let err = c
+        .admin()
+        .await
+        .export_sealing_keys(pb::ExportSealingKeysRequest { include_k3s_token: false })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("ExportSealingKeysStream"), "{err:?}");
+
+    let work = tempfile::tempdir().unwrap();
+    let admin = work.path().join("admin.toml");
+    std::fs::write(&admin, toml::to_string(&c.admin_config()).unwrap()).unwrap();
+    let admin = admin.to_str().unwrap().to_owned();
+    let id = age::x25519::Identity::generate();
+    let id_file = work.path().join("keys.txt");
+    use age::secrecy::ExposeSecret as _;
+    std::fs::write(
+        &id_file,
+        format!("# public key: {}\n{}\n", id.to_public(), id.to_string().expose_secret()),
+    )
+    .unwrap();
+    let recipients = work.path().join("recipients.txt");
+    let other = age::x25519::Identity::generate().to_public();
+    std::fs::write(
+        &recipients,
+        format!("# the operator and an offline copy\n{}\n\n{other}\n", id.to_public()),
+    )
+    .unwrap();
+
+    // Plaintext, binary age to a recipient, armored age to a recipients file.
+    let plain = work.path().join("main.key");
+    let binary = work.path().join("sealed-secrets-keys.yaml.age");
+    let armored = work.path().join("sealed-secrets-keys.yaml.asc");
+    let recipient = id.to_public().to_string();
+    let runs: [Vec<&str>; 3] = [
+        vec!["--out", plain.to_str().unwrap()],
+        vec!["--out", binary.to_str().unwrap(), "--encrypt-to", &recipient],
+        vec![
+            "--out",
+            armored.to_str().unwrap(),
+            "--encrypt-to-file",
+            recipients.to_str().unwrap(),
+            "--armor",
+        ],
+    ];
+    for extra in &runs {
+        let args = [&["keys", "export"][..], extra, &["--config", &admin][..]].concat();
+        assert_eq!(cli(&args).await.unwrap(), ExitCode::SUCCESS, "{args:?}");
+    }
+    let plain_bytes = std::fs::read(&plain).unwrap();
+    assert!(
+        plain_bytes.len() > elysium_proto::MAX_MESSAGE_BYTES,
+        "the export must exceed one message to test the stream: {} bytes",
+        plain_bytes.len()
+    );
+    assert_eq!(elysium_recovery::keys::parse(&plain_bytes).unwrap().len(), RECORDS);
+
+    for (file, prefix) in
+        [(&binary, "age-encryption.org/v1\n-> X25519 "), (&armored, "-----BEGIN AGE ENCRYPTED FILE-----\n")]
+    {
+        assert_eq!(
+            std::fs::metadata(file).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            file.display()
+        );
+        let bytes = std::fs::read(file).unwrap();
+        assert!(bytes.starts_with(prefix.as_bytes()), "{}", file.display());
+        // Ciphertext only: no YAML, no key.
+        assert_absent(
+            &file.display().to_string(),
+            &bytes,
+            &["apiVersion".to_owned(), "sealed-secrets-key0".to_owned()],
+        );
+        for k in &keys {
+            assert_absent(&file.display().to_string(), &bytes, &k.needles());
+        }
+        // It opens to the plaintext export (all but the header comment, which has the time).
+        let age = elysium_recovery::AgeOptions { identities: vec![id_file.clone()], passphrase: None };
+        let (opened, _) = elysium_recovery::backup::read(file, &age).unwrap();
+        let body = |b: &[u8]| -> Vec<Vec<u8>> {
+            b.split(|&c| c == b'\n').filter(|l| !l.starts_with(b"#")).map(<[u8]>::to_vec).collect()
+        };
+        // No assert_eq!: its message would print the keys.
+        assert!(body(&opened) == body(&plain_bytes), "{} does not open to the export", file.display());
+    }
+    let armored_text = std::fs::read_to_string(&armored).unwrap();
+    assert!(armored_text.trim_end().ends_with("-----END AGE ENCRYPTED FILE-----"));
+
+    // The round trip: recover opens both with the identity file.
+    let repo = repo_sealed_with(&keys[0]);
+    for file in [&binary, &armored] {
+        let verify = [
+            "recover",
+            "--verify-only",
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--sealed-secrets-keys",
+            file.to_str().unwrap(),
+            "--age-identity",
+            id_file.to_str().unwrap(),
+        ];
+        assert_eq!(cli(&verify).await.unwrap(), ExitCode::SUCCESS, "recover refused {}", file.display());
+    }
+    // Without the identity it says what to pass.
+    let err = cli(&[
+        "recover",
+        "--verify-only",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--sealed-secrets-keys",
+        binary.to_str().unwrap(),
+    ])
+    .await
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("pass --age-identity FILE"), "{err:#}");
+
+    // A secret key passed as a recipient is refused without being echoed.
+    let secret = id.to_string();
+    let never = work.path().join("never-written.age");
+    let args = [
+        "keys",
+        "export",
+        "--out",
+        never.to_str().unwrap(),
+        "--encrypt-to",
+        secret.expose_secret(),
+        "--config",
+        &admin,
+    ];
+    let err = cli(&args).await.unwrap_err();
+    assert!(format!("{err:#}").contains("not a recipient"), "{err:#}");
+    assert!(!format!("{err:#}").contains(secret.expose_secret()), "{err:#}");
+    assert!(!never.exists());
+
+    let logs = logs.bytes();
+    for k in &keys {
+        assert_absent("the logs", &logs, &k.needles());
+    }
+    assert_absent("the logs", &logs, &[secret.expose_secret()[16..40].to_owned()]);
 }

@@ -128,6 +128,8 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    type ExportSealingKeysStreamStream = vault::ExportStream;
+
     async fn create_token(
         &self,
         request: Request<pb::CreateTokenRequest>,
@@ -473,6 +475,14 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ExportSealingKeysResponse>, Status> {
         let admin = require_admin(&request)?;
         vault::export(&self.coordinator, &admin, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn export_sealing_keys_stream(
+        &self,
+        request: Request<pb::ExportSealingKeysRequest>,
+    ) -> Result<Response<Self::ExportSealingKeysStreamStream>, Status> {
+        let admin = require_admin(&request)?;
+        vault::export_stream(&self.coordinator, &admin, request.into_inner()).await.map(Response::new)
     }
 }
 

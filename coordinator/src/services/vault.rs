@@ -1,18 +1,27 @@
 //! The key vault on the wire: what sessions do with agents' reports, and the Admin
-//! calls `ListSealingKeys` and `ExportSealingKeys`.
+//! calls `ListSealingKeys`, `ExportSealingKeys` and `ExportSealingKeysStream`.
 //!
 //! Owns turning reports and requests into vault calls, events and statuses; the
 //! decisions (what to keep, how it is encrypted) are `crate::vault`'s.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use elysium_proto::{MAX_MESSAGE_BYTES, v1 as pb};
+use tokio_stream::Stream;
 use tonic::Status;
 
 use super::status::{blocking, internal};
 use crate::state::Coordinator;
 use crate::store::NodeRecord;
-use crate::vault::{Accepted, ExportError, Refused, token_fingerprint};
+use crate::vault::{Accepted, Export, ExportError, Refused, token_fingerprint};
+
+/// Bytes of the keys file per `ExportSealingKeysChunk`: well under the message limit
+/// (`MAX_MESSAGE_BYTES`), large enough that a vault of hundreds of keys is a few chunks.
+pub(crate) const EXPORT_CHUNK_BYTES: usize = 256 * 1024;
+
+/// What `ExportSealingKeysStream` answers with.
+pub(crate) type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportSealingKeysChunk, Status>> + Send>>;
 
 /// A `SealingKeyReport` from a node's session.
 pub(crate) async fn on_sealing_key(c: &Arc<Coordinator>, node: &NodeRecord, report: pb::SealingKeyReport) {
@@ -107,27 +116,34 @@ pub(crate) async fn list(c: &Arc<Coordinator>) -> Result<pb::ListSealingKeysResp
     })
 }
 
-/// `ExportSealingKeys`: the decrypted keys file (and token). The caller has been
-/// checked to hold the admin certificate.
-pub(crate) async fn export(
-    c: &Arc<Coordinator>,
-    admin: &str,
-    request: pb::ExportSealingKeysRequest,
-) -> Result<pb::ExportSealingKeysResponse, Status> {
+/// The decrypted keys file (and token), for either export call.
+async fn open_export(c: &Arc<Coordinator>, request: &pb::ExportSealingKeysRequest) -> Result<Export, Status> {
     let cc = c.clone();
-    let export = blocking(move || cc.vault.export(cc.store.as_ref(), request.include_k3s_token, cc.now()))
-        .await?
-        .map_err(|e| match e {
+    let include_k3s_token = request.include_k3s_token;
+    blocking(move || cc.vault.export(cc.store.as_ref(), include_k3s_token, cc.now())).await?.map_err(|e| {
+        match e {
             ExportError::Store(e) => internal(e),
             ExportError::Vault(e) => {
                 tracing::error!(error = %e, "key vault export failed");
                 Status::data_loss(e.to_string())
             }
-        })?;
+        }
+    })
+}
+
+/// `ExportSealingKeys`: the decrypted keys file (and token) in one message. The caller
+/// has been checked to hold the admin certificate.
+pub(crate) async fn export(
+    c: &Arc<Coordinator>,
+    admin: &str,
+    request: pb::ExportSealingKeysRequest,
+) -> Result<pb::ExportSealingKeysResponse, Status> {
+    let export = open_export(c, &request).await?;
     // Leave room for the response's framing and the token.
     if export.keys_yaml.len() + 4096 > MAX_MESSAGE_BYTES {
         return Err(Status::resource_exhausted(format!(
-            "{} keys do not fit in one response ({} bytes); this coordinator cannot export them yet",
+            "{} keys do not fit in one response ({} bytes): use ExportSealingKeysStream \
+             (`elysium-node keys export` of this version does)",
             export.keys,
             export.keys_yaml.len()
         )));
@@ -138,4 +154,35 @@ pub(crate) async fn export(
         keys: export.keys as u32,
         k3s_server_token: export.k3s_token.as_deref().map(|t| t.to_string()).unwrap_or_default(),
     })
+}
+
+/// `ExportSealingKeysStream`: the same export in chunks of [`EXPORT_CHUNK_BYTES`], cut
+/// lazily from the one decrypted copy, which is wiped when the stream is dropped
+/// (finished or abandoned by the client).
+pub(crate) async fn export_stream(
+    c: &Arc<Coordinator>,
+    admin: &str,
+    request: pb::ExportSealingKeysRequest,
+) -> Result<ExportStream, Status> {
+    let export = Arc::new(open_export(c, &request).await?);
+    c.event("vault.exported", admin, &format!("{} sealing keys exported", export.keys));
+    let total = export.keys_yaml.len();
+    // At least one chunk, so that the first carries the counts even for an empty file.
+    let chunks = total.div_ceil(EXPORT_CHUNK_BYTES).max(1);
+    tracing::info!(keys = export.keys, bytes = total, chunks, "streaming the key vault export");
+    let pieces = (0..chunks).map(move |i| {
+        let start = i * EXPORT_CHUNK_BYTES;
+        let end = (start + EXPORT_CHUNK_BYTES).min(total);
+        let first = i == 0;
+        Ok(pb::ExportSealingKeysChunk {
+            keys_yaml: export.keys_yaml.as_bytes()[start..end].to_vec(),
+            keys: if first { export.keys as u32 } else { 0 },
+            total_bytes: if first { total as u64 } else { 0 },
+            k3s_server_token: match (&export.k3s_token, first) {
+                (Some(t), true) => t.to_string(),
+                _ => String::new(),
+            },
+        })
+    });
+    Ok(Box::pin(tokio_stream::iter(pieces)))
 }

@@ -9,10 +9,12 @@ pub mod cluster;
 pub mod today;
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use age::secrecy::{ExposeSecret as _, SecretString};
 use base64::Engine as _;
 use elysium_recovery::sealed::{self, Scope};
 use rsa::pkcs1::EncodeRsaPrivateKey;
@@ -40,13 +42,19 @@ pub struct TestKey {
 
 impl TestKey {
     pub fn generate(year: i32) -> TestKey {
+        TestKey::generate_on(year, 1, 1)
+    }
+
+    /// A key whose certificate's NotBefore is `year-month-day` (as the controller's
+    /// renewals every 30 days make them).
+    pub fn generate_on(year: i32, month: u8, day: u8) -> TestKey {
         let private = RsaPrivateKey::new(&mut OsRng, 2048).expect("generate RSA key");
         let pkcs8 = private.to_pkcs8_pem(LineEnding::LF).expect("PKCS#8");
         let pair =
             rcgen::KeyPair::from_pkcs8_pem_and_sign_algo(&pkcs8, &rcgen::PKCS_RSA_SHA256).expect("rcgen key");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.not_before = rcgen::date_time_ymd(year, 1, 1);
-        params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
+        params.not_before = rcgen::date_time_ymd(year, month, day);
+        params.not_after = rcgen::date_time_ymd(year + 10, month, day);
         let cert_pem = params.self_signed(&pair).expect("self-sign").pem();
         let key_pem = private.to_pkcs1_pem(LineEnding::LF).expect("PKCS#1").to_string();
         TestKey { private, key_pem, cert_pem }
@@ -252,7 +260,7 @@ pub fn options(repo: &Path, keys_file: &Path) -> elysium_recovery::PreflightOpti
         repo: repo.display().to_string(),
         branch: "main".into(),
         path: CLUSTER.into(),
-        keys_file: keys_file.to_owned(),
+        keys: elysium_recovery::KeySource::file(keys_file),
         deploy_key: elysium_recovery::repo::DeployKey::None,
         controller_namespace: None,
         controller_name: None,
@@ -263,4 +271,56 @@ pub fn options(repo: &Path, keys_file: &Path) -> elysium_recovery::PreflightOpti
 /// Runs the preflight and insists it returns a report.
 pub fn preflight(opts: &elysium_recovery::PreflightOptions) -> elysium_recovery::Preflight {
     elysium_recovery::preflight(opts).unwrap_or_else(|e| panic!("preflight errored: {}", chain(&e)))
+}
+
+// ---- age files, made with the age crate's own API as `age -e` / `age-keygen` make them ----
+
+/// Low scrypt work factor for passphrase files: the format is the same, the test fast.
+pub const TEST_LOG_N: u8 = 10;
+
+/// An identity file as age-keygen writes it: comments, then the secret key.
+pub fn identity_file(dir: &Path, name: &str) -> (age::x25519::Identity, PathBuf) {
+    let id = age::x25519::Identity::generate();
+    let text = format!(
+        "# created: 2026-01-01T00:00:00Z\n# public key: {}\n{}\n",
+        id.to_public(),
+        id.to_string().expose_secret()
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("age test file");
+    (id, path)
+}
+
+pub fn encrypt_to(plain: &[u8], recipients: &[&age::x25519::Recipient], armor: bool) -> Vec<u8> {
+    let e = age::Encryptor::with_recipients(recipients.iter().map(|r| *r as &dyn age::Recipient))
+        .expect("age test file");
+    finish(e, plain, armor)
+}
+
+pub fn encrypt_passphrase(plain: &[u8], passphrase: &str, armor: bool) -> Vec<u8> {
+    let mut r = age::scrypt::Recipient::new(SecretString::from(passphrase));
+    r.set_work_factor(TEST_LOG_N);
+    let e =
+        age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).expect("age test file");
+    finish(e, plain, armor)
+}
+
+fn finish(e: age::Encryptor, plain: &[u8], armor: bool) -> Vec<u8> {
+    let format = if armor { age::armor::Format::AsciiArmor } else { age::armor::Format::Binary };
+    let mut out = Vec::new();
+    let mut w = e
+        .wrap_output(age::armor::ArmoredWriter::wrap_output(&mut out, format).expect("age test file"))
+        .expect("age test file");
+    w.write_all(plain).expect("age test file");
+    w.finish().expect("age test file").finish().expect("age test file");
+    out
+}
+
+/// Whether `text` holds something shaped like an age secret key (the prefix and Bech32
+/// characters after it), as opposed to a message naming the format (`AGE-SECRET-KEY-1…`).
+pub fn has_age_secret_key(text: &str) -> bool {
+    text.match_indices("AGE-SECRET-KEY-1").any(|(i, m)| {
+        let rest = &text[i + m.len()..];
+        rest.chars().take(10).filter(|c| c.is_ascii_alphanumeric()).count() == 10
+    })
 }
