@@ -95,6 +95,9 @@ pub struct Bootstrap {
     pub kustomization: NamespacedName,
     /// Its `spec.path`.
     pub kustomization_path: String,
+    /// The Flux version the bootstrap installs (`v2.6.0`, or a range such as `2.x`), if
+    /// it says: what [`crate::compat::requirement`] reads to check the server's version.
+    pub flux_version: Option<String>,
 }
 
 /// Finds and reads `<path>/flux-system/`.
@@ -127,6 +130,11 @@ pub fn bootstrap(root: &Path, path: &str, tree: &Tree) -> Result<Bootstrap, Flux
     let url = repo
         .str_at(&["spec", "url"])
         .ok_or_else(|| FluxError::BootstrapInvalid { file: sync.clone(), what: "GitRepository spec.url" })?;
+    // Unreadable means no version, not an error: the apply reads the file again and names
+    // it if it cannot.
+    let flux_version = std::fs::read_to_string(root.join(&components))
+        .ok()
+        .and_then(|text| crate::compat::flux_version_from_components(&text));
     Ok(Bootstrap {
         components,
         sync: sync.clone(),
@@ -138,6 +146,7 @@ pub fn bootstrap(root: &Path, path: &str, tree: &Tree) -> Result<Bootstrap, Flux
         },
         kustomization: NamespacedName::new(ks.namespace().unwrap_or(BOOTSTRAP_DIR), ks.name()),
         kustomization_path: ks.str_at(&["spec", "path"]).unwrap_or("").to_owned(),
+        flux_version,
     })
 }
 

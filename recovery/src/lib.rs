@@ -11,14 +11,17 @@
 //!
 //! Preflight modules: [`repo`] (getting the repository), [`keys`] (the key backup),
 //! [`sealed`] (the sealed-secrets hybrid crypto), [`manifests`] (reading YAML), [`flux`]
-//! (bootstrap and Kustomization order), [`controller`] (where the controller runs),
+//! (bootstrap and Kustomization order), [`compat`] (which Kubernetes a Flux version
+//! needs), [`controller`] (where the controller runs),
 //! [`preflight`] (the checks), [`report`] (what is printed). Apply modules: [`plan`] (the
 //! ordered steps, pure), [`cluster`] (the client from a kubeconfig), [`deploykey`] (Flux's
-//! SSH deploy key), [`ledger`] (progress on disk, for resuming), [`follow`] (readiness),
+//! SSH deploy key), [`ledger`] (progress on disk, for resuming), [`validate`] (the
+//! checks against the cluster before the first write), [`follow`] (readiness),
 //! [`progress`] (events for the operator), [`apply`] (carrying the plan out).
 
 pub mod apply;
 pub mod cluster;
+pub mod compat;
 pub mod controller;
 pub mod deploykey;
 pub mod flux;
@@ -32,6 +35,7 @@ pub mod progress;
 pub mod repo;
 pub mod report;
 pub mod sealed;
+pub mod validate;
 
 pub use apply::{ApplyError, ApplyOptions, ApplyReport};
 pub use preflight::{Preflight, PreflightError, PreflightOptions, run as preflight};
