@@ -7,7 +7,10 @@
 //! manifests, deploy key, known_hosts), then the API server must answer, then the cluster
 //! is looked at (its identity, the deploy-key Secret, which kinds it serves) and the plan
 //! made; only then is anything applied. Every kind the plan needs must be served already
-//! or come from a CRD in the plan, so a missing kind stops the run with nothing applied.
+//! or come from a CRD in the plan, so a missing kind stops the run with nothing applied;
+//! then [`crate::validate`] checks the server's version against the repository's Flux
+//! and dry-runs what the server can judge, so a server that would refuse stops the run
+//! with nothing applied too.
 //!
 //! Writes are server-side apply with field manager [`FIELD_MANAGER`] and `force`. Force is
 //! right for recovery: the repository is the source of truth, and the objects may be owned
@@ -40,6 +43,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::cluster::{self, Cluster, ClusterError, Kinds};
+use crate::compat;
 use crate::deploykey::{self, DeployKeyError};
 use crate::flux::{BootstrapForm, NamespacedName};
 use crate::follow::{self, FollowOutcome, Readiness, Targets};
@@ -49,6 +53,7 @@ use crate::plan::{self, FIELD_MANAGER, Manifest, ManifestError, ObjectId, Phase,
 use crate::preflight::Preflight;
 use crate::progress::{Event, Ui};
 use crate::repo::DeployKey as DeployKeyOption;
+use crate::validate::{self, ValidateError};
 
 /// kubectl's restart annotation (`kubectl rollout restart`, k8s.io/kubectl
 /// pkg/polymorphichelpers/objectrestarter.go): changing it rolls the pods.
@@ -157,6 +162,9 @@ pub enum ApplyError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// Refused by the checks against the cluster before the first write.
+    #[error(transparent)]
+    Refused(#[from] ValidateError),
     #[error(
         "the API server does not serve {api_version} {kind} ({id}, from {origin}), and no CRD in the bootstrap \
          defines it; nothing was applied"
@@ -442,6 +450,24 @@ pub async fn run(
             return Err(ApplyError::NoNamespace { id: m.id.to_string(), origin: m.origin.clone() });
         }
     }
+
+    // Validation against the cluster before the first write, in --dry-run too
+    // (crate::validate): a server too old for this Flux, or refusing an object, stops
+    // the run here with the cluster and the ledger untouched.
+    let requirement = match preflight.bootstrap.flux_version.as_deref() {
+        Some(v) => {
+            let r = compat::requirement(v);
+            if r.is_none() {
+                ui.event(Event::Note(format!(
+                    "the bootstrap's Flux version {v:?} is not one whose Kubernetes minimum is known"
+                )));
+            }
+            r
+        }
+        None => None,
+    };
+    validate::validate(&cluster, &mut kinds, &plan, requirement.as_ref(), ui).await?;
+    // End of the validation.
 
     let mut run = Run {
         cluster: &cluster,

@@ -12,15 +12,18 @@
 //! Preflight modules: [`repo`] (getting the repository), [`keys`] (the key backup's
 //! format), [`backup`] (the backup file, plaintext or age-encrypted), [`sealed`] (the
 //! sealed-secrets hybrid crypto), [`manifests`] (reading YAML), [`kustomize`] (what a
-//! directory applies), [`flux`] (bootstrap forms, layers and their order), [`controller`] (where the controller runs),
+//! directory applies), [`flux`] (bootstrap forms, layers and their order), [`compat`]
+//! (which Kubernetes a Flux version needs), [`controller`] (where the controller runs),
 //! [`preflight`] (the checks), [`report`] (what is printed). Apply modules: [`plan`] (the
 //! ordered steps, pure), [`cluster`] (the client from a kubeconfig), [`deploykey`] (Flux's
-//! SSH deploy key), [`ledger`] (progress on disk, for resuming), [`follow`] (readiness),
+//! SSH deploy key), [`ledger`] (progress on disk, for resuming), [`validate`] (the
+//! checks against the cluster before the first write), [`follow`] (readiness),
 //! [`progress`] (events for the operator), [`apply`] (carrying the plan out).
 
 pub mod apply;
 pub mod backup;
 pub mod cluster;
+pub mod compat;
 pub mod controller;
 pub mod deploykey;
 pub mod flux;
@@ -35,6 +38,7 @@ pub mod progress;
 pub mod repo;
 pub mod report;
 pub mod sealed;
+pub mod validate;
 
 pub use apply::{ApplyError, ApplyOptions, ApplyReport};
 pub use backup::{AgeOptions, KeySource, PassphraseSource};

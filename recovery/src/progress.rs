@@ -77,6 +77,14 @@ pub enum Event {
         id: ObjectId,
         why: String,
     },
+    /// The checks against the cluster before the first write passed
+    /// ([`crate::validate`]): `checked` objects passed a server-side dry run; `skipped`
+    /// could not be checked yet (their kind comes from a CRD in the plan, or their
+    /// namespace from a Namespace in it).
+    Validated {
+        checked: usize,
+        skipped: usize,
+    },
     WaitingEstablished {
         crds: usize,
     },
@@ -114,6 +122,14 @@ impl fmt::Display for Event {
             Event::Applied { id, dry_run: true, .. } => write!(f, "would apply {id} (server dry run passed)"),
             Event::AlreadyApplied { id } => write!(f, "already applied {id} (earlier run): skipped"),
             Event::NotCheckable { id, why } => write!(f, "would apply {id} (not checked: {why})"),
+            Event::Validated { checked, skipped: 0 } => {
+                write!(f, "the API server accepts all {checked} object(s) in a server-side dry run")
+            }
+            Event::Validated { checked, skipped } => write!(
+                f,
+                "the API server accepts {checked} object(s) in a server-side dry run; {skipped} cannot be \
+                 checked before the plan creates their CRD or namespace"
+            ),
             Event::WaitingEstablished { crds } => write!(f, "waiting for {crds} CRDs to be Established"),
             Event::Established { crds } => write!(f, "{crds} CRDs Established"),
             Event::DeployKey { secret, public, fingerprint, origin } => {

@@ -60,11 +60,24 @@ pub fn serve_emulated_kinds(server: &ApiServer) {
     }
 }
 
+/// The `gitVersion` the stand-in reports in these tests: a K3s release new enough for the
+/// snapshot's Flux (v2.9.3, which needs Kubernetes 1.33 or newer: recovery/src/compat.rs).
+pub const K3S_VERSION: &str = "v1.33.5+k3s1";
+
 /// A stand-in serving what the real gotk-components needs (minus [`UNSERVED`]), and a
 /// kubeconfig for it in `dir`.
 pub async fn start(dir: &Path, establish_delay: Duration) -> (Arc<ApiServer>, PathBuf) {
-    let server =
-        ApiServer::start_with(Options { establish_delay, ..Options::default() }).await.expect("stand-in");
+    start_with(dir, Options { establish_delay, ..standin_options() }).await
+}
+
+/// What [`start`] starts the stand-in with: its defaults, reporting [`K3S_VERSION`].
+pub fn standin_options() -> Options {
+    Options { git_version: K3S_VERSION.to_owned(), ..Options::default() }
+}
+
+/// [`start`] with these options ([`standin_options`] and changes).
+pub async fn start_with(dir: &Path, options: Options) -> (Arc<ApiServer>, PathBuf) {
+    let server = ApiServer::start_with(options).await.expect("stand-in");
     serve_emulated_kinds(&server);
     let kubeconfig = dir.join("k3s.yaml");
     server.write_kubeconfig(&kubeconfig, &server.admin_credentials()).expect("kubeconfig");

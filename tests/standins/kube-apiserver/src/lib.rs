@@ -35,7 +35,10 @@
 //!   (`application/apply-patch+yaml`, `fieldManager` required, `force`, create if absent,
 //!   the ownership model of [`fields`], 409 with one cause per conflicting field);
 //!   delete (a `Status`, or the object with `deletionTimestamp` while finalizers remain;
-//!   preconditions); deletecollection; `dryRun=All`.
+//!   preconditions); deletecollection; `dryRun=All` (every check, then nothing stored:
+//!   a dry-run create in a missing namespace is 404 like a write).
+//! - **Validation rules** ([`ValidationRule`]): objects refused with `422 Invalid`, on
+//!   dry runs and writes alike, as an older or stricter server refuses them.
 //! - **Object semantics**: `uid`, `creationTimestamp`, a global monotonic
 //!   `resourceVersion`, `generation` bumped on changes outside metadata and status (for
 //!   kinds that track it: CRDs, custom resources, Deployments, PDBs), no-op writes not
@@ -55,7 +58,8 @@
 //!   is deleted.
 //! - **Test hooks** on [`ApiServer`]: read and write objects directly, set status
 //!   conditions as a controller would, the request log with per-verb counts, the ordered
-//!   mutation log, injected failures per path, and making the server unreachable.
+//!   mutation log (writes, not dry runs), injected failures per path, and making the
+//!   server unreachable.
 //!
 //! # Not implemented
 //!
@@ -123,6 +127,9 @@ pub struct Options {
     /// Events kept for watches that resume from a `resourceVersion`; older ones get
     /// 410 Expired.
     pub history_limit: usize,
+    /// Objects refused as invalid, as an older or stricter server would
+    /// ([`ValidationRule`]); more can be added with [`ApiServer::add_validation_rule`].
+    pub validation_rules: Vec<ValidationRule>,
 }
 
 impl Default for Options {
@@ -132,6 +139,7 @@ impl Default for Options {
             git_version: DEFAULT_GIT_VERSION.to_owned(),
             namespaces: INITIAL_NAMESPACES.iter().map(|s| (*s).to_owned()).collect(),
             history_limit: 10_000,
+            validation_rules: Vec::new(),
         }
     }
 }
@@ -172,6 +180,8 @@ pub struct RequestRecord {
 
 /// One mutating request on a resource, in the order the server processed them (failed
 /// ones included, with their code). An eviction is `Create` on subresource `eviction`.
+/// Dry runs (`dryRun=All`) change nothing and are not in this log, only in the request
+/// log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mutation {
     pub verb: Verb,
@@ -219,6 +229,49 @@ impl Failure {
 
     fn matches(&self, method: &str, path: &str) -> bool {
         path.starts_with(&self.path_prefix) && self.method.as_deref().is_none_or(|m| m == method)
+    }
+}
+
+/// The stand-in of the API server's validation and validating admission for what the
+/// stand-in does not model itself: built-in schemas, a CRD schema an older server does
+/// not accept (a CEL rule, a field of a newer API), a ValidatingAdmissionPolicy. An
+/// object of the rule's group and kind (and name, if set) is refused with `422 Invalid`
+/// in upstream's shape ([`ApiError::invalid_object`]), after admission's defaulting and
+/// before anything is stored. Like upstream, which runs every stage of a request but
+/// persistence for `dryRun=All`, it refuses dry runs and real writes alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationRule {
+    /// API group (`""` for the core group).
+    pub group: String,
+    pub kind: String,
+    /// Only the object of this name; `None`: every object of the kind.
+    pub name: Option<String>,
+    /// The field the cause names, e.g. `spec.versions[0].schema.openAPIV3Schema`.
+    pub field: String,
+    /// The cause's text, as upstream writes it: `Invalid value: …`, `Unsupported value: …`.
+    pub message: String,
+}
+
+impl ValidationRule {
+    /// Refuses every object of `group`/`kind`, naming `field` with `message`.
+    pub fn refuse(group: &str, kind: &str, field: &str, message: &str) -> Self {
+        Self {
+            group: group.to_owned(),
+            kind: kind.to_owned(),
+            name: None,
+            field: field.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+
+    /// Only the object called `name`.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    pub(crate) fn matches(&self, group: &str, kind: &str, name: &str) -> bool {
+        self.group == group && self.kind == kind && self.name.as_deref().is_none_or(|n| n == name)
     }
 }
 
@@ -319,6 +372,7 @@ impl ApiServer {
         let addr = tcp.local_addr().map_err(StartError::Bind)?;
 
         let mut store = Store::new(options.establish_delay, options.history_limit);
+        store.validation_rules = options.validation_rules;
         for ns in &options.namespaces {
             let obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
             // Built-in kind, valid names: cannot fail.
@@ -494,6 +548,11 @@ impl ApiServer {
     }
 
     // ---- faults --------------------------------------------------------------------
+
+    /// Adds a [`ValidationRule`]: matching writes and dry runs are refused from now on.
+    pub fn add_validation_rule(&self, rule: ValidationRule) {
+        lock(&self.shared.store).validation_rules.push(rule);
+    }
 
     /// Adds an injected failure; the first matching rule answers.
     pub fn fail(&self, failure: Failure) {

@@ -340,8 +340,17 @@ fn handle(
             .and_then(|b| b.pointer("/metadata/name").and_then(Value::as_str).map(str::to_owned))
     };
     let name_for_log = t.name.clone().or_else(|| if verb == Verb::Create { body_name() } else { None });
+    let dry_run = q.get("dryRun").is_some_and(|v| v == "All")
+        || (verb == Verb::Delete
+            && parse_body(body, &content_type)
+                .ok()
+                .and_then(|b| b.get("dryRun").and_then(Value::as_array).map(|a| !a.is_empty()))
+                .unwrap_or(false));
+    // The mutation log is of writes: a dry run changes nothing and is only in the
+    // request log (with `dryRun=All` in its query).
+    let logged = verb.is_mutating() && !dry_run;
     if let Some(code) = take_failure(s, method, path) {
-        if verb.is_mutating() {
+        if logged {
             st.mutations.push(store::mutation(verb, &t, name_for_log, manager, code));
         }
         return (Some(verb), error_response(&ApiError::injected(code)));
@@ -349,7 +358,7 @@ fn handle(
     let opts = WriteOpts {
         field_manager: manager.clone(),
         default_manager: default_manager(headers),
-        dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
+        dry_run,
         force: matches!(q.get("force").map(String::as_str), Some("true" | "1")),
     };
     if verb == Verb::Watch {
@@ -391,7 +400,7 @@ fn handle(
         Verb::DeleteCollection => Ok((200, st.delete_collection(&t, &list_opts(&t, &q)?, opts.dry_run)?)),
     })();
     let code = result.as_ref().map(|(c, _)| *c).unwrap_or_else(|e| e.code);
-    if verb.is_mutating() {
+    if logged {
         st.mutations.push(store::mutation(verb, &t, name_for_log, manager, code));
     }
     let pending: Vec<String> = std::mem::take(&mut st.pending_establish);

@@ -104,6 +104,21 @@ impl ApiError {
             .with_details(details)
     }
 
+    /// `422 Invalid` exactly as upstream's `errors.NewInvalid` builds it
+    /// (k8s.io/apimachinery/pkg/api/errors): the message names the object by its kind
+    /// and group (`CustomResourceDefinition.apiextensions.k8s.io "x" is invalid: field:
+    /// detail`), `details.kind` is the kind, one cause per field.
+    pub fn invalid_object(group: &str, kind: &str, name: &str, field: &str, detail: &str) -> Self {
+        let qualified = if group.is_empty() { kind.to_owned() } else { format!("{kind}.{group}") };
+        let mut details = json!({"name": name, "kind": kind,
+            "causes": [{"reason": "FieldValueInvalid", "message": detail, "field": field}]});
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        Self::new(422, "Invalid", format!("{qualified} \"{name}\" is invalid: {field}: {detail}"))
+            .with_details(details)
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }

@@ -19,7 +19,7 @@ use crate::fields::{Managed, Part};
 use crate::resources::{self, ResourceType};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{self, ApiError, Subject};
-use crate::{Mutation, Verb, meta};
+use crate::{Mutation, ValidationRule, Verb, meta};
 
 /// Manager name of the stand-in's own status writes (CRD conditions), as upstream's
 /// apiextensions-apiserver records them.
@@ -159,6 +159,8 @@ pub struct Store {
     history_limit: usize,
     tx: broadcast::Sender<Arc<Event>>,
     pub mutations: Vec<Mutation>,
+    /// Refusals a stricter or older server would make ([`ValidationRule`]).
+    pub validation_rules: Vec<ValidationRule>,
     pub establish_delay: Duration,
     /// CRDs to establish once `establish_delay` has passed (drained by the server).
     pub pending_establish: Vec<String>,
@@ -180,6 +182,7 @@ impl Store {
             mutations: Vec::new(),
             establish_delay,
             pending_establish: Vec::new(),
+            validation_rules: Vec::new(),
         }
     }
 
@@ -318,6 +321,7 @@ impl Store {
             strip(&mut obj, "status");
         }
         admit(&t.rt, &mut obj, None)?;
+        self.validate(&t.rt, &obj)?;
         let mut managed = Managed::default();
         managed.record_update(opts.manager(), &t.rt.api_version(), t.part(), None, &obj);
         if opts.dry_run {
@@ -404,6 +408,7 @@ impl Store {
         };
         set_type(&mut new, &t.rt);
         admit(&t.rt, &mut new, Some(&old.obj))?;
+        self.validate(&t.rt, &new)?;
         let mut managed = old.managed.clone();
         managed.record_update(opts.manager(), &t.rt.api_version(), t.part(), Some(&old.obj), &new);
         if opts.dry_run {
@@ -447,6 +452,8 @@ impl Store {
                     .apply(&manager, &api_version, t.part(), opts.force, &base, &intent)
                     .map_err(|c| ApiError::apply_conflicts(t.subject(name), &c))?;
                 admit(&t.rt, &mut obj, None)?;
+                self.validate(&t.rt, &obj)?;
+                self.validate(&t.rt, &obj)?;
                 if opts.dry_run {
                     return Ok((201, obj));
                 }
@@ -462,6 +469,7 @@ impl Store {
                     .map_err(|c| ApiError::apply_conflicts(t.subject(name), &c))?;
                 set_type(&mut obj, &t.rt);
                 admit(&t.rt, &mut obj, Some(&old.obj))?;
+                self.validate(&t.rt, &obj)?;
                 if opts.dry_run {
                     return Ok((200, as_version(&obj, &t.rt)));
                 }
@@ -838,6 +846,16 @@ impl Store {
     }
 
     /// Namespaced objects need their namespace (upstream's NamespaceLifecycle admission).
+    /// The [`ValidationRule`]s, after admission's defaults, before anything is stored:
+    /// where upstream validates, and so for dry runs as for writes.
+    fn validate(&self, rt: &ResourceType, obj: &Value) -> Result<()> {
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        match self.validation_rules.iter().find(|r| r.matches(&rt.group, &rt.kind, name)) {
+            Some(r) => Err(ApiError::invalid_object(&rt.group, &rt.kind, name, &r.field, &r.message)),
+            None => Ok(()),
+        }
+    }
+
     fn require_namespace(&self, t: &Target, ns: Option<&str>) -> Result<()> {
         let Some(ns) = ns.filter(|_| t.rt.namespaced) else { return Ok(()) };
         let key = ObjKey {

@@ -745,3 +745,99 @@ async fn deleting_a_crd_removes_its_kind_and_objects() {
         .unwrap();
     assert_eq!(api_error(cms.get("held").await.unwrap_err()).0, 404);
 }
+
+#[tokio::test]
+async fn dry_runs_check_everything_and_write_nothing() {
+    let (server, client) = start().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "flux-system");
+    let secret: Secret = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"k": "v"}}),
+    )
+    .unwrap();
+    let dry = PatchParams::apply(MANAGER).dry_run();
+    // A missing namespace is the same 404 as for a write: the dry run runs every check.
+    let (code, reason, message) =
+        api_error(secrets.patch("s", &dry, &Patch::Apply(&secret)).await.unwrap_err());
+    assert_eq!(
+        (code, reason.as_str(), message.as_str()),
+        (404, "NotFound", r#"namespaces "flux-system" not found"#)
+    );
+    let post_dry = PostParams { dry_run: true, ..PostParams::default() };
+    let (code, _, _) = api_error(secrets.create(&post_dry, &secret).await.unwrap_err());
+    assert_eq!(code, 404);
+
+    // Where it exists: the answer is the object as it would be, and nothing is stored.
+    create_namespace(&client, "flux-system").await;
+    server.clear_logs();
+    let would = secrets.patch("s", &dry, &Patch::Apply(&secret)).await.unwrap();
+    assert_eq!(would.data.unwrap()["k"].0, b"v");
+    secrets.create(&post_dry, &secret).await.unwrap();
+    assert!(server.get(&ObjectRef::namespaced("v1", "Secret", "flux-system", "s")).is_none());
+    // The mutation log is of writes; the request log has the dry runs.
+    assert_eq!(server.mutations(), []);
+    let dry_runs: Vec<_> =
+        server.requests().into_iter().filter(|r| r.verb.is_some_and(Verb::is_mutating)).collect();
+    assert_eq!(dry_runs.len(), 2);
+    assert!(dry_runs.iter().all(|r| r.query.contains("dryRun=All")), "{dry_runs:?}");
+}
+
+#[tokio::test]
+async fn validation_rules_refuse_dry_runs_and_writes_as_upstream_does() {
+    let server = ApiServer::start_with(Options {
+        validation_rules: vec![
+            kube_apiserver_standin::ValidationRule::refuse(
+                "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                "spec.versions[0].selectableFields",
+                "Forbidden: not supported by this server",
+            )
+            .named("kustomizations.kustomize.toolkit.fluxcd.io"),
+        ],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let client = client_with(&server, &server.admin_credentials()).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = "kustomizations.kustomize.toolkit.fluxcd.io";
+    let crd = kustomization_crd();
+    let expected = format!(
+        "CustomResourceDefinition.apiextensions.k8s.io \"{name}\" is invalid: spec.versions[0].selectableFields: \
+         Forbidden: not supported by this server"
+    );
+    for params in [apply().dry_run(), apply()] {
+        let e = crds.patch(name, &params, &Patch::Apply(&crd)).await.unwrap_err();
+        let kube::Error::Api(s) = e else { panic!("expected an API error, got {e:?}") };
+        assert_eq!((s.code, s.reason.as_str(), s.message.as_str()), (422, "Invalid", expected.as_str()));
+        let d = s.details.as_ref().expect("details");
+        assert_eq!(
+            (d.kind.as_str(), d.group.as_str(), d.name.as_str()),
+            ("CustomResourceDefinition", "apiextensions.k8s.io", name)
+        );
+        assert_eq!(d.causes.len(), 1);
+        assert_eq!(
+            (d.causes[0].reason.as_str(), d.causes[0].field.as_str()),
+            ("FieldValueInvalid", "spec.versions[0].selectableFields")
+        );
+    }
+    assert!(crds.get_opt(name).await.unwrap().is_none());
+    // Only the real write is in the mutation log, refused.
+    let codes: Vec<u16> = server.mutations().iter().map(|m| m.code).collect();
+    assert_eq!(codes, [422]);
+    // Other objects of the kind pass; a rule added later applies from then on.
+    let mut other = kustomization_crd();
+    other.metadata.name = Some("kustomizations.example.org".into());
+    other.spec.group = "example.org".into();
+    crds.patch("kustomizations.example.org", &apply(), &Patch::Apply(&other)).await.unwrap();
+    server.add_validation_rule(kube_apiserver_standin::ValidationRule::refuse(
+        "",
+        "ConfigMap",
+        "data",
+        "Invalid value: too big",
+    ));
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "c"}, "data": {"a": "b"}})).unwrap();
+    let (code, _, message) = api_error(cms.create(&PostParams::default(), &cm).await.unwrap_err());
+    assert_eq!((code, message.as_str()), (422, "ConfigMap \"c\" is invalid: data: Invalid value: too big"));
+}
