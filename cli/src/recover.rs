@@ -139,7 +139,7 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
         repo: args.repo.clone(),
         branch: args.branch.clone(),
         path: args.path.clone(),
-        keys_file: args.sealed_secrets_keys.clone(),
+        keys: elysium_recovery::KeySource::File { path: args.sealed_secrets_keys.clone() },
         deploy_key: deploy_key(&args),
         controller_namespace: args.controller_namespace.clone(),
         controller_name: args.controller_name.clone(),

@@ -34,6 +34,6 @@ pub mod report;
 pub mod sealed;
 
 pub use apply::{ApplyError, ApplyOptions, ApplyReport};
-pub use preflight::{Preflight, PreflightError, PreflightOptions, run as preflight};
+pub use preflight::{KeySource, Preflight, PreflightError, PreflightOptions, run as preflight};
 pub use progress::{Event, Ui};
 pub use report::{PreflightReport, Verdict};

@@ -48,12 +48,48 @@ pub struct PreflightOptions {
     pub branch: String,
     /// The cluster directory Flux syncs (`clusters/kyrion`).
     pub path: String,
-    /// The key backup (`kubectl get secret -l … -o yaml`).
-    pub keys_file: PathBuf,
+    /// The sealing keys to check the repository against.
+    pub keys: KeySource,
     pub deploy_key: DeployKey,
     pub controller_namespace: Option<String>,
     pub controller_name: Option<String>,
     pub force: bool,
+}
+
+/// Where the preflight's sealing keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A backup file (`kubectl get secret -l … -o yaml`, or `elysium-node keys export`):
+    /// plaintext YAML.
+    File { path: PathBuf },
+    /// Keys already parsed (the coordinator's recovery drill hands its vault's keys this
+    /// way, so they never touch the disk). `origin` says where they came from, for logs.
+    Keys { keys: Vec<SealingKey>, origin: String },
+}
+
+impl KeySource {
+    /// Reads and checks the keys. A file's bytes are wiped once parsed.
+    fn load(&self) -> Result<Vec<SealingKey>, PreflightError> {
+        match self {
+            KeySource::File { path } => {
+                let bytes = zeroize::Zeroizing::new(
+                    std::fs::read(path)
+                        .map_err(|source| PreflightError::ReadKeys { path: path.clone(), source })?,
+                );
+                let keys = keys::parse(&bytes)
+                    .map_err(|source| PreflightError::Keys { path: path.clone(), source })?;
+                tracing::info!(keys = keys.len(), file = %path.display(), "sealed-secrets keys parsed");
+                Ok(keys)
+            }
+            KeySource::Keys { keys, origin } => {
+                if keys.is_empty() {
+                    return Err(PreflightError::NoKeys { origin: origin.clone() });
+                }
+                tracing::info!(keys = keys.len(), origin = %origin, "sealed-secrets keys given");
+                Ok(keys.clone())
+            }
+        }
+    }
 }
 
 /// Problems that stop the preflight before there is anything to report.
@@ -71,6 +107,8 @@ pub enum PreflightError {
         #[source]
         source: KeysError,
     },
+    #[error("no sealed-secrets keys from {origin}")]
+    NoKeys { origin: String },
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error("--path {path:?} must be a relative directory inside the repository, without `..`")]
@@ -115,13 +153,7 @@ pub struct Preflight {
 /// Runs the preflight. Blocking (git, file reads, RSA): call it from a blocking thread.
 pub fn run(opts: &PreflightOptions) -> Result<Preflight, PreflightError> {
     // The keys first: no network needed to find out the backup is unusable.
-    let bytes = zeroize::Zeroizing::new(
-        std::fs::read(&opts.keys_file)
-            .map_err(|source| PreflightError::ReadKeys { path: opts.keys_file.clone(), source })?,
-    );
-    let keys = keys::parse(&bytes)
-        .map_err(|source| PreflightError::Keys { path: opts.keys_file.clone(), source })?;
-    tracing::info!(keys = keys.len(), file = %opts.keys_file.display(), "sealed-secrets keys parsed");
+    let keys = opts.keys.load()?;
 
     let path = normalize_path(&opts.path)?;
     let source = RepoSource::parse(&opts.repo)?;

@@ -251,7 +251,7 @@ pub fn options(repo: &Path, keys_file: &Path) -> elysium_recovery::PreflightOpti
         repo: repo.display().to_string(),
         branch: "main".into(),
         path: CLUSTER.into(),
-        keys_file: keys_file.to_owned(),
+        keys: elysium_recovery::KeySource::File { path: keys_file.to_owned() },
         deploy_key: elysium_recovery::repo::DeployKey::None,
         controller_namespace: None,
         controller_name: None,
