@@ -113,6 +113,7 @@ impl Drill {
         self.asked = true;
     }
 
+    #[cfg(test)]
     pub(crate) fn last(&self) -> Option<&DrillRecord> {
         self.last.as_ref()
     }
