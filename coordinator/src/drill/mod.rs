@@ -266,7 +266,13 @@ fn preflight(
             return (0, Ran::Stopped(failure("vault", detail)));
         }
         Ok(export) => match elysium_recovery::keys::parse(export.keys_yaml.as_bytes()) {
-            Ok(keys) => keys,
+            // Newest first: the preflight tries keys in order for every sealed value,
+            // each try a private-key operation, and most values of a live cluster are
+            // sealed with its newest key (the export lists the oldest first).
+            Ok(mut keys) => {
+                keys.sort_by_key(|k| std::cmp::Reverse(k.not_before()));
+                keys
+            }
             Err(e) => {
                 return (
                     0,
