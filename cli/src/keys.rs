@@ -31,9 +31,16 @@ key to the coordinator, which keeps every key it has seen (also after the cluste
 old keys still open old SealedSecrets), encrypted with its vault key (DATA_DIR/vault.key).
 The K3s server token, needed to restore etcd snapshots, is kept the same way.
 
+With a [recovery.drill] section in the cluster spec, the coordinator also runs `recover`'s
+offline preflight against the repository's head with the vault's keys, on a timer and whenever
+a new key arrives; `status` shows the last result: recoverable as of which commit, or what would
+fail (a SealedSecret no vault key opens, a committed certificate no key matches, the repository
+unreachable).
+
 `status` exits 1 when the backup looks stale: no key, the newest key older than the renewal
-period (the controller made a newer one the vault has not seen), no report for a while, or no
-K3s token. `export` writes the keys file (0600) that `recover` reads; copy it offline.
+period (the controller made a newer one the vault has not seen), no report for a while, no
+K3s token, or a failing (or stuck) recovery drill. `export` writes the keys file (0600) that
+`recover` reads; copy it offline.
 With --encrypt-to age1… (or --encrypt-to-file) it writes the file age-encrypted, the form the
 cluster's operator documents (`age --encrypt --recipient age1… keys.yaml`), binary or
 --armor; the plaintext never reaches the disk. The export streams, so a vault of any size fits.
@@ -294,7 +301,77 @@ struct TokenView {
     last_seen_unix: i64,
 }
 
-/// What `keys status` shows: the keys, the token, and what looks wrong.
+#[derive(Debug, Serialize)]
+struct DrillFailureView {
+    check: String,
+    subject: String,
+    detail: String,
+}
+
+/// The coordinator's recovery drill (`[recovery.drill]`), as last run.
+#[derive(Debug, Serialize)]
+struct DrillView {
+    configured: bool,
+    ran: bool,
+    passed: bool,
+    summary: String,
+    repository: String,
+    branch: String,
+    path: String,
+    commit: String,
+    started_unix: i64,
+    finished_unix: i64,
+    duration_ms: u64,
+    since_unix: i64,
+    next_unix: i64,
+    interval_seconds: u64,
+    keys: u32,
+    sealed_secrets: u32,
+    sealed_secrets_opened: u32,
+    failures: Vec<DrillFailureView>,
+    warnings: Vec<String>,
+}
+
+impl From<&pb::RecoveryDrill> for DrillView {
+    fn from(d: &pb::RecoveryDrill) -> Self {
+        DrillView {
+            configured: d.configured,
+            ran: d.ran,
+            passed: d.passed,
+            summary: d.summary.clone(),
+            repository: d.repository.clone(),
+            branch: d.branch.clone(),
+            path: d.path.clone(),
+            commit: d.commit.clone(),
+            started_unix: d.started_unix,
+            finished_unix: d.finished_unix,
+            duration_ms: d.duration_ms,
+            since_unix: d.since_unix,
+            next_unix: d.next_unix,
+            interval_seconds: d.interval_seconds,
+            keys: d.keys,
+            sealed_secrets: d.sealed_secrets,
+            sealed_secrets_opened: d.sealed_secrets_opened,
+            failures: d
+                .failures
+                .iter()
+                .map(|f| DrillFailureView {
+                    check: f.check.clone(),
+                    subject: f.subject.clone(),
+                    detail: f.detail.clone(),
+                })
+                .collect(),
+            warnings: d.warnings.clone(),
+        }
+    }
+}
+
+/// A configured drill whose last run is older than this many intervals (plus ten
+/// minutes) is reported as stuck.
+const DRILL_OVERDUE_INTERVALS: i64 = 2;
+
+/// What `keys status` shows: the keys, the token, the recovery drill, and what looks
+/// wrong.
 #[derive(Debug, Serialize)]
 struct Status {
     now_unix: i64,
@@ -303,6 +380,8 @@ struct Status {
     /// Age of the newest key's certificate (NotBefore), seconds.
     newest_key_age_seconds: Option<i64>,
     k3s_token: TokenView,
+    /// `None` from a coordinator that has no drill.
+    drill: Option<DrillView>,
     warnings: Vec<String>,
 }
 
@@ -367,10 +446,28 @@ impl Status {
                     .to_owned(),
             );
         }
+        let drill = resp.drill.as_ref().map(DrillView::from);
+        if let Some(d) = drill.as_ref().filter(|d| d.configured && d.ran) {
+            if !d.passed {
+                warnings.push(format!("the recovery drill fails: {}", d.summary));
+            }
+            let limit = i64::try_from(d.interval_seconds)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(DRILL_OVERDUE_INTERVALS)
+                .saturating_add(600);
+            if now - d.started_unix > limit {
+                warnings.push(format!(
+                    "the last recovery drill started {} but it runs every {}: is the coordinator's drill stuck (its log says)?",
+                    ago(now, d.started_unix),
+                    humantime::format_duration(Duration::from_secs(d.interval_seconds))
+                ));
+            }
+        }
         Status {
             now_unix: now,
             keys,
             newest_key_age_seconds,
+            drill,
             k3s_token: TokenView {
                 backed_up: token.backed_up,
                 fingerprint: token.fingerprint,
@@ -425,9 +522,71 @@ impl Status {
         } else {
             println!("K3s token: not backed up.");
         }
+        if let Some(d) = &self.drill {
+            print_drill(d, self.now_unix);
+        }
         for w in &self.warnings {
             println!("WARNING: {w}");
         }
+    }
+}
+
+fn print_drill(d: &DrillView, now: i64) {
+    let date = |unix: i64| {
+        let t = UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    if !d.configured {
+        if d.ran {
+            println!(
+                "Recovery drill: not configured any more (the last, {}: {}).",
+                ago(now, d.started_unix),
+                d.summary
+            );
+        } else {
+            println!("Recovery drill: not configured (add [recovery.drill] to the cluster spec).");
+        }
+        return;
+    }
+    let every = humantime::format_duration(Duration::from_secs(d.interval_seconds));
+    if !d.ran {
+        println!(
+            "Recovery drill: {} branch {} path {}, every {every}: not run yet.",
+            d.repository, d.branch, d.path
+        );
+        return;
+    }
+    let took = humantime::format_duration(Duration::from_millis(d.duration_ms - d.duration_ms % 100));
+    if d.passed {
+        println!("Recovery drill: PASSED since {}: {}", date(d.since_unix), d.summary);
+    } else {
+        println!(
+            "Recovery drill: FAILED since {}, last run {}:",
+            date(d.since_unix),
+            ago(now, d.started_unix)
+        );
+        for f in &d.failures {
+            let subject = if f.subject.is_empty() { String::new() } else { format!(" {}", f.subject) };
+            println!("  {}{subject}: {}", f.check, f.detail);
+        }
+    }
+    let commit = if d.commit.is_empty() {
+        "no commit".to_owned()
+    } else {
+        format!("commit {}", &d.commit[..12.min(d.commit.len())])
+    };
+    println!(
+        "  {} branch {} path {} ({commit}); {} of {} SealedSecrets opened with {} vault keys; took {took}; every {every}, next by {}.",
+        d.repository,
+        d.branch,
+        d.path,
+        d.sealed_secrets_opened,
+        d.sealed_secrets,
+        d.keys,
+        date(d.next_unix)
+    );
+    for w in &d.warnings {
+        println!("  note: {w}");
     }
 }
 
@@ -467,6 +626,7 @@ mod tests {
             keys,
             k3s_token: Some(pb::K3sTokenInfo { backed_up: token, ..Default::default() }),
             now_unix: now,
+            drill: None,
         }
     }
 
@@ -503,6 +663,36 @@ mod tests {
         // Renewal off: age alone is no warning.
         let r = resp(vec![key("k", now - 400 * DAY, now)], true, now);
         assert!(Status::of(&r, Duration::ZERO, Duration::from_secs(2 * DAY as u64)).warnings.is_empty());
+    }
+
+    #[test]
+    fn keys_status_warns_about_a_failing_or_stuck_drill() {
+        let now = 1000 * DAY;
+        let mut r = resp(vec![key("k", now - DAY, now)], true, now);
+        let drill = |passed: bool, started: i64| pb::RecoveryDrill {
+            configured: true,
+            ran: true,
+            passed,
+            summary: if passed {
+                "recoverable".into()
+            } else {
+                "sealed-secret ai/x would stay sealed".into()
+            },
+            started_unix: started,
+            interval_seconds: 6 * 3600,
+            ..Default::default()
+        };
+        r.drill = Some(drill(true, now - 3600));
+        assert!(warnings(&r).is_empty(), "{:?}", warnings(&r));
+        r.drill = Some(drill(false, now - 3600));
+        let w = warnings(&r);
+        assert!(w.len() == 1 && w[0].contains("the recovery drill fails: sealed-secret ai/x"), "{w:?}");
+        r.drill = Some(drill(true, now - 13 * 3600));
+        let w = warnings(&r);
+        assert!(w.len() == 1 && w[0].contains("stuck"), "{w:?}");
+        // Not configured: an old result warns about nothing.
+        r.drill = Some(pb::RecoveryDrill { configured: false, ..drill(false, now - 30 * DAY) });
+        assert!(warnings(&r).is_empty());
     }
 
     #[test]

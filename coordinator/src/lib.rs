@@ -6,7 +6,7 @@
 //! the `elysium-node` binary; this crate owns no argument parsing.
 //!
 //! Dependencies point one way, floor by floor: `server` → `services` → `driver`
-//! (the rollout driver) → `state` (the live, shared state) → `vault`, `k3s`,
+//! (the rollout driver), `drill` (the recovery drill) → `state` (the live, shared state) → `vault`, `k3s`,
 //! `convert` → `store` → the pure `rollout`, `tokens` and `pki`.
 
 pub mod datadir;
@@ -19,6 +19,7 @@ pub mod tokens;
 pub mod vault;
 
 mod convert;
+mod drill;
 mod driver;
 mod services;
 mod state;

@@ -1,12 +1,12 @@
 //! The TLS gRPC server: one listener for all three services, and the rollout
-//! driver beside them for as long as it serves.
+//! driver and the recovery drill beside them for as long as it serves.
 //!
 //! TLS asks for a client certificate but does not require one, because a joining
 //! node has none yet: `Enrollment` accepts anonymous callers (the token is its
 //! credential), `NodeSession` and `Admin` reject any caller without a certificate
 //! of the right kind.
 //!
-//! The top floor: it knows the services, the driver and the shared state
+//! The top floor: it knows the services, the driver, the drill and the shared state
 //! (`state`), and nothing below knows it. [`Coordinator`] and the clock are
 //! re-exported here for the callers that build one (the CLI, the tests).
 
@@ -139,6 +139,12 @@ pub async fn run(
     let driver = tokio::spawn(crate::driver::run(coordinator.clone(), async move {
         let _ = driver_stopped.await;
     }));
+    // The recovery drill, likewise singleton work of this process; a drill under way
+    // when the server stops is abandoned (the last result stays in the store).
+    let (drill_stop, drill_stopped) = tokio::sync::oneshot::channel::<()>();
+    let drill = tokio::spawn(crate::drill::run(coordinator.clone(), async move {
+        let _ = drill_stopped.await;
+    }));
     let result = tokio::select! {
         result = serve => result.map_err(ServeError::Serve),
         () = grace => {
@@ -147,7 +153,9 @@ pub async fn run(
         }
     };
     let _ = driver_stop.send(());
+    let _ = drill_stop.send(());
     let _ = driver.await;
+    let _ = drill.await;
     result
 }
 

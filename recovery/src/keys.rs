@@ -93,7 +93,8 @@ pub enum KeysError {
 
 /// One sealed-secrets key from the backup, checked: the private key matches the
 /// certificate. Keeps the original PEM bytes so the apply phase restores exactly what was
-/// backed up.
+/// backed up. `Clone` so a caller that holds keys in memory (the coordinator's drill)
+/// can hand them to the preflight; every copy wipes its private key on drop.
 #[derive(Clone)]
 pub struct SealingKey {
     name: String,

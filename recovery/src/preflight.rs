@@ -66,6 +66,8 @@ pub struct PreflightOptions {
 pub enum PreflightError {
     #[error(transparent)]
     Backup(#[from] BackupError),
+    #[error("no sealed-secrets keys from {origin}: the vault (or backup) holds none to check the repository against")]
+    NoKeys { origin: String },
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error("--path {path:?} must be a relative directory inside the repository, without `..`")]
@@ -112,6 +114,9 @@ pub fn run(opts: &PreflightOptions) -> Result<Preflight, PreflightError> {
     // The keys first: no network needed to find out the backup is unusable.
     let (keys, keys_origin) = backup::load(&opts.keys)?;
     tracing::debug!(keys = keys.len(), origin = %keys_origin, "sealing keys read");
+    if keys.is_empty() {
+        return Err(PreflightError::NoKeys { origin: keys_origin });
+    }
 
     let path = normalize_path(&opts.path)?;
     let source = RepoSource::parse(&opts.repo)?;

@@ -493,3 +493,32 @@ fn dependency_cycle_is_named() {
         "{text}"
     );
 }
+
+#[test]
+fn keys_handed_over_in_memory_are_judged_like_the_same_keys_in_a_file() {
+    let (a, _) = keys();
+    let (repo, sha) = repo_resealed_with(a, true, true);
+    let work = tempfile::tempdir().unwrap();
+    let file = two_keys_file(work.path());
+    let from_file = preflight(&options(repo.path(), &file));
+    let parsed = elysium_recovery::keys::parse(&std::fs::read(&file).unwrap()).unwrap();
+    let mut opts = options(repo.path(), &file);
+    opts.keys = elysium_recovery::KeySource::Keys { keys: parsed, origin: "a test's memory".into() };
+    // Not read from disk: the file may go.
+    std::fs::remove_file(&file).unwrap();
+    let in_memory = preflight(&opts);
+    let (f, m) = (&from_file.report, &in_memory.report);
+    assert_eq!((m.verdict, f.verdict), (Verdict::Ok, Verdict::Ok), "{m}");
+    assert_eq!(m.repository.commit.as_deref(), Some(sha.as_str()));
+    let names =
+        |r: &PreflightReport| r.keys.iter().map(|k| (k.name.clone(), k.opened_values)).collect::<Vec<_>>();
+    assert_eq!(names(m), names(f));
+    let opened = |r: &PreflightReport| r.sealed_secrets.iter().filter(|s| s.opened).count();
+    assert_eq!(opened(m), opened(f));
+    assert_eq!(in_memory.keys.len(), 2, "the apply phase gets the keys too");
+
+    opts.keys = elysium_recovery::KeySource::Keys { keys: Vec::new(), origin: "an empty vault".into() };
+    let (e, text) = preflight_err(&opts);
+    assert!(matches!(e, PreflightError::NoKeys { .. }), "{text}");
+    assert!(text.contains("an empty vault"), "{text}");
+}

@@ -4,16 +4,18 @@
 //! Owns parsing, validation and rendering of the document. It does not know how a
 //! spec travels (that is `elysium-proto`) or how it is applied (the agent's steps).
 //! Later capabilities add their sections here (`[k3s]`, `[tailscale]`, `[[mounts]]`,
-//! `[flux]`, `[upgrade]`); unknown sections and fields are rejected so a typo never
+//! `[flux]`, `[upgrade]`, `[recovery]`); unknown sections and fields are rejected so a typo never
 //! silently does nothing.
 
 use serde::{Deserialize, Serialize};
 
 mod mounts;
+mod recovery;
 mod tailscale;
 mod upgrade;
 
 pub use mounts::{MountSpec, REMOTE_TYPES, RcloneSection, RemoteSpec};
+pub use recovery::{DrillSection, RecoverySection};
 pub use tailscale::{K3sOverTailscale, TailscaleSection};
 pub use upgrade::{DAYS, DrainSection, OfflinePolicy, UpgradeSection, Window, parse_hhmm};
 
@@ -39,6 +41,9 @@ pub struct ClusterSpec {
     /// Coordinated rolling K3s upgrades.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeSection>,
+    /// What the coordinator does to keep the cluster recoverable (`[recovery.drill]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoverySection>,
     /// Remote storage mounted on every node with rclone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountSpec>,
@@ -224,6 +229,9 @@ impl ClusterSpec {
             }
             upgrade.validate()?;
         }
+        if let Some(drill) = self.recovery.as_ref().and_then(|r| r.drill.as_ref()) {
+            drill.validate()?;
+        }
         let mut names = std::collections::BTreeSet::new();
         let mut paths = std::collections::BTreeSet::new();
         for mount in &self.mounts {
@@ -255,6 +263,18 @@ impl ClusterSpec {
             refs.extend(m.remote.secret_options.values().map(String::as_str));
         }
         refs
+    }
+
+    /// Names of the coordinator secrets the coordinator itself uses (the drill's
+    /// deploy key). They must be set like [`Self::secret_refs`], but are never sent
+    /// to a node.
+    pub fn coordinator_secret_refs(&self) -> std::collections::BTreeSet<&str> {
+        self.drill().and_then(|d| d.deploy_key_secret.as_deref()).into_iter().collect()
+    }
+
+    /// `[recovery.drill]`, if configured.
+    pub fn drill(&self) -> Option<&DrillSection> {
+        self.recovery.as_ref().and_then(|r| r.drill.as_ref())
     }
 
     /// Renders the spec as TOML (the canonical form stored by the coordinator).
@@ -403,6 +423,13 @@ mod tests {
         assert_eq!(
             spec.secret_refs().into_iter().collect::<Vec<_>>(),
             ["media-azure-key", "tailscale-authkey"]
+        );
+        // The deploy key is the coordinator's: required, but never sent to a node.
+        assert_eq!(spec.coordinator_secret_refs().into_iter().collect::<Vec<_>>(), ["flux-deploy-key"]);
+        let drill = spec.drill().expect("[recovery.drill]");
+        assert_eq!(
+            (drill.path.as_str(), drill.interval()),
+            ("clusters/kyrion", std::time::Duration::from_secs(6 * 3600))
         );
         assert_eq!(ClusterSpec::parse(&spec.to_toml()).expect("re-parses"), spec);
     }

@@ -112,7 +112,9 @@ impl AdminService {
     }
 
     fn in_use(&self, name: &str) -> bool {
-        self.coordinator.cluster.borrow().spec.parsed().secret_refs().contains(name)
+        let state = self.coordinator.cluster.borrow();
+        let spec = state.spec.parsed();
+        spec.secret_refs().contains(name) || spec.coordinator_secret_refs().contains(name)
     }
 
     fn secret_info(&self, s: &SecretRecord) -> pb::SecretInfo {
@@ -275,7 +277,8 @@ impl pb::admin_server::Admin for AdminService {
         // with nothing to do about it there: refuse it here, with the fix.
         let missing: Vec<&str> = {
             let state = c.cluster.borrow();
-            parsed.secret_refs().into_iter().filter(|n| !state.secrets.contains_key(*n)).collect()
+            let refs = parsed.secret_refs().into_iter().chain(parsed.coordinator_secret_refs());
+            refs.filter(|n| !state.secrets.contains_key(*n)).collect()
         };
         if !missing.is_empty() {
             return Err(Status::failed_precondition(format!(

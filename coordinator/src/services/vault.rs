@@ -12,8 +12,9 @@ use tokio_stream::Stream;
 use tonic::Status;
 
 use super::status::{blocking, internal};
+use crate::drill;
 use crate::state::Coordinator;
-use crate::store::NodeRecord;
+use crate::store::{DrillRecord, NodeRecord};
 use crate::vault::{Accepted, Export, ExportError, Refused, token_fingerprint};
 
 /// Bytes of the keys file per `ExportSealingKeysChunk`: well under the message limit
@@ -39,9 +40,13 @@ pub(crate) async fn on_sealing_key(c: &Arc<Coordinator>, node: &NodeRecord, repo
     match result {
         Ok(Accepted::New) => {
             c.event("vault.key", &node.name, &format!("sealed-secrets key {what} backed up"));
+            // The drill may have been red for want of this key: check again now.
+            c.drill_kick.notify_one();
         }
         Ok(Accepted::Changed) => {
             tracing::info!(node = %node.name, key = %what, "sealing key metadata changed");
+            // `active` → `compromised` changes which keys a restored controller loads.
+            c.drill_kick.notify_one();
         }
         Ok(Accepted::Seen | Accepted::Unchanged) => {
             tracing::debug!(node = %node.name, key = %what, "sealing key seen again");
@@ -77,10 +82,14 @@ fn refused(c: &Coordinator, node: &NodeRecord, what: &str, e: &Refused) {
     }
 }
 
-/// `ListSealingKeys`: metadata only, newest certificate first.
+/// `ListSealingKeys`: metadata only, newest certificate first, and the last drill.
 pub(crate) async fn list(c: &Arc<Coordinator>) -> Result<pb::ListSealingKeysResponse, Status> {
     let store = c.store.clone();
-    let mut records = blocking(move || store.list_vault()).await?.map_err(internal)?;
+    let (mut records, drill) = blocking(move || -> Result<_, crate::store::StoreError> {
+        Ok((store.list_vault()?, store.get_drill()?))
+    })
+    .await?
+    .map_err(internal)?;
     records.sort_by_key(|r| std::cmp::Reverse(r.sealing_key.as_ref().map(|m| m.not_before_unix)));
     let token = records.iter().filter(|r| r.is_k3s_token()).max_by_key(|r| r.last_seen_unix);
     Ok(pb::ListSealingKeysResponse {
@@ -113,7 +122,54 @@ pub(crate) async fn list(c: &Arc<Coordinator>) -> Result<pb::ListSealingKeysResp
             None => pb::K3sTokenInfo::default(),
         }),
         now_unix: c.now(),
+        drill: Some(drill_view(c, drill.as_ref())),
     })
+}
+
+/// The last drill as `keys status` shows it, with whether one is configured now.
+fn drill_view(c: &Coordinator, last: Option<&DrillRecord>) -> pb::RecoveryDrill {
+    let section = c.cluster.borrow().spec.parsed().drill().cloned();
+    let interval = section.as_ref().map_or(0, |d| d.interval().as_secs());
+    let mut view =
+        pb::RecoveryDrill { configured: section.is_some(), interval_seconds: interval, ..Default::default() };
+    if let Some(d) = &section {
+        (view.repository, view.branch, view.path) = (d.repository.clone(), d.branch.clone(), d.path.clone());
+    }
+    let Some(r) = last else { return view };
+    let next_unix = if section.is_some() {
+        r.started_unix.saturating_add(i64::try_from(interval).unwrap_or(i64::MAX))
+    } else {
+        0
+    };
+    pb::RecoveryDrill {
+        configured: section.is_some(),
+        ran: true,
+        passed: r.passed,
+        summary: if r.passed { drill::passed_message(r) } else { drill::failed_message(r) },
+        repository: r.repository.clone(),
+        branch: r.branch.clone(),
+        path: r.path.clone(),
+        commit: r.commit.clone().unwrap_or_default(),
+        started_unix: r.started_unix,
+        finished_unix: r.finished_unix,
+        duration_ms: r.duration_ms,
+        since_unix: r.since_unix,
+        next_unix,
+        keys: r.keys,
+        sealed_secrets: r.sealed_secrets,
+        sealed_secrets_opened: r.sealed_secrets_opened,
+        failures: r
+            .failures
+            .iter()
+            .map(|f| pb::DrillFailure {
+                check: f.check.clone(),
+                subject: f.subject.clone(),
+                detail: f.detail.clone(),
+            })
+            .collect(),
+        warnings: r.warnings.clone(),
+        interval_seconds: interval,
+    }
 }
 
 /// The decrypted keys file (and token), for either export call.

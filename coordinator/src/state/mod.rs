@@ -14,6 +14,7 @@ mod events;
 mod sessions;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -55,6 +56,10 @@ pub struct Coordinator {
     pub(crate) drain_results: Mutex<BTreeMap<String, Result<(), String>>>,
     /// Sealing keys and the K3s token, encrypted at rest.
     pub(crate) vault: Vault,
+    /// Wakes the recovery drill (a new key reached the vault).
+    pub(crate) drill_kick: Notify,
+    /// Where the drill writes the deploy key for git, for the moment git runs.
+    drill_scratch: Mutex<PathBuf>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -121,11 +126,24 @@ impl Coordinator {
             rollout_lock: tokio::sync::Mutex::new(()),
             drain_results: Mutex::new(BTreeMap::new()),
             vault,
+            drill_kick: Notify::new(),
+            drill_scratch: Mutex::new(std::env::temp_dir()),
         }))
     }
 
     pub fn ca(&self) -> &Ca {
         &self.ca
+    }
+
+    /// Where the recovery drill puts the deploy key while git runs (a fresh 0700
+    /// directory inside it each time, removed after): the system's temporary
+    /// directory unless set (the shipped unit gives the service a private /tmp).
+    pub fn set_drill_scratch_dir(&self, dir: PathBuf) {
+        *self.drill_scratch.lock().unwrap_or_else(|p| p.into_inner()) = dir;
+    }
+
+    pub(crate) fn drill_scratch_dir(&self) -> PathBuf {
+        self.drill_scratch.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Unix seconds now, by the coordinator's clock.

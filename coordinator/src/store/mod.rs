@@ -208,6 +208,50 @@ pub struct SealingKeyMeta {
     pub fingerprint: String,
 }
 
+/// The last recovery drill's result (`[recovery.drill]`): kept so that `keys status`
+/// shows it, and the next drill knows whether its verdict changed, across restarts.
+/// Names, commits and check details only: nothing in it is secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillRecord {
+    pub repository: String,
+    pub branch: String,
+    pub path: String,
+    /// What configuration and keys it ran with (the drill's own fingerprint of the
+    /// section, the deploy key's and the vault's contents): a change runs it again.
+    pub inputs: String,
+    pub started_unix: i64,
+    pub finished_unix: i64,
+    pub duration_ms: u64,
+    pub passed: bool,
+    /// Since when the verdict has been what it is (the first run with it).
+    pub since_unix: i64,
+    /// The commit checked; `None` when the repository could not be fetched.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// Sealing keys the vault held for it.
+    pub keys: u32,
+    pub sealed_secrets: u32,
+    pub sealed_secrets_opened: u32,
+    /// What would fail a recovery from the vault's keys now; empty when it passed.
+    #[serde(default)]
+    pub failures: Vec<DrillFailure>,
+    /// Worth knowing; fails nothing.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// One thing that would fail a recovery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillFailure {
+    /// `repository`, `vault`, `preflight`, `sealed-secret` or a preflight check's name
+    /// (`committed-certificate`, `controller`, …).
+    pub check: String,
+    /// What it is about (`ai/openclaw-secrets`, a file), empty when the check says it.
+    #[serde(default)]
+    pub subject: String,
+    pub detail: String,
+}
+
 /// An event to append (the store assigns its sequence number).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
@@ -319,6 +363,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The latest rollout (running or finished), if any.
     fn get_rollout(&self) -> Result<Option<crate::rollout::Rollout>, StoreError>;
     fn put_rollout(&self, rollout: &crate::rollout::Rollout) -> Result<(), StoreError>;
+
+    /// The last recovery drill's result, if one ran.
+    fn get_drill(&self) -> Result<Option<DrillRecord>, StoreError>;
+    fn put_drill(&self, drill: &DrillRecord) -> Result<(), StoreError>;
 
     fn get_k3s(&self) -> Result<Option<K3sCluster>, StoreError>;
     fn put_k3s(&self, cluster: &K3sCluster) -> Result<(), StoreError>;

@@ -33,6 +33,7 @@ pub const HARDWARE_DIR: &str = "hardware";
 const SPEC_KEY: &str = "cluster_spec";
 const K3S_KEY: &str = "k3s_cluster";
 const ROLLOUT_KEY: &str = "rollout";
+const DRILL_KEY: &str = "recovery_drill";
 /// redb's page cache (9/10 for reads, 1/10 for writes). redb's default is
 /// 1 GiB, and it keeps every page it wrote or read until that is full: the
 /// hardware documents of 5,000 enrollments alone held 13 MiB of the
@@ -428,6 +429,19 @@ impl Store for RedbStore {
         {
             let mut meta = txn.open_table(META).map_err(engine)?;
             meta.insert(ROLLOUT_KEY, encode(rollout).as_slice()).map_err(engine)?;
+        }
+        txn.commit().map_err(engine)
+    }
+
+    fn get_drill(&self) -> Result<Option<DrillRecord>, StoreError> {
+        self.read_one(META, DRILL_KEY)
+    }
+
+    fn put_drill(&self, drill: &DrillRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        {
+            let mut meta = txn.open_table(META).map_err(engine)?;
+            meta.insert(DRILL_KEY, encode(drill).as_slice()).map_err(engine)?;
         }
         txn.commit().map_err(engine)
     }

@@ -245,3 +245,37 @@ fn secrets_are_replaced_deleted_and_survive_reopening() {
     assert_eq!(all.len(), 1);
     assert_eq!((all[0].name.as_str(), all[0].value.as_str()), ("ts", "two"));
 }
+
+#[test]
+fn the_last_drill_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let record = DrillRecord {
+        repository: "/srv/git/elysium".into(),
+        branch: "main".into(),
+        path: "clusters/kyrion".into(),
+        inputs: "abc".into(),
+        started_unix: 10,
+        finished_unix: 12,
+        duration_ms: 1500,
+        passed: false,
+        since_unix: 10,
+        commit: Some("0123".into()),
+        keys: 2,
+        sealed_secrets: 3,
+        sealed_secrets_opened: 2,
+        failures: vec![DrillFailure {
+            check: "sealed-secret".into(),
+            subject: "ai/openclaw-secrets".into(),
+            detail: "no vault key opens token".into(),
+        }],
+        warnings: vec![],
+    };
+    {
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.get_drill().unwrap(), None);
+        store.put_drill(&record).unwrap();
+    }
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(store.get_drill().unwrap(), Some(record));
+}
