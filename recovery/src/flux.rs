@@ -332,10 +332,10 @@ pub fn graph(
                                     .objects
                                     .into_iter()
                                     .map(|mut i| {
-                                        if let Some(t) = target {
-                                            if !kustomize::is_cluster_scoped(tree.objects[i.index].kind()) {
-                                                i.namespace = Some(t.to_owned());
-                                            }
+                                        if let Some(t) = target
+                                            && !kustomize::is_cluster_scoped(tree.objects[i.index].kind())
+                                        {
+                                            i.namespace = Some(t.to_owned());
                                         }
                                         i
                                     })

@@ -66,7 +66,9 @@ pub struct PreflightOptions {
 pub enum PreflightError {
     #[error(transparent)]
     Backup(#[from] BackupError),
-    #[error("no sealed-secrets keys from {origin}: the vault (or backup) holds none to check the repository against")]
+    #[error(
+        "no sealed-secrets keys from {origin}: the vault (or backup) holds none to check the repository against"
+    )]
     NoKeys { origin: String },
     #[error(transparent)]
     Repo(#[from] RepoError),

@@ -261,14 +261,15 @@ async fn a_server_too_old_for_the_instances_flux_is_refused_before_any_write() {
     let (repo, _) = today::repo(a, b);
     let work = tempfile::tempdir().expect("tempdir");
     // The instance asks for Flux 2.7.x, which needs Kubernetes 1.32.
-    let options = kube_apiserver_standin::Options {
-        git_version: "v1.31.4+k3s1".into(),
-        ..cluster::standin_options()
-    };
+    let options =
+        kube_apiserver_standin::Options { git_version: "v1.31.4+k3s1".into(), ..cluster::standin_options() };
     let (server, kubeconfig) = cluster::start_with(work.path(), options).await;
     let keys_file = write_keys_file(
         work.path(),
-        &keys_list(&[KeySecret::active("sealed-secrets-keynew01", a), KeySecret::active("sealed-secrets-keyold24", b)]),
+        &keys_list(&[
+            KeySecret::active("sealed-secrets-keynew01", a),
+            KeySecret::active("sealed-secrets-keyold24", b),
+        ]),
     );
     let manifest = work.path().join("install.yaml");
     std::fs::write(&manifest, operator_manifest()).expect("write manifest");
@@ -279,7 +280,10 @@ async fn a_server_too_old_for_the_instances_flux_is_refused_before_any_write() {
     let mut ui = RecordingUi::default();
     let e = apply::run(&p, &opts, &mut ui).await.expect_err("too old");
     let msg = chain(&e);
-    assert!(matches!(e, ApplyError::Refused(elysium_recovery::validate::ValidateError::ServerTooOld { .. })), "{msg}");
+    assert!(
+        matches!(e, ApplyError::Refused(elysium_recovery::validate::ValidateError::ServerTooOld { .. })),
+        "{msg}"
+    );
     assert!(msg.contains("v1.31.4+k3s1") && msg.contains("2.7.x"), "{msg}");
     assert!(server.mutations().is_empty(), "{:#?}", server.mutations());
 }
