@@ -158,6 +158,10 @@ pub struct RecoverArgs {
     /// version the flux-operator HelmRelease pins, from the operator's GitHub releases.
     #[arg(long, value_name = "FILE|URL")]
     pub flux_operator_manifest: Option<String>,
+    /// Go on when the cluster's Kubernetes is older than the repository's Flux supports
+    /// (the server-side dry run of every object still runs before the first write).
+    #[arg(long)]
+    pub skip_version_check: bool,
     /// Report format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -214,6 +218,7 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
         timeout: args.timeout,
         poll_interval: elysium_recovery::apply::DEFAULT_POLL,
         flux_operator_manifest: args.flux_operator_manifest.clone(),
+        skip_version_check: args.skip_version_check,
     };
     let mut ui = TerminalUi::new(json);
     let result = tokio::select! {

@@ -85,6 +85,10 @@ pub struct ApplyOptions {
     /// (`install.yaml`) for repositories the operator bootstraps. Without it, the release
     /// of the version the flux-operator HelmRelease pins is downloaded.
     pub flux_operator_manifest: Option<String>,
+    /// `--skip-version-check`: go on when the server is older than the Kubernetes the
+    /// repository's Flux supports. The server-side dry run still runs, so an object the
+    /// server cannot take still stops the run before the first write.
+    pub skip_version_check: bool,
 }
 
 impl ApplyOptions {
@@ -99,6 +103,7 @@ impl ApplyOptions {
             timeout: Duration::from_secs(30 * 60),
             poll_interval: DEFAULT_POLL,
             flux_operator_manifest: None,
+            skip_version_check: false,
         }
     }
 }
@@ -455,6 +460,13 @@ pub async fn run(
     // (crate::validate): a server too old for this Flux, or refusing an object, stops
     // the run here with the cluster and the ledger untouched.
     let requirement = match preflight.bootstrap.flux_version.as_deref() {
+        Some(v) if opts.skip_version_check => {
+            ui.event(Event::Note(format!(
+                "--skip-version-check: the server's Kubernetes version is not checked against Flux {v}; \
+                 the server-side dry run still is"
+            )));
+            None
+        }
         Some(v) => {
             let r = compat::requirement(v);
             if r.is_none() {

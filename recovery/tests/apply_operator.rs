@@ -286,4 +286,14 @@ async fn a_server_too_old_for_the_instances_flux_is_refused_before_any_write() {
     );
     assert!(msg.contains("v1.31.4+k3s1") && msg.contains("2.7.x"), "{msg}");
     assert!(server.mutations().is_empty(), "{:#?}", server.mutations());
+
+    // --skip-version-check: the operator's objects are dry-run and accepted, so it goes on
+    // (and stops later only because nothing plays the operator here).
+    opts.skip_version_check = true;
+    opts.timeout = Duration::from_secs(2);
+    let mut ui = RecordingUi::default();
+    let e = apply::run(&p, &opts, &mut ui).await.expect_err("no operator runs");
+    assert!(matches!(e, ApplyError::InstanceNotReady { .. }), "{}", chain(&e));
+    assert!(ui.text().contains("--skip-version-check"), "{}", ui.text());
+    assert!(!server.mutations().is_empty());
 }
