@@ -226,6 +226,7 @@ pub fn run(opts: &PreflightOptions) -> Result<Preflight, PreflightError> {
 
     // Trial decryption of every SealedSecret.
     let mut opened_values = vec![0usize; keys.len()];
+    let mut key_order = KeyOrder::new(&keys);
     // Those the layers apply, in the namespace the builds give them; then any other in the
     // repository (another cluster's, or not applied at all), in their own.
     let applied: BTreeSet<usize> = reachable.iter().map(|i| i.index).collect();
@@ -235,7 +236,15 @@ pub fn run(opts: &PreflightOptions) -> Result<Preflight, PreflightError> {
         .map(|i| {
             let o = &tree.objects[i.index];
             let layer = graph.layer_of(i.index).map(|l| l.kustomization.name.to_string());
-            let mut r = try_open(o, i.namespace.clone(), &tree, &keys, &mut opened_values, &mut notes);
+            let mut r = try_open(
+                o,
+                i.namespace.clone(),
+                &tree,
+                &keys,
+                &mut key_order,
+                &mut opened_values,
+                &mut notes,
+            );
             r.layer = layer.or_else(|| Some(bootstrap.kustomization.to_string()));
             r
         })
@@ -248,7 +257,7 @@ pub fn run(opts: &PreflightOptions) -> Result<Preflight, PreflightError> {
         .map(|(_, o)| o)
         .collect::<Vec<_>>();
     for o in others {
-        let r = try_open(o, None, &tree, &keys, &mut opened_values, &mut notes);
+        let r = try_open(o, None, &tree, &keys, &mut key_order, &mut opened_values, &mut notes);
         sealed_reports.push(r);
     }
     let any_opened = sealed_reports.iter().any(|s| s.opened && s.values > 0);
@@ -417,6 +426,7 @@ fn try_open(
     applied_namespace: Option<String>,
     tree: &Tree,
     keys: &[SealingKey],
+    order: &mut KeyOrder,
     opened_values: &mut [usize],
     notes: &mut Vec<String>,
 ) -> SealedSecretReport {
@@ -470,15 +480,11 @@ fn try_open(
             rep.unopened_values.push(format!("{entry} (not base64)"));
             continue;
         };
-        let opened = keys
-            .iter()
-            .enumerate()
-            .filter(|(_, k)| k.is_loaded_by_controller())
-            .find(|(_, k)| sealed::open(k.private_key(), &sealed_bytes, &label).is_ok());
+        let opened = order.try_each(|i| sealed::open(keys[i].private_key(), &sealed_bytes, &label).is_ok());
         match opened {
-            Some((i, k)) => {
+            Some(i) => {
                 opened_values[i] += 1;
-                used.insert(k.name().to_owned());
+                used.insert(keys[i].name().to_owned());
             }
             None => rep.unopened_values.push(entry.clone()),
         }
@@ -486,6 +492,30 @@ fn try_open(
     rep.keys = used.into_iter().collect();
     rep.opened = rep.unopened_values.is_empty();
     rep
+}
+
+/// The order keys are tried in: the one that opened the last value first. Every try with
+/// a wrong key costs a full RSA private-key operation, and a backup holds a key per month;
+/// but kubeseal seals all of a SealedSecret's values with one key, and a repository's
+/// secrets were mostly sealed with few keys, so the last key that worked is nearly always
+/// the next one that works. The start is newest first: new secrets are sealed with it.
+pub(crate) struct KeyOrder(Vec<usize>);
+
+impl KeyOrder {
+    /// The keys the controller would load, newest first.
+    pub(crate) fn new(keys: &[SealingKey]) -> KeyOrder {
+        let mut v: Vec<usize> = (0..keys.len()).filter(|&i| keys[i].is_loaded_by_controller()).collect();
+        v.sort_by_key(|&i| std::cmp::Reverse(keys[i].not_before()));
+        KeyOrder(v)
+    }
+
+    /// The first key `opens` accepts, which moves to the front.
+    fn try_each(&mut self, mut opens: impl FnMut(usize) -> bool) -> Option<usize> {
+        let pos = self.0.iter().position(|&i| opens(i))?;
+        let i = self.0.remove(pos);
+        self.0.insert(0, i);
+        Some(i)
+    }
 }
 
 /// `namespace:` of a kustomization.yaml in the SealedSecret's own directory.
@@ -866,6 +896,38 @@ fn sync_check(b: &Bootstrap, source: &RepoSource, branch: &str, path: &str) -> C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_that_opened_last_is_tried_first() {
+        let mut o = KeyOrder(vec![0, 1, 2, 3]);
+        let mut tried = Vec::new();
+        assert_eq!(
+            o.try_each(|i| {
+                tried.push(i);
+                i == 2
+            }),
+            Some(2)
+        );
+        assert_eq!(tried, [0, 1, 2]);
+        tried.clear();
+        assert_eq!(
+            o.try_each(|i| {
+                tried.push(i);
+                i == 2
+            }),
+            Some(2)
+        );
+        assert_eq!(tried, [2], "the last key that opened is tried first");
+        tried.clear();
+        assert_eq!(
+            o.try_each(|i| {
+                tried.push(i);
+                false
+            }),
+            None
+        );
+        assert_eq!(tried, [2, 0, 1, 3], "a value nothing opens tries every key once");
+    }
 
     #[test]
     fn paths_are_normalized_and_confined() {
