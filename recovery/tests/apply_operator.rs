@@ -261,9 +261,9 @@ async fn a_server_too_old_for_the_instances_flux_is_refused_before_any_write() {
     let (repo, _) = today::repo(a, b);
     let work = tempfile::tempdir().expect("tempdir");
     // The instance asks for Flux 2.7.x, which needs Kubernetes 1.32.
-    let options =
+    let standin =
         kube_apiserver_standin::Options { git_version: "v1.31.4+k3s1".into(), ..cluster::standin_options() };
-    let (server, kubeconfig) = cluster::start_with(work.path(), options).await;
+    let (server, kubeconfig) = cluster::start_with(work.path(), standin).await;
     let keys_file = write_keys_file(
         work.path(),
         &keys_list(&[
