@@ -428,7 +428,7 @@ pub fn bootstrap(root: &Path, path: &str, tree: &Tree, graph: &Graph) -> Result<
                 tree.objects[i.index].origin()
             ));
         }
-        Some((BootstrapForm::FluxInstance, instance_object(tree, i)?))
+        Some((BootstrapForm::FluxInstance, instance_object(tree, i)))
     } else if let Some(i) = charts.first() {
         if charts.len() > 1 {
             notes.push(format!(
@@ -437,7 +437,7 @@ pub fn bootstrap(root: &Path, path: &str, tree: &Tree, graph: &Graph) -> Result<
                 tree.objects[i.index].origin()
             ));
         }
-        Some((BootstrapForm::FluxInstanceChart, instance_from_chart(tree, i)?))
+        Some((BootstrapForm::FluxInstanceChart, instance_from_chart(tree, i)))
     } else {
         None
     };
@@ -546,7 +546,7 @@ fn operator_of(tree: &Tree, i: &Included) -> Operator {
     }
 }
 
-fn instance_object(tree: &Tree, i: &Included) -> Result<Instance, FluxError> {
+fn instance_object(tree: &Tree, i: &Included) -> Instance {
     let o = &tree.objects[i.index];
     let ns = i.namespace.as_deref().or(o.namespace()).unwrap_or(BOOTSTRAP_DIR);
     let mut body = serde_json::to_value(&o.value).unwrap_or_default();
@@ -555,19 +555,19 @@ fn instance_object(tree: &Tree, i: &Included) -> Result<Instance, FluxError> {
     }
     let version =
         body.pointer("/spec/distribution/version").and_then(serde_json::Value::as_str).map(str::to_owned);
-    Ok(Instance {
+    Instance {
         name: NamespacedName::new(ns, o.name()),
         origin: o.origin(),
         body,
         helm: None,
         distribution_version: version,
-    })
+    }
 }
 
 /// The FluxInstance the flux-instance chart renders: named `fullnameOverride` (the chart's
 /// default is `flux`, which is also the only name the operator accepts), in the release
 /// namespace, with the chart's defaults under `values.instance` (docs/reference/flux.md#the-flux-instance-chart).
-fn instance_from_chart(tree: &Tree, i: &Included) -> Result<Instance, FluxError> {
+fn instance_from_chart(tree: &Tree, i: &Included) -> Instance {
     let hr = &tree.objects[i.index];
     let ns = i.namespace.as_deref().or(hr.namespace()).unwrap_or("default");
     let (release_namespace, release_name) = controller::release_of(hr, ns);
@@ -593,7 +593,7 @@ fn instance_from_chart(tree: &Tree, i: &Included) -> Result<Instance, FluxError>
         "metadata": {"name": name, "namespace": release_namespace},
         "spec": spec,
     });
-    Ok(Instance {
+    Instance {
         name: NamespacedName::new(&release_namespace, &name),
         origin: hr.origin(),
         body,
@@ -604,7 +604,7 @@ fn instance_from_chart(tree: &Tree, i: &Included) -> Result<Instance, FluxError>
             release_namespace: release_namespace.clone(),
         }),
         distribution_version: version,
-    })
+    }
 }
 
 /// Helm's values merge: maps merge key by key, anything else (lists included) replaces.

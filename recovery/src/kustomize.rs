@@ -132,7 +132,7 @@ impl Builder<'_> {
                 continue;
             }
             let o = &self.tree.objects[index];
-            let ns = if CLUSTER_SCOPED.contains(&o.kind()) {
+            let ns = if is_cluster_scoped(o.kind()) {
                 None
             } else {
                 namespace.map(str::to_owned).or_else(|| o.namespace().map(str::to_owned))
@@ -196,6 +196,8 @@ impl Builder<'_> {
             }
         }
 
+        // An error ends the whole build (the builder is dropped), so only the way out that
+        // succeeds pops.
         self.stack.push(dir.to_owned());
         // Objects from the nested builds get this kustomization's namespace: collect them,
         // then override.
@@ -211,19 +213,14 @@ impl Builder<'_> {
                 continue;
             }
             let Some(target) = join_inside(dir, &entry) else {
-                self.stack.pop();
                 return Err(KustomizeError::OutsideRepository { entry, from: file.to_owned() });
             };
             let full = self.root.join(&target);
             if full.is_dir() {
                 let Some(kfile) = kustomization_file(self.root, &target) else {
-                    self.stack.pop();
                     return Err(KustomizeError::NoKustomization { dir: target, from: file.to_owned() });
                 };
-                if let Err(e) = self.kustomization(&target, &kfile) {
-                    self.stack.pop();
-                    return Err(e);
-                }
+                self.kustomization(&target, &kfile)?;
             } else if full.is_file() {
                 if self.tree.has_file(&target) {
                     self.include_file(&target, None);
@@ -235,14 +232,13 @@ impl Builder<'_> {
                     ));
                 }
             } else {
-                self.stack.pop();
                 return Err(KustomizeError::Missing { dir: target, from: Some(file.to_owned()) });
             }
         }
         self.stack.pop();
         if let Some(ns) = namespace {
             for inc in &mut self.out.objects[first..] {
-                if !CLUSTER_SCOPED.contains(&self.tree.objects[inc.index].kind()) {
+                if !is_cluster_scoped(self.tree.objects[inc.index].kind()) {
                     inc.namespace = Some(ns.to_owned());
                 }
             }

@@ -629,6 +629,7 @@ fn values_checks(
 ) -> Vec<Check> {
     const NAME: &str = "values-secret";
     let mut out = Vec::new();
+    let reachable = graph.reachable();
     let mut seen = BTreeSet::new();
     for layer in &graph.layers {
         for inc in &layer.objects {
@@ -668,7 +669,7 @@ fn values_checks(
                     ));
                     continue;
                 }
-                let plain = graph.reachable().iter().any(|i| {
+                let plain = reachable.iter().any(|i| {
                     let o = &tree.objects[i.index];
                     o.group().is_empty()
                         && o.kind() == "Secret"
@@ -771,14 +772,11 @@ fn bootstrap_check(b: &Bootstrap) -> Check {
             );
             match &b.operator {
                 Some(o) => {
-                    let _ = std::fmt::Write::write_fmt(
-                        &mut detail,
-                        format_args!(
-                            "; the operator from HelmRelease {} (chart {})",
-                            o.owner.helm_release,
-                            o.version.as_deref().unwrap_or("version not pinned")
-                        ),
-                    );
+                    detail.push_str(&format!(
+                        "; the operator from HelmRelease {} (chart {})",
+                        o.owner.helm_release,
+                        o.version.as_deref().unwrap_or("version not pinned")
+                    ));
                 }
                 None => detail.push_str("; no flux-operator HelmRelease is applied, so --flux-operator-manifest must say which operator to install"),
             }
