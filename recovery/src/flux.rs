@@ -630,7 +630,9 @@ fn classic(root: &Path, path: &str, tree: &Tree) -> Result<Bootstrap, FluxError>
     let components = dir.join(COMPONENTS_FILE);
     let sync = dir.join(SYNC_FILE);
     for f in [&components, &sync] {
-        if !root.join(f).is_file() {
+        // Read from the tree, which holds only regular files inside the repository (a
+        // symbolic link to elsewhere is not read).
+        if !tree.has_file(f) {
             return Err(FluxError::BootstrapFileMissing { file: f.clone() });
         }
     }

@@ -65,6 +65,11 @@ pub enum KustomizeError {
     OutsideRepository { entry: String, from: PathBuf },
     #[error("{file} is not a valid kustomization file: {reason}")]
     Invalid { file: PathBuf, reason: String },
+    #[error(
+        "{path} is a symbolic link that leads outside the repository; kustomize-controller refuses to \
+         read outside the checkout too: commit the files instead of a link to them"
+    )]
+    LinkOutside { path: PathBuf },
     #[error("the kustomizations include each other in a loop: {}", chain.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" → "))]
     Loop { chain: Vec<PathBuf> },
 }
@@ -101,6 +106,9 @@ pub fn build(root: &Path, tree: &Tree, dir: &Path) -> Result<Build, KustomizeErr
     if !root.join(dir).is_dir() {
         return Err(KustomizeError::Missing { dir: dir.to_owned(), from: None });
     }
+    if !resolves_inside(root, dir) {
+        return Err(KustomizeError::LinkOutside { path: dir.to_owned() });
+    }
     let mut b = Builder { root, tree, stack: Vec::new(), out: Build::default(), seen: BTreeSet::new() };
     match kustomization_file(root, dir) {
         Some(file) => b.kustomization(dir, &file)?,
@@ -111,7 +119,23 @@ pub fn build(root: &Path, tree: &Tree, dir: &Path) -> Result<Build, KustomizeErr
 
 /// The kustomization file in `dir`, if any.
 pub fn kustomization_file(root: &Path, dir: &Path) -> Option<PathBuf> {
-    KUSTOMIZATION_FILES.iter().map(|f| dir.join(f)).find(|f| root.join(f).is_file())
+    KUSTOMIZATION_FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|f| root.join(f).is_file() && resolves_inside(root, f))
+}
+
+/// Whether `rel` (relative to the repository root), symbolic links followed, is still inside
+/// the repository. The repository is someone's commits: a link to `/etc` or beside the
+/// checkout must not make the preflight (or the coordinator's drill) read what it points at.
+/// Flux's kustomize-controller reads through the same kind of restricted file system
+/// (fluxcd/pkg `filesys.MakeFsOnDiskSecure`). A path that does not resolve at all counts as
+/// inside: the callers report it missing.
+pub fn resolves_inside(root: &Path, rel: &Path) -> bool {
+    match (root.canonicalize(), root.join(rel).canonicalize()) {
+        (Ok(root), Ok(full)) => full.starts_with(root),
+        _ => true,
+    }
 }
 
 struct Builder<'a> {
@@ -216,6 +240,9 @@ impl Builder<'_> {
                 return Err(KustomizeError::OutsideRepository { entry, from: file.to_owned() });
             };
             let full = self.root.join(&target);
+            if !resolves_inside(self.root, &target) {
+                return Err(KustomizeError::LinkOutside { path: target });
+            }
             if full.is_dir() {
                 let Some(kfile) = kustomization_file(self.root, &target) else {
                     return Err(KustomizeError::NoKustomization { dir: target, from: file.to_owned() });
