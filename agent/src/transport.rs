@@ -74,6 +74,10 @@ impl Target {
             return Err(bad());
         }
         let host = uri.host().ok_or_else(bad)?.trim_start_matches('[').trim_end_matches(']').to_owned();
+        // Refused here rather than at the first connection: `https://[]` has an empty host.
+        if ServerName::try_from(host.as_str()).is_err() {
+            return Err(bad());
+        }
         let port = uri.port_u16().unwrap_or(elysium_identity::DEFAULT_PORT);
         Ok(Self { url: url.trim_end_matches('/').to_owned(), host, port })
     }

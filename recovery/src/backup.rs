@@ -114,6 +114,11 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the sealed-secrets keys file {path} is binary data but not an age file (a plaintext backup is \
+         YAML text): if it is an age-encrypted backup, it is damaged; use another copy"
+    )]
+    Binary { path: PathBuf },
     #[error("the sealed-secrets keys file {path} is not usable")]
     Keys {
         path: PathBuf,
@@ -199,6 +204,11 @@ pub fn read(path: &Path, age: &AgeOptions) -> Result<(Zeroizing<Vec<u8>>, Form),
     );
     let form = Form::of(&bytes);
     if form == Form::Plaintext {
+        // An age file whose first bytes were damaged no longer looks like one; its binary
+        // payload is never UTF-8, which every YAML keys file is.
+        if std::str::from_utf8(&bytes).is_err() {
+            return Err(BackupError::Binary { path: path.to_owned() });
+        }
         return Ok((bytes, form));
     }
     let what = format!("the sealed-secrets keys file {}", path.display());
