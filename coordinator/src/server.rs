@@ -120,6 +120,8 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(Some(64))
+        // Status messages quote what callers sent: bound them (services/status.rs).
+        .layer(tower::util::MapResponseLayer::new(crate::services::bound_status_message))
         .add_service(enrollment)
         .add_service(session)
         .add_service(admin)

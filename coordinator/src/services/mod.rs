@@ -13,3 +13,4 @@ mod vault;
 pub(crate) use admin::AdminService;
 pub(crate) use enrollment::EnrollmentService;
 pub(crate) use session::SessionService;
+pub(crate) use status::bound_status_message;
