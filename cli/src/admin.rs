@@ -21,6 +21,12 @@ use elysium_agent::transport::{self, Target};
 const QUICKSTART_ADMIN: &str = "elysium-data/admin.toml";
 
 pub(super) async fn client(conn: &AdminConn) -> anyhow::Result<AdminClient<Channel>> {
+    let (path, cfg) = credentials(conn)?;
+    client_with(&path, &cfg).await
+}
+
+/// The admin credentials file `conn` names (or quickstart's), and what it holds.
+pub(super) fn credentials(conn: &AdminConn) -> anyhow::Result<(PathBuf, datadir::AdminConfig)> {
     let path = match &conn.config {
         Some(p) => p.clone(),
         None if std::path::Path::new(QUICKSTART_ADMIN).exists() => PathBuf::from(QUICKSTART_ADMIN),
@@ -29,6 +35,13 @@ pub(super) async fn client(conn: &AdminConn) -> anyhow::Result<AdminClient<Chann
         ),
     };
     let cfg = datadir::load_admin_config(&path)?;
+    Ok((path, cfg))
+}
+
+pub(super) async fn client_with(
+    path: &std::path::Path,
+    cfg: &datadir::AdminConfig,
+) -> anyhow::Result<AdminClient<Channel>> {
     let tls = transport::mtls(&cfg.ca_pem, &cfg.cert_pem, &cfg.key_pem)
         .with_context(|| format!("the admin credentials in {} are unusable", path.display()))?;
     let channel = transport::channel(&Target::parse(&cfg.coordinator)?, tls).await?;

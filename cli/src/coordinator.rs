@@ -1,4 +1,4 @@
-//! `coordinator init | serve | quickstart`.
+//! `coordinator init | serve | quickstart` (and `admin`, in `admins`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -9,7 +9,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use elysium_coordinator::datadir::{self, InitOptions};
 use elysium_coordinator::server::{self, Coordinator, ServerTls};
-use elysium_coordinator::store::RedbStore;
 use elysium_coordinator::tokens::Role;
 
 use super::{CoordinatorCommand, InitArgs};
@@ -34,6 +33,7 @@ pub async fn run(cmd: CoordinatorCommand) -> anyhow::Result<ExitCode> {
             }
             serve(&args.data_dir, args.listen, Some(())).await
         }
+        CoordinatorCommand::Admin(cmd) => super::admins::run(cmd).await,
     }
 }
 
@@ -78,7 +78,9 @@ fn join_address(sans: &[String], listen: SocketAddr) -> String {
 
 async fn serve(data_dir: &Path, listen: SocketAddr, quickstart: Option<()>) -> anyhow::Result<ExitCode> {
     let dir = datadir::load(data_dir)?;
-    let store = RedbStore::open(&dir.store_path())?;
+    // Registers admin.toml's certificate in a data directory from before admins
+    // were registered.
+    let store = datadir::open_store(&dir)?;
     let tls = ServerTls::from_data_dir(&dir);
     let sans = dir.config.sans.clone();
     let name = dir.config.name.clone();

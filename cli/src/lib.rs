@@ -6,6 +6,7 @@
 //! tests call it too.
 
 mod admin;
+mod admins;
 mod coordinator;
 mod inventory;
 mod k3s;
@@ -179,6 +180,9 @@ pub enum CoordinatorCommand {
     /// Initialise (if needed) a coordinator in a local directory, print how a
     /// node joins, and serve it.
     Quickstart(QuickstartArgs),
+    /// Named admin credentials: create, list and revoke them.
+    #[command(subcommand, after_help = admins::ADMIN_HELP)]
+    Admin(admins::AdminCommand),
 }
 
 #[derive(Debug, Args)]

@@ -5,8 +5,9 @@
 //! DIR/coordinator.toml   name and certificate names (SANs)
 //! DIR/ca.crt, ca.key     the CA (key 0600)
 //! DIR/server.crt, .key   the TLS server certificate (key 0600)
-//! DIR/admin.toml         admin credentials, like a kubeconfig (0600)
-//! DIR/state.redb         tokens, nodes, spec, events, the key vault (encrypted)
+//! DIR/admin.toml         the first admin's credentials, like a kubeconfig (0600)
+//! DIR/state.redb         tokens, nodes, spec, events, the key vault (encrypted),
+//!                        the registered admin certificates
 //! DIR/hardware/          each node's hardware document, `<node id>.json` (store::hardware)
 //! DIR/vault.key          the key vault's age identity (0600); not in state.redb,
 //!                        so a copy of the store alone reveals no sealing key
@@ -17,7 +18,9 @@ use std::path::{Path, PathBuf};
 use elysium_host::{FsError, RootFs};
 use serde::{Deserialize, Serialize};
 
+use crate::admins::{self, BadName, RecordError};
 use crate::pki::{Ca, PkiError};
+use crate::store::{AdminRecord, AdminWriteError, RedbStore, Store, StoreError};
 
 /// Default TCP port of the coordinator (the nodes' default too: `elysium-identity`).
 pub use elysium_identity::DEFAULT_PORT;
@@ -83,6 +86,21 @@ pub enum DataDirError {
     Fs(#[from] FsError),
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "the state store {} is in use: is the coordinator running? Stop it first, or create the admin through it with `--config` (an existing admin's credentials)",
+        .0.display()
+    )]
+    StoreInUse(PathBuf),
+    #[error(transparent)]
+    BadName(#[from] BadName),
+    #[error(transparent)]
+    AdminRecord(#[from] RecordError),
+    #[error(transparent)]
+    AdminWrite(#[from] AdminWriteError),
+    #[error("{} exists; refusing to overwrite credentials (choose another --out, or remove it first)", .0.display())]
+    OutExists(PathBuf),
     #[error("could not serialise {file}")]
     Serialise {
         file: &'static str,
@@ -146,6 +164,7 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<AdminConfig, DataDirError>
     let (ca, ca_issued) = Ca::generate(&opts.name)?;
     let server = ca.issue_server(&opts.name, &sans)?;
     let admin = ca.issue_admin("operator")?;
+    let admin_der = admin.cert_der.clone();
     // Prefer an address the operator named over loopback for the admin file.
     let host = opts.sans.first().cloned().unwrap_or_else(|| "127.0.0.1".to_owned());
     let admin_cfg = AdminConfig {
@@ -171,6 +190,11 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<AdminConfig, DataDirError>
         fs.write_atomic(staging.join(ADMIN_FILE), toml_string(ADMIN_FILE, &admin_cfg)?.as_bytes(), 0o600)?;
         let vault = crate::vault::VaultKey::generate();
         fs.write_atomic(staging.join(VAULT_KEY), vault.file_text().as_bytes(), 0o600)?;
+        // Register the first admin: the Admin service accepts only registered
+        // admin certificates.
+        let store = RedbStore::open(&staging.join(STORE_FILE))?;
+        store.create_admin(&admins::record_for(&admin_der, "", unix_now())?)?;
+        drop(store);
         elysium_host::fs::rename(&staging, &abs)?;
         Ok(())
     })();
@@ -196,6 +220,89 @@ pub fn load(dir: &Path) -> Result<DataDir, DataDirError> {
         .map_err(|source| DataDirError::BadConfig { path: config_path, source })?;
     let ca = Ca::load(&read(CA_CERT)?, &read(CA_KEY)?)?;
     Ok(DataDir { config, ca, server_cert_pem: read(SERVER_CERT)?, server_key_pem: read(SERVER_KEY)?, path })
+}
+
+/// Opens the data directory's state store for serving. A data directory from
+/// before admins were registered has none: the admin certificate in its
+/// `admin.toml` is registered then, so the admin that `init` made keeps working.
+pub fn open_store(dir: &DataDir) -> Result<RedbStore, DataDirError> {
+    let store = open_store_file(&dir.store_path())?;
+    if store.list_admins()?.is_empty() {
+        adopt_admin_file(dir, &store)?;
+    }
+    Ok(store)
+}
+
+fn open_store_file(path: &Path) -> Result<RedbStore, DataDirError> {
+    RedbStore::open(path).map_err(|e| match e {
+        StoreError::Open { source, .. } if matches!(*source, redb::DatabaseError::DatabaseAlreadyOpen) => {
+            DataDirError::StoreInUse(path.to_path_buf())
+        }
+        e => e.into(),
+    })
+}
+
+/// Registers the certificate of `DIR/admin.toml`, if there is one, as the first
+/// admin.
+fn adopt_admin_file(dir: &DataDir, store: &dyn Store) -> Result<(), DataDirError> {
+    let path = dir.path.join(ADMIN_FILE);
+    if !RootFs::new("/").exists(&path) {
+        tracing::warn!(path = %path.display(), "no admin is registered and there is no admin.toml to register");
+        return Ok(());
+    }
+    let cfg = load_admin_config(&path)?;
+    let der = crate::pki::pem_to_der(&cfg.cert_pem).ok_or(PkiError::BadCertificate)?;
+    // Trusted as the directory is: whoever can write admin.toml here can read
+    // ca.key beside it.
+    let record = admins::record_for(&der, "", unix_now())?;
+    if store.adopt_first_admin(&record)? {
+        tracing::info!(admin = %record.name, fingerprint = %record.fingerprint, "registered the admin of admin.toml");
+    }
+    Ok(())
+}
+
+/// `created_by` of an admin made with `coordinator admin create --data-dir`.
+pub const CREATED_IN_DATA_DIR: &str = "data-dir";
+
+/// `coordinator admin create --data-dir`: signs `csr_der` as the admin
+/// certificate of `name` with the data directory's CA and registers it, with the
+/// coordinator stopped (the store is opened here; a running coordinator holds
+/// it). For the first admin of a data directory whose admins were all revoked or
+/// lost; otherwise an admin creates admins through the Admin service.
+pub fn create_admin(
+    dir: &DataDir,
+    name: &str,
+    csr_der: &[u8],
+) -> Result<(AdminRecord, String), DataDirError> {
+    admins::check_name(name)?;
+    let store = open_store(dir)?;
+    if store.list_admins()?.iter().any(|a| a.name == name && !a.is_revoked()) {
+        return Err(AdminWriteError::NameTaken(name.to_owned()).into());
+    }
+    let (pem, der) = dir.ca.sign_admin_csr(csr_der, name)?;
+    let record = admins::record_for(&der, CREATED_IN_DATA_DIR, unix_now())?;
+    store.create_admin(&record)?;
+    Ok((record, pem))
+}
+
+/// Writes an admin credentials file, 0600; refuses to replace an existing file
+/// (it may be someone's only credentials).
+pub fn write_admin_config(path: &Path, cfg: &AdminConfig) -> Result<(), DataDirError> {
+    let fs = RootFs::new("/");
+    let path =
+        std::path::absolute(path).map_err(|source| FsError { op: "resolve", path: path.into(), source })?;
+    if fs.exists(&path) {
+        return Err(DataDirError::OutExists(path));
+    }
+    fs.write_atomic(&path, toml_string(ADMIN_FILE, cfg)?.as_bytes(), 0o600)?;
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Reads an admin credentials file.
@@ -240,6 +347,65 @@ mod tests {
         assert!(matches!(err, DataDirError::Exists(_)), "{err}");
         assert_eq!(std::fs::read(dir.join(CA_KEY)).unwrap(), before, "the CA must be untouched");
         assert!(!format!("{admin:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn init_registers_its_admin_and_an_older_data_dir_adopts_admin_toml() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let opts = InitOptions { name: "lab".into(), sans: vec![], port: 7443 };
+        let admin = init(&dir, &opts).unwrap();
+        let fingerprint = crate::pki::fingerprint(&crate::pki::pem_to_der(&admin.cert_pem).unwrap());
+        let loaded = load(&dir).unwrap();
+        {
+            let admins = open_store(&loaded).unwrap().list_admins().unwrap();
+            assert_eq!(admins.len(), 1);
+            assert_eq!(
+                (admins[0].name.as_str(), admins[0].fingerprint.as_str()),
+                ("operator", &*fingerprint)
+            );
+        }
+        // A data directory from before admins were recorded: a store without
+        // admin records. Opening it registers admin.toml's certificate.
+        elysium_host::fs::remove_file(dir.join(STORE_FILE)).unwrap();
+        {
+            let admins = open_store(&loaded).unwrap().list_admins().unwrap();
+            assert_eq!(admins.len(), 1, "{admins:?}");
+            assert_eq!(admins[0].fingerprint, fingerprint);
+            assert!(!admins[0].is_revoked());
+        }
+        // The store is in use while a coordinator holds it: a clear refusal.
+        let held = open_store(&loaded).unwrap();
+        let (_, csr) = elysium_identity::cert::admin_key_and_csr().unwrap();
+        let err = create_admin(&loaded, "rescue", &csr).unwrap_err();
+        assert!(matches!(err, DataDirError::StoreInUse(_)), "{err}");
+        assert!(err.to_string().contains("is the coordinator running"), "{err}");
+        drop(held);
+        let (record, pem) = create_admin(&loaded, "rescue", &csr).unwrap();
+        assert_eq!((record.name.as_str(), record.created_by.as_str()), ("rescue", CREATED_IN_DATA_DIR));
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        let err = create_admin(&loaded, "rescue", &csr).unwrap_err();
+        assert!(matches!(err, DataDirError::AdminWrite(AdminWriteError::NameTaken(_))), "{err}");
+    }
+
+    #[test]
+    fn credentials_are_written_0600_and_never_over_another_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("alice.toml");
+        let cfg = AdminConfig {
+            coordinator: "https://127.0.0.1:7443".into(),
+            ca_pem: "ca".into(),
+            cert_pem: "cert".into(),
+            key_pem: "-----BEGIN PRIVATE KEY-----\nSECRETKEYMARKER\n-----END PRIVATE KEY-----\n".into(),
+        };
+        write_admin_config(&path, &cfg).unwrap();
+        assert_eq!(RootFs::new("/").mode(&path).unwrap(), 0o600);
+        assert_eq!(load_admin_config(&path).unwrap(), cfg);
+        let err = write_admin_config(&path, &cfg).unwrap_err();
+        assert!(matches!(err, DataDirError::OutExists(_)), "{err}");
+        assert!(
+            !err.to_string().contains("SECRETKEYMARKER") && !format!("{err:?}").contains("SECRETKEYMARKER")
+        );
     }
 
     #[test]

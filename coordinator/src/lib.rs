@@ -7,8 +7,10 @@
 //!
 //! Dependencies point one way, floor by floor: `server` → `services` → `driver`
 //! (the rollout driver), `drill` (the recovery drill) → `state` (the live, shared state) → `vault`, `k3s`,
-//! `convert` → `store` → the pure `rollout`, `tokens` and `pki`.
+//! `convert` → `store` → the pure `rollout`, `tokens` and `pki`. `admins` (the
+//! rules of named admin credentials) stands on `store`'s record and `pki`.
 
+pub mod admins;
 pub mod datadir;
 pub mod k3s;
 pub mod pki;

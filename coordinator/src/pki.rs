@@ -120,6 +120,22 @@ impl Ca {
         self.issue_with_new_key(params)
     }
 
+    /// Signs an admin's CSR (`coordinator admin create` through the Admin
+    /// service): like [`Self::sign_node_csr`], only the public key is used, so the
+    /// admin's private key stays where the credentials file is written.
+    pub fn sign_admin_csr(&self, csr_der: &[u8], name: &str) -> Result<(String, Vec<u8>), PkiError> {
+        let csr =
+            CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).map_err(PkiError::BadCsr)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(&format!("{ADMIN_CN_PREFIX}{name}"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.serial_number = Some(random_serial());
+        set_validity(&mut params, LEAF_VALIDITY);
+        let cert = params.signed_by(&csr.public_key, &self.issuer).map_err(PkiError::Sign)?;
+        Ok((cert.pem(), cert.der().to_vec()))
+    }
+
     /// Signs a node's CSR. Only the CSR's public key is used: the subject is set by
     /// the coordinator so a node cannot name itself after another node or an admin.
     pub fn sign_node_csr(&self, csr_der: &[u8], node_id: &str) -> Result<(String, Vec<u8>), PkiError> {
@@ -169,6 +185,12 @@ pub fn identify(cert_der: &[u8]) -> Result<PeerIdentity, PkiError> {
     } else {
         Err(PkiError::UnknownSubject(cn))
     }
+}
+
+/// A certificate's NotAfter, in Unix seconds.
+pub fn not_after_unix(cert_der: &[u8]) -> Result<i64, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|_| PkiError::BadCertificate)?;
+    Ok(cert.validity().not_after.timestamp())
 }
 
 fn set_validity(params: &mut CertificateParams, validity: Duration) {

@@ -22,7 +22,7 @@ pub use crate::state::Coordinator;
 pub use elysium_host::{Clock, SystemClock};
 
 use crate::datadir::DataDir;
-use crate::services::{AdminService, EnrollmentService, SessionService};
+use crate::services::{AdminGate, AdminService, EnrollmentService, SessionService};
 
 /// The coordinator's clock outside tests: the operating system's.
 pub fn system_clock() -> Arc<dyn Clock> {
@@ -87,6 +87,9 @@ pub async fn run(
     let admin = pb::admin_server::AdminServer::new(AdminService::new(coordinator.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Every Admin request is checked against the registered, unrevoked admins.
+    let admin =
+        tonic::service::interceptor::InterceptedService::new(admin, AdminGate::new(coordinator.clone()));
 
     // Ending all sessions at shutdown lets the server's graceful drain finish
     // instead of waiting for agents' streams that never end on their own.

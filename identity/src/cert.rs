@@ -16,7 +16,7 @@ pub const ORGANIZATION: &str = "elysium-node";
 
 /// The node's key pair or CSR could not be made.
 #[derive(Debug, thiserror::Error)]
-#[error("could not generate the node's key pair and certificate signing request")]
+#[error("could not generate a key pair and certificate signing request")]
 pub struct CsrError(#[source] rcgen::Error);
 
 /// Hex SHA-256 of a certificate's DER bytes: the CA fingerprint carried by join
@@ -40,6 +40,18 @@ pub fn node_key_and_csr() -> Result<(String, Vec<u8>), CsrError> {
     let mut params = CertificateParams::default();
     // The coordinator overrides the subject; this one only documents intent.
     params.distinguished_name = distinguished_name("elysium-node");
+    let csr = params.serialize_request(&key).map_err(CsrError)?;
+    Ok((key.serialize_pem(), csr.der().to_vec()))
+}
+
+/// Generates an admin's key pair and a CSR for it, where the credentials file is
+/// written (`coordinator admin create`). Returns (key PEM, CSR DER). The key is a
+/// secret: write it 0600, never log it.
+pub fn admin_key_and_csr() -> Result<(String, Vec<u8>), CsrError> {
+    let key = KeyPair::generate().map_err(CsrError)?;
+    let mut params = CertificateParams::default();
+    // The coordinator sets the subject (`admin:<name>`); this one only documents intent.
+    params.distinguished_name = distinguished_name("elysium-admin");
     let csr = params.serialize_request(&key).map_err(CsrError)?;
     Ok((key.serialize_pem(), csr.der().to_vec()))
 }

@@ -1,5 +1,5 @@
-//! `Admin`: tokens, nodes, the cluster spec and events. Only the admin certificate
-//! may call it.
+//! `Admin`: tokens, nodes, the cluster spec and events. Only a registered admin
+//! certificate may call it (`auth::AdminGate`).
 
 use std::sync::Arc;
 
@@ -7,6 +7,7 @@ use elysium_proto::v1 as pb;
 use elysium_spec::ClusterSpec;
 use tonic::{Request, Response, Status};
 
+use super::admins;
 use super::auth::require_admin;
 use super::status::{blocking, internal};
 use super::vault;
@@ -486,6 +487,30 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<Self::ExportSealingKeysStreamStream>, Status> {
         let admin = require_admin(&request)?;
         vault::export_stream(&self.coordinator, &admin, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn create_admin(
+        &self,
+        request: Request<pb::CreateAdminRequest>,
+    ) -> Result<Response<pb::CreateAdminResponse>, Status> {
+        let admin = require_admin(&request)?;
+        admins::create(&self.coordinator, &admin, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_admins(
+        &self,
+        request: Request<pb::ListAdminsRequest>,
+    ) -> Result<Response<pb::ListAdminsResponse>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(admins::list(&self.coordinator)))
+    }
+
+    async fn revoke_admin(
+        &self,
+        request: Request<pb::RevokeAdminRequest>,
+    ) -> Result<Response<pb::AdminInfo>, Status> {
+        let admin = require_admin(&request)?;
+        admins::revoke(&self.coordinator, &admin, request.into_inner()).await.map(Response::new)
     }
 }
 

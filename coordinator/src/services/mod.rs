@@ -4,6 +4,7 @@
 //! nothing of the server that hosts it; the server knows the services.
 
 mod admin;
+mod admins;
 mod auth;
 mod enrollment;
 mod session;
@@ -11,6 +12,7 @@ mod status;
 mod vault;
 
 pub(crate) use admin::AdminService;
+pub(crate) use auth::AdminGate;
 pub(crate) use enrollment::EnrollmentService;
 pub(crate) use session::SessionService;
 pub(crate) use status::bound_status_message;

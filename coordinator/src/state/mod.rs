@@ -9,6 +9,7 @@
 //! each is done one way. Does not own persistence (the [`Store`]) nor any policy
 //! (who may call what, when a rollout advances).
 
+mod admins;
 mod cluster;
 mod events;
 mod sessions;
@@ -22,6 +23,7 @@ use elysium_host::Clock;
 use elysium_proto::v1 as pb;
 use tokio::sync::{Notify, watch};
 
+pub(crate) use admins::{AdminCheck, CreateAdminError};
 pub use cluster::{ClusterState, ParsedSpec};
 pub(crate) use sessions::{LiveSession, Outbound, OutboundMessage};
 
@@ -60,6 +62,8 @@ pub struct Coordinator {
     pub(crate) drill_kick: Notify,
     /// Where the drill writes the deploy key for git, for the moment git runs.
     drill_scratch: Mutex<PathBuf>,
+    /// The admin certificates the Admin service accepts (`state::admins`).
+    admins: admins::Admins,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -109,6 +113,12 @@ impl Coordinator {
         }
         let secrets = store.list_secrets()?.into_iter().map(|s| (s.name.clone(), s)).collect();
         let rollout = store.get_rollout()?.map(|r| Arc::new(Published::new(r)));
+        let admins = admins::Admins::load(store.as_ref())?;
+        if admins.all().iter().all(|a| a.is_revoked()) {
+            tracing::warn!(
+                "no admin certificate is registered and valid: admin commands will be refused; create one on this machine with `elysium-node coordinator admin create NAME --data-dir DIR --out FILE` (with the coordinator stopped)"
+            );
+        }
         Ok(Arc::new(Self {
             store,
             ca,
@@ -128,6 +138,7 @@ impl Coordinator {
             vault,
             drill_kick: Notify::new(),
             drill_scratch: Mutex::new(std::env::temp_dir()),
+            admins,
         }))
     }
 

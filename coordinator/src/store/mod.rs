@@ -271,6 +271,56 @@ pub struct EventRecord {
     pub message: String,
 }
 
+/// An admin credential (`coordinator admin create`): which certificate it is and
+/// whether it still opens the Admin service. Nothing in it is secret; the private
+/// key exists only in the admin's credentials file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRecord {
+    /// The `admin:<name>` of the certificate's subject. Unique among the admins
+    /// not revoked; a revoked name may be given to a new certificate.
+    pub name: String,
+    /// Hex SHA-256 of the certificate (DER): what a request is checked against.
+    pub fingerprint: String,
+    pub created_unix: i64,
+    /// The certificate's NotAfter.
+    pub expires_unix: i64,
+    /// When it was revoked; 0 while it is valid.
+    #[serde(default)]
+    pub revoked_unix: i64,
+    /// The admin that created it; empty for the one `coordinator init` made,
+    /// `data-dir` for one made with `coordinator admin create --data-dir`.
+    #[serde(default)]
+    pub created_by: String,
+}
+
+impl AdminRecord {
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_unix != 0
+    }
+}
+
+/// Why an admin could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminWriteError {
+    #[error(
+        "an admin named {0:?} exists; pick another name, or revoke it first (`elysium-node coordinator admin revoke {0}`)"
+    )]
+    NameTaken(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What [`Store::revoke_admin`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRevocation {
+    /// Revoked now; the record as stored.
+    Revoked(AdminRecord),
+    /// No admin of that name that is not revoked already.
+    NotFound,
+    /// Refused: it is the last admin not revoked, and the caller did not force it.
+    Last(AdminRecord),
+}
+
 /// The storage engine failed (I/O, corruption, a bug).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -383,6 +433,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn put_vault(&self, record: &VaultRecord, sealed: Option<&[u8]>) -> Result<(), StoreError>;
     /// The encrypted item of a vault record.
     fn get_vault_sealed(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every admin credential, revoked ones too, oldest first.
+    fn list_admins(&self) -> Result<Vec<AdminRecord>, StoreError>;
+    /// Adds an admin; refused when one of that name is not revoked.
+    fn create_admin(&self, admin: &AdminRecord) -> Result<(), AdminWriteError>;
+    /// Adds `admin` only if no admin was ever recorded (a data directory from
+    /// before admins were recorded); returns whether it did. One transaction.
+    fn adopt_first_admin(&self, admin: &AdminRecord) -> Result<bool, StoreError>;
+    /// Revokes the admin of that name that is not revoked, at `now`; unless
+    /// `allow_last`, refuses when no other valid admin would remain. One
+    /// transaction, so two revocations at once cannot remove the last two admins.
+    fn revoke_admin(&self, name: &str, now: i64, allow_last: bool) -> Result<AdminRevocation, StoreError>;
 
     fn append_event(&self, unix: i64, kind: &str, subject: &str, message: &str) -> Result<u64, StoreError> {
         self.append_events(&[NewEvent {

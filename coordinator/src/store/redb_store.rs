@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 use super::hardware::HardwareDocs;
 use super::*;
 
+mod admins;
+
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// id → the node's hardware inventory document (JSON): where stores of the
@@ -26,6 +28,8 @@ const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 /// Key vault: id → [`VaultRecord`] (plain metadata), and id → age ciphertext.
 const VAULT: TableDefinition<&str, &[u8]> = TableDefinition::new("vault");
 const VAULT_SEALED: TableDefinition<&str, &[u8]> = TableDefinition::new("vault_sealed");
+/// Admin credentials: certificate fingerprint → [`AdminRecord`] (`admins`).
+const ADMINS: TableDefinition<&str, &[u8]> = TableDefinition::new("admins");
 
 /// The hardware documents' directory, beside the store file.
 pub const HARDWARE_DIR: &str = "hardware";
@@ -89,6 +93,7 @@ impl RedbStore {
             txn.open_table(SECRETS).map_err(engine)?;
             txn.open_table(VAULT).map_err(engine)?;
             txn.open_table(VAULT_SEALED).map_err(engine)?;
+            txn.open_table(ADMINS).map_err(engine)?;
         }
         txn.commit().map_err(engine)?;
         let dir = path.parent().unwrap_or(Path::new(".")).join(HARDWARE_DIR);
@@ -507,6 +512,24 @@ impl Store for RedbStore {
         let txn = self.db.begin_read().map_err(engine)?;
         let table = txn.open_table(VAULT_SEALED).map_err(engine)?;
         Ok(table.get(id).map_err(engine)?.map(|v| v.value().to_vec()))
+    }
+
+    fn list_admins(&self) -> Result<Vec<AdminRecord>, StoreError> {
+        let mut admins: Vec<AdminRecord> = self.read_all(ADMINS)?;
+        admins.sort_by(|a, b| (a.created_unix, &a.name).cmp(&(b.created_unix, &b.name)));
+        Ok(admins)
+    }
+
+    fn create_admin(&self, admin: &AdminRecord) -> Result<(), AdminWriteError> {
+        self.insert_admin(admin)
+    }
+
+    fn adopt_first_admin(&self, admin: &AdminRecord) -> Result<bool, StoreError> {
+        self.insert_first_admin(admin)
+    }
+
+    fn revoke_admin(&self, name: &str, now: i64, allow_last: bool) -> Result<AdminRevocation, StoreError> {
+        self.revoke_admin_named(name, now, allow_last)
     }
 
     fn append_events(&self, new: &[NewEvent]) -> Result<u64, StoreError> {

@@ -9,9 +9,11 @@
 //! [`plan`] the pure decision, [`transaction`] the journalled apply with its
 //! rollback and crash recovery, [`download`] the verified download with progress,
 //! [`health`] the gate, [`journal`] the state on disk, [`report`] what goes to the
-//! coordinator, [`gpu_labels`] the label-drift condition; [`reset`] is
+//! coordinator, [`gpu_labels`] the label-drift condition, [`cert_expiry`] the
+//! K3s certificates' expiry condition on servers; [`reset`] is
 //! `elysium-node reset`.
 
+pub mod cert_expiry;
 mod download;
 pub mod gpu_labels;
 pub mod health;
@@ -111,6 +113,8 @@ pub struct K3sStep {
     link: StepLink,
     /// The node's tailnet address, from the Tailscale step earlier in the pass.
     tailnet: crate::steps::tailscale::Tailnet,
+    /// The date the K3s certificates' expiry is judged at.
+    clock: std::sync::Arc<dyn elysium_host::Clock>,
 }
 
 impl std::fmt::Debug for K3sStep {
@@ -130,7 +134,14 @@ impl K3sStep {
             probes: Probes::default(),
             link,
             tailnet: Default::default(),
+            clock: std::sync::Arc::new(elysium_host::SystemClock),
         })
+    }
+
+    /// Another clock for the certificate-expiry condition (tests).
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn elysium_host::Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Where to read the node's Tailscale address (K3s over the tailnet).
@@ -288,11 +299,19 @@ impl Step for K3sStep {
         }
     }
 
-    /// After the pass (also a failed one): report to the coordinator, and whether
-    /// the node's GPU labels still match its hardware.
+    /// After the pass (also a failed one): report to the coordinator, whether
+    /// the node's GPU labels still match its hardware, and on servers how soon
+    /// K3s's own certificates expire.
     async fn conditions(&self, host: &Host, desired: &Desired) -> Vec<SubCondition> {
         let (Some(_), Some(assignment)) = (&desired.spec.k3s, &desired.k3s) else { return vec![] };
-        self.report(host, assignment.role.k3s_role());
-        self.gpu_label_condition(host).into_iter().collect()
+        let role = assignment.role.k3s_role();
+        self.report(host, role);
+        let mut out: Vec<SubCondition> = self.gpu_label_condition(host).into_iter().collect();
+        if matches!(role, K3sRole::Server { .. })
+            && let Some(observed) = cert_expiry::observe(&host.fs)
+        {
+            out.push(cert_expiry::judge(&observed, self.clock.now()));
+        }
+        out
     }
 }

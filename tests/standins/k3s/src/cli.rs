@@ -126,6 +126,7 @@ fn run_role(role: Role, rest: &[String], stamp: Stamp) -> Result<i32, RunError> 
         kubelet_port: node::port_from_env(KUBELET_PORT_ENV, env(KUBELET_PORT_ENV))?
             .unwrap_or(KUBELET_HEALTHZ_PORT),
         config_file: loaded.config_file,
+        leaf_cert_validity: node::cert_days_from_env(env(node::CERT_DAYS_ENV))?,
     };
     let flags = loaded.flags;
     let what = if role == Role::Agent { "k3s agent" } else { "k3s" };

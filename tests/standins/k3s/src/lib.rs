@@ -23,6 +23,11 @@
 //!   hash (upstream's error text on mismatch, retried like upstream), then `/ping` and
 //!   authenticated `/v1-k3s/readyz` verified against that CA, retrying until the server
 //!   answers; then kubelet healthz and `READY=1`.
+//! - `CATTLE_NEW_SIGNED_CERT_EXPIRATION_DAYS` (upstream's variable, through
+//!   rancher/dynamiclistener): the lifetime in days of the serving and admin client
+//!   certificates written under `<data-dir>/server/tls/`; unset, they are valid until 4096.
+//!   No renewal at start is modelled (`client-admin.crt` is kept, the serving certificate is
+//!   issued anew at every start).
 //! - Logs go to stderr in logrus's text format. SIGTERM/SIGINT end the process with 0.
 //!
 //! # Behaviour per artifact

@@ -40,6 +40,22 @@ pub struct Context {
     pub kubelet_port: u16,
     /// The config file that was read (or would have been), for the report file.
     pub config_file: PathBuf,
+    /// Lifetime of the leaf certificates the server writes, from
+    /// [`CERT_DAYS_ENV`]; `None`: the stand-in's wide default.
+    pub leaf_cert_validity: Option<std::time::Duration>,
+}
+
+/// The variable K3s (through rancher/dynamiclistener) reads for the lifetime in
+/// days of the certificates it signs (docs/reference/k3s.md#certificates).
+pub const CERT_DAYS_ENV: &str = "CATTLE_NEW_SIGNED_CERT_EXPIRATION_DAYS";
+
+/// The leaf lifetime [`CERT_DAYS_ENV`] asks for: a positive number of days.
+pub fn cert_days_from_env(value: Option<String>) -> Result<Option<std::time::Duration>, RunError> {
+    let Some(v) = value.filter(|v| !v.is_empty()) else { return Ok(None) };
+    match v.parse::<u32>() {
+        Ok(days) if days > 0 => Ok(Some(std::time::Duration::from_secs(u64::from(days) * 86400))),
+        _ => Err(RunError::CertDays(v)),
+    }
 }
 
 /// Why a role stopped before it was asked to.
@@ -47,6 +63,8 @@ pub struct Context {
 pub enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("invalid CATTLE_NEW_SIGNED_CERT_EXPIRATION_DAYS {0:?}: a positive number of days")]
+    CertDays(String),
     #[error("--token is required")]
     TokenRequired,
     #[error("--server is required")]

@@ -61,7 +61,9 @@ pub async fn run(ctx: &Context, flags: &Flags) -> Result<Infallible, RunError> {
 
     let configured = node::configured_token(ctx, flags, "token", "token-file").await?;
     let configured = configured.map(|t| token::parse(&t)).transpose()?;
-    let ca = load_or_create_ca(&tls_dir, flags, configured.as_ref()).await?;
+    let ca = load_or_create_ca(&tls_dir, flags, configured.as_ref())
+        .await?
+        .with_leaf_validity(ctx.leaf_cert_validity);
     let ca_pem = ca.cert_pem().as_bytes().to_vec();
 
     // The server password: the configured one, else the one already on disk (so a

@@ -2,8 +2,9 @@
 //! certificates it signs. ECDSA P-256, like K3s's own CAs. Which names go into which certificate, the
 //! file layout and TLS configuration belong to each stand-in.
 //!
-//! Certificates use rcgen's default validity (1975–4096): a stand-in has no rotation to model, and wide
-//! validity keeps tests independent of the clock.
+//! Certificates use rcgen's default validity (1975–4096), which keeps tests independent of the clock,
+//! unless a leaf lifetime is set ([`Ca::with_leaf_validity`]): the K3s stand-in sets one from
+//! `CATTLE_NEW_SIGNED_CERT_EXPIRATION_DAYS`, so tests can see certificates close to expiry.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
@@ -42,6 +43,8 @@ impl std::fmt::Debug for Pair {
 pub struct Ca {
     pair: Pair,
     issuer: Issuer<'static, KeyPair>,
+    /// Lifetime of the certificates it signs from now; `None`: rcgen's default.
+    leaf_validity: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Ca {
@@ -72,7 +75,14 @@ impl Ca {
     pub fn load(pair: &Pair) -> Result<Self, Error> {
         let key = KeyPair::from_pem(&pair.key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&pair.cert_pem, key)?;
-        Ok(Self { pair: pair.clone(), issuer })
+        Ok(Self { pair: pair.clone(), issuer, leaf_validity: None })
+    }
+
+    /// Certificates signed from now on are valid from now for `validity`
+    /// (`None`: rcgen's default, 1975–4096).
+    pub fn with_leaf_validity(mut self, validity: Option<std::time::Duration>) -> Self {
+        self.leaf_validity = validity;
+        self
     }
 
     /// The CA's certificate and key.
@@ -106,6 +116,11 @@ impl Ca {
         let key = KeyPair::generate()?;
         let serial: [u8; 16] = rand::random();
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&[&[0x01], &serial[..]].concat()));
+        if let Some(validity) = self.leaf_validity {
+            let now = time::OffsetDateTime::now_utc();
+            params.not_before = now;
+            params.not_after = now + validity;
+        }
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
@@ -159,5 +174,19 @@ mod tests {
         let other = again.issue_client("alice", None).unwrap();
         let other_pem = parse(&other.cert_pem);
         other_pem.parse_x509().unwrap().verify_signature(Some(ca_cert.public_key())).unwrap();
+    }
+
+    #[test]
+    fn a_leaf_lifetime_dates_the_certificates_it_signs() {
+        let ca = Ca::generate().unwrap().with_leaf_validity(Some(std::time::Duration::from_secs(30 * 86400)));
+        let pair = ca.issue_client("alice", None).unwrap();
+        let pem = parse(&pair.cert_pem);
+        let validity = pem.parse_x509().unwrap().validity().clone();
+        let lifetime = validity.not_after.timestamp() - validity.not_before.timestamp();
+        assert_eq!(lifetime, 30 * 86400);
+        // Without one, rcgen's wide default.
+        let wide = Ca::generate().unwrap().issue_client("bob", None).unwrap();
+        let pem = parse(&wide.cert_pem);
+        assert!(pem.parse_x509().unwrap().validity().not_after.timestamp() > 4_000_000_000);
     }
 }
