@@ -6,6 +6,7 @@
 mod admin;
 mod auth;
 mod enrollment;
+mod pace;
 mod session;
 mod status;
 mod vault;
