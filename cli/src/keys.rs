@@ -722,7 +722,34 @@ mod tests {
             k3s_token: Some(pb::K3sTokenInfo { backed_up: token, ..Default::default() }),
             now_unix: now,
             drill: None,
+            dropped: Vec::new(),
         }
+    }
+
+    #[test]
+    fn keys_status_shows_ids_reporters_and_dropped_items() {
+        let now = 1000 * DAY;
+        let mut k = key("sealed-secrets-keya", now - DAY, now);
+        (k.id, k.first_reported_by, k.reported_by) = ("3f9a1c07be21".into(), "s1".into(), "s2".into());
+        let mut r = resp(vec![k], true, now);
+        r.dropped.push(pb::DroppedVaultItem {
+            id: "0badc0ffee00".into(),
+            what: "sealing key flux-system/sealed-secrets-keyplant (0badc0ffee00)".into(),
+            dropped_unix: now - 60,
+            first_reported_by: "s2".into(),
+            reported_by: "s2".into(),
+            last_seen_unix: now - 120,
+        });
+        let status =
+            Status::of(&r, Duration::from_secs(30 * DAY as u64), Duration::from_secs(2 * DAY as u64));
+        assert!(status.warnings.is_empty(), "{:?}", status.warnings);
+        assert_eq!(status.keys[0].id, "3f9a1c07be21");
+        assert_eq!(reporters(&status.keys[0].first_reported_by, &status.keys[0].reported_by), "s1, s2");
+        assert_eq!(reporters("s2", "s2"), "s2");
+        assert_eq!(reporters("", "s2"), "s2", "records from before provenance name only the last");
+        assert_eq!(status.dropped[0].id, "0badc0ffee00");
+        let json = serde_json::to_string(&status).unwrap();
+        assert!(json.contains("\"dropped\"") && json.contains("first_reported_by"), "{json}");
     }
 
     fn warnings(r: &pb::ListSealingKeysResponse) -> Vec<String> {
