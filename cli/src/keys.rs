@@ -44,7 +44,9 @@ K3s token, or a failing (or stuck) recovery drill. `export` writes the keys file
 
 What a server node may put in the vault is limited: a key whose certificate starts more than an
 hour in the future is refused (it would pose as the newest key), as is the 129th key, a node's
-17th new key within 24 hours, and a K3s token other than the cluster's (the first server's).
+33rd new key within 24 hours (agents send every key again every six hours, so an older
+cluster's keys get in over a few days), a report over 128 KiB, and a K3s token other than the
+cluster's (the first server's).
 Refusals are vault.refused events (`elysium-node events`), the 1st, 10th, 100th… of a kind from
 a node, with the count. `status` shows each item's ID and which servers reported it (first and
 last); `drop ID` removes one (a planted key, a wrong token): its key material is deleted and the

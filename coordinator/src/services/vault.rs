@@ -54,7 +54,7 @@ pub(crate) async fn on_sealing_key(c: &Arc<Coordinator>, node: &NodeRecord, repo
         Ok(Accepted::Seen | Accepted::Unchanged) => {
             tracing::debug!(node = %node.name, key = %what, "sealing key seen again");
         }
-        Err(e) => refused(c, node, &what, &e),
+        Err(e) => refused(c, node, "key", &what, &e),
     }
 }
 
@@ -75,7 +75,7 @@ pub(crate) async fn on_k3s_token(c: &Arc<Coordinator>, node: &NodeRecord, token:
     match accepted.await {
         Ok(Ok(Accepted::New)) => c.event("vault.k3s-token", &node.name, "K3s server token backed up"),
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => refused(c, node, "the K3s token", &e),
+        Ok(Err(e)) => refused(c, node, "token", "the K3s token", &e),
         Err(status) => tracing::warn!(node = %node.name, %status, "could not back up the K3s token"),
     }
 }
@@ -83,14 +83,14 @@ pub(crate) async fn on_k3s_token(c: &Arc<Coordinator>, node: &NodeRecord, token:
 /// Logs and records a refusal: the 1st, 10th, 100th… of each kind from a node,
 /// with the count, so that a node repeating a refused report (every new session,
 /// or a flood) cannot fill the log.
-fn refused(c: &Coordinator, node: &NodeRecord, what: &str, e: &Refused) {
+fn refused(c: &Coordinator, node: &NodeRecord, class: &'static str, what: &str, e: &Refused) {
     let detail = std::error::Error::source(e).map(|s| format!(": {s}")).unwrap_or_default();
     match e {
         Refused::Store(_) | Refused::Vault(_) => {
             tracing::error!(node = %node.name, item = %what, error = %e, detail, "the key vault failed");
         }
         _ => {
-            let count = c.vault.count_refusal(&node.name, e);
+            let count = c.vault.count_refusal(&node.name, class, e);
             if !is_power_of_ten(count) {
                 tracing::debug!(node = %node.name, item = %what, error = %e, count, "key vault report refused");
                 return;

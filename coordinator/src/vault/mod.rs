@@ -15,10 +15,10 @@
 //! - the certificate's NotBefore is more than [`MAX_CLOCK_SKEW_SECONDS`] ahead of
 //!   the coordinator's clock (it would pose as the newest key, the one a restored
 //!   controller seals with);
-//! - the vault already keeps [`MAX_SEALING_KEYS`] keys (hundreds of RSA-4096 keys
-//!   make every export and drill slow), or the node reported
-//!   [`MAX_NEW_KEYS_PER_NODE_PER_DAY`] new ones in the last 24 hours (the
-//!   controller makes one every 30 days);
+//! - the report is larger than [`MAX_REPORT_BYTES`], the vault already keeps
+//!   [`MAX_SEALING_KEYS`] keys (hundreds of RSA-4096 keys make every export and
+//!   drill slow), or the node reported [`MAX_NEW_KEYS_PER_NODE_PER_DAY`] new ones
+//!   in the last 24 hours (the controller makes one every 30 days);
 //! - it is a K3s token other than the cluster's: only the first server's report
 //!   sets it (`services/session.rs`), the others may only confirm it;
 //! - the operator dropped that item (`keys drop`): a dropped item stays out,
@@ -56,8 +56,14 @@ pub const MAX_CLOCK_SKEW_SECONDS: i64 = 3600;
 /// Sealing keys the vault keeps at most (dropped ones do not count): ten years of
 /// the controller's 30-day renewals, with room to spare.
 pub const MAX_SEALING_KEYS: usize = 128;
-/// New sealing keys one node may bring in 24 hours.
-pub const MAX_NEW_KEYS_PER_NODE_PER_DAY: usize = 16;
+/// New sealing keys one node may bring in 24 hours. A cluster older than
+/// this many renewals (about 2.5 years) is backed up over a few days: agents
+/// send every key again every six hours, and the next day's allowance takes them.
+pub const MAX_NEW_KEYS_PER_NODE_PER_DAY: usize = 32;
+/// Largest report kept: `tls.crt` and `tls.key` together. A real key pair is about
+/// 5 KiB (RSA-4096 and its certificate); this leaves room for a certificate with
+/// many names, and bounds the vault (with [`MAX_SEALING_KEYS`]) to 16 MiB.
+pub const MAX_REPORT_BYTES: usize = 128 * 1024;
 /// K3s tokens kept at most (one per rotation of the cluster's token).
 pub const MAX_K3S_TOKENS: usize = 16;
 /// Hex digits of an item's hash shown as its id (`keys status`, `keys drop ID`).
@@ -117,6 +123,10 @@ pub enum Refused {
     )]
     FromTheFuture { namespace: String, name: String, not_before: i64 },
     #[error(
+        "{namespace}/{name} is {bytes} bytes, more than the {MAX_REPORT_BYTES} a sealing key report may be"
+    )]
+    TooLarge { namespace: String, name: String, bytes: usize },
+    #[error(
         "the vault keeps {MAX_SEALING_KEYS} sealing keys, its limit; look at `elysium-node keys status` \
          and drop planted or obsolete ones with `elysium-node keys drop ID`"
     )]
@@ -151,6 +161,7 @@ impl Refused {
             Refused::Invalid { .. } => "invalid",
             Refused::NotSecureToken => "not-secure-token",
             Refused::FromTheFuture { .. } => "from-the-future",
+            Refused::TooLarge { .. } => "too-large",
             Refused::Full => "full",
             Refused::TooManyNew { .. } => "too-many-new",
             Refused::TooManyTokens => "too-many-tokens",
@@ -248,7 +259,7 @@ pub struct Vault {
     lock: Mutex<()>,
     /// Refusals so far by node and reason, so that a node repeating a refused
     /// report is logged and evented a few times, with counts, not every time.
-    refusals: Mutex<std::collections::HashMap<(String, &'static str), u64>>,
+    refusals: Mutex<std::collections::HashMap<(String, &'static str, &'static str), u64>>,
 }
 
 fn hex_sha256(parts: &[&[u8]]) -> String {
@@ -329,10 +340,11 @@ impl Vault {
         Self { key, lock: Mutex::new(()), refusals: Mutex::new(Default::default()) }
     }
 
-    /// Counts a refusal of `node`'s report; returns how many of this kind so far.
-    pub fn count_refusal(&self, node: &str, e: &Refused) -> u64 {
+    /// Counts a refusal of `node`'s report of a `class` of item (`key`, `token`);
+    /// returns how many of this kind so far.
+    pub fn count_refusal(&self, node: &str, class: &'static str, e: &Refused) -> u64 {
         let mut counts = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry((node.to_owned(), e.kind())).or_insert(0);
+        let n = counts.entry((node.to_owned(), class, e.kind())).or_insert(0);
         *n += 1;
         *n
     }
@@ -351,6 +363,14 @@ impl Vault {
     ) -> Result<Accepted, Refused> {
         if node.role != Role::Server {
             return Err(Refused::NotAServer { node: node.name.clone() });
+        }
+        let bytes = report.tls_crt.len() + report.tls_key.len();
+        if bytes > MAX_REPORT_BYTES {
+            return Err(Refused::TooLarge {
+                namespace: report.namespace.clone(),
+                name: report.name.clone(),
+                bytes,
+            });
         }
         let id = sealing_key_id(&report.namespace, &report.name, &report.tls_crt, &report.tls_key);
         let meta = check_key(report, &id)?;

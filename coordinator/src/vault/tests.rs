@@ -362,3 +362,15 @@ fn only_the_clusters_k3s_token_is_kept() {
     let records = store.list_vault().unwrap();
     assert_eq!((records[0].first_reported_by.as_str(), records[0].reported_by.as_str()), ("s1", "s2"));
 }
+
+#[test]
+fn an_oversized_report_is_refused_before_it_is_parsed() {
+    let (_dir, store) = open_store();
+    let vault = Vault::new(VaultKey::generate());
+    let (a, _) = keys();
+    let mut r = report("sealed-secrets-keyhuge", a, "active");
+    r.tls_crt.extend(std::iter::repeat_n(b'\n', MAX_REPORT_BYTES));
+    let err = vault.accept_sealing_key(&store, &server("s1"), &r, NOW).unwrap_err();
+    assert!(matches!(err, Refused::TooLarge { bytes, .. } if bytes > MAX_REPORT_BYTES), "{err}");
+    assert!(store.list_vault().unwrap().is_empty());
+}
