@@ -1,4 +1,4 @@
-//! `keys status | export`: the coordinator's key vault. Which sealed-secrets keys and
+//! `keys status | export | drop`: the coordinator's key vault. Which sealed-secrets keys and
 //! which K3s token are backed up and whether the backup is fresh, and the backup
 //! itself as the keys file `recover --sealed-secrets-keys` reads.
 
@@ -41,6 +41,17 @@ unreachable).
 period (the controller made a newer one the vault has not seen), no report for a while, no
 K3s token, or a failing (or stuck) recovery drill. `export` writes the keys file (0600) that
 `recover` reads; copy it offline.
+
+What a server node may put in the vault is limited: a key whose certificate starts more than an
+hour in the future is refused (it would pose as the newest key), as is the 129th key, a node's
+33rd new key within 24 hours (agents send every key again every six hours, so an older
+cluster's keys get in over a few days), a report over 128 KiB, and a K3s token other than the
+cluster's (the first server's).
+Refusals are vault.refused events (`elysium-node events`), the 1st, 10th, 100th… of a kind from
+a node, with the count. `status` shows each item's ID and which servers reported it (first and
+last); `drop ID` removes one (a planted key, a wrong token): its key material is deleted and the
+same item reported again stays out until `drop --undo ID`, after which the next report brings it
+back.
 With --encrypt-to age1… (or --encrypt-to-file) it writes the file age-encrypted, the form the
 cluster's operator documents (`age --encrypt --recipient age1… keys.yaml`), binary or
 --armor; the plaintext never reaches the disk. The export streams, so a vault of any size fits.
@@ -50,6 +61,8 @@ Examples:
   elysium-node keys status -o json
   elysium-node keys export --out /root/main.key
   elysium-node keys export --out /root/main.key --k3s-token-out /root/k3s-token --force
+  elysium-node keys drop 3f9a1c07be21
+  elysium-node keys drop --undo 3f9a1c07be21
   elysium-node recover --verify-only --repo ssh://git@github.com/alecsg77/elysium \\
       --deploy-key /root/flux-deploy-key --sealed-secrets-keys /root/main.key
   elysium-node keys export --out sealed-secrets-keys.yaml.age --encrypt-to age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
@@ -98,6 +111,17 @@ pub enum KeysCommand {
         /// Replace existing files.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Drop an item from the vault (its key material is deleted; reported again, it
+    /// stays out), or with --undo let a dropped item back. Evented.
+    Drop {
+        /// The ID `keys status` shows (at least 6 hex digits).
+        id: String,
+        /// Let the dropped item back: the next report of it keeps it again.
+        #[arg(long)]
+        undo: bool,
         #[command(flatten)]
         conn: AdminConn,
     },
@@ -168,6 +192,20 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
                 "Check it against the repository: elysium-node recover --verify-only --repo REPO --sealed-secrets-keys {}{identity}",
                 out.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Drop { id, undo, conn } => {
+            let r = client(&conn)
+                .await?
+                .drop_vault_item(pb::DropVaultItemRequest { id, undo })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if undo {
+                println!("Let {} back: the next report of it keeps it again.", r.what);
+            } else {
+                println!("Dropped {}; reported again, it stays out (`keys drop --undo {}`).", r.what, r.id);
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -291,6 +329,9 @@ struct KeyView {
     first_seen_unix: i64,
     last_seen_unix: i64,
     reported_by: String,
+    /// For `keys drop ID`.
+    id: String,
+    first_reported_by: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -299,6 +340,18 @@ struct TokenView {
     fingerprint: String,
     reported_by: String,
     last_seen_unix: i64,
+    id: String,
+    first_reported_by: String,
+}
+
+/// An item the operator dropped.
+#[derive(Debug, Serialize)]
+struct DroppedView {
+    id: String,
+    what: String,
+    dropped_unix: i64,
+    first_reported_by: String,
+    reported_by: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -380,6 +433,7 @@ struct Status {
     /// Age of the newest key's certificate (NotBefore), seconds.
     newest_key_age_seconds: Option<i64>,
     k3s_token: TokenView,
+    dropped: Vec<DroppedView>,
     /// `None` from a coordinator that has no drill.
     drill: Option<DrillView>,
     warnings: Vec<String>,
@@ -406,6 +460,19 @@ impl Status {
                 first_seen_unix: k.first_seen_unix,
                 last_seen_unix: k.last_seen_unix,
                 reported_by: k.reported_by.clone(),
+                id: k.id.clone(),
+                first_reported_by: k.first_reported_by.clone(),
+            })
+            .collect();
+        let dropped = resp
+            .dropped
+            .iter()
+            .map(|d| DroppedView {
+                id: d.id.clone(),
+                what: d.what.clone(),
+                dropped_unix: d.dropped_unix,
+                first_reported_by: d.first_reported_by.clone(),
+                reported_by: d.reported_by.clone(),
             })
             .collect();
         let token = resp.k3s_token.clone().unwrap_or_default();
@@ -468,11 +535,14 @@ impl Status {
             keys,
             newest_key_age_seconds,
             drill,
+            dropped,
             k3s_token: TokenView {
                 backed_up: token.backed_up,
                 fingerprint: token.fingerprint,
                 reported_by: token.reported_by,
                 last_seen_unix: token.last_seen_unix,
+                id: token.id,
+                first_reported_by: token.first_reported_by,
             },
             warnings,
         }
@@ -489,17 +559,29 @@ impl Status {
             .iter()
             .map(|k| {
                 vec![
+                    k.id.clone(),
                     format!("{}/{}", k.namespace, k.name),
                     k.state.clone(),
                     date(k.not_before_unix),
                     ago(k.last_seen_unix),
-                    k.reported_by.clone(),
+                    reporters(&k.first_reported_by, &k.reported_by),
                     k.fingerprint.chars().take(12).collect(),
                 ]
             })
             .collect();
         if !rows.is_empty() {
-            print_table(&["KEY", "STATE", "NOT BEFORE", "LAST SEEN", "REPORTED BY", "FINGERPRINT"], &rows);
+            print_table(
+                &[
+                    "ID",
+                    "KEY",
+                    "STATE",
+                    "NOT BEFORE",
+                    "LAST SEEN",
+                    "REPORTED BY (FIRST, LAST)",
+                    "FINGERPRINT",
+                ],
+                &rows,
+            );
             println!();
         }
         if let (Some(k), Some(age)) = (self.keys.first(), self.newest_key_age_seconds) {
@@ -514,13 +596,23 @@ impl Status {
         let t = &self.k3s_token;
         if t.backed_up {
             println!(
-                "K3s token: backed up (fingerprint {}, reported by {}, last seen {}).",
+                "K3s token: backed up (ID {}, fingerprint {}, reported by {}, last seen {}).",
+                t.id,
                 t.fingerprint,
-                t.reported_by,
+                reporters(&t.first_reported_by, &t.reported_by),
                 ago(t.last_seen_unix)
             );
         } else {
             println!("K3s token: not backed up.");
+        }
+        for d in &self.dropped {
+            println!(
+                "Dropped: {} on {} (reported by {}); `keys drop --undo {}` lets it back.",
+                d.what,
+                date(d.dropped_unix),
+                reporters(&d.first_reported_by, &d.reported_by),
+                d.id
+            );
         }
         if let Some(d) = &self.drill {
             print_drill(d, self.now_unix);
@@ -529,6 +621,11 @@ impl Status {
             println!("WARNING: {w}");
         }
     }
+}
+
+/// `s1` when the same node reported first and last, `s1, s2` otherwise.
+fn reporters(first: &str, last: &str) -> String {
+    if first.is_empty() || first == last { last.to_owned() } else { format!("{first}, {last}") }
 }
 
 fn print_drill(d: &DrillView, now: i64) {
@@ -627,7 +724,34 @@ mod tests {
             k3s_token: Some(pb::K3sTokenInfo { backed_up: token, ..Default::default() }),
             now_unix: now,
             drill: None,
+            dropped: Vec::new(),
         }
+    }
+
+    #[test]
+    fn keys_status_shows_ids_reporters_and_dropped_items() {
+        let now = 1000 * DAY;
+        let mut k = key("sealed-secrets-keya", now - DAY, now);
+        (k.id, k.first_reported_by, k.reported_by) = ("3f9a1c07be21".into(), "s1".into(), "s2".into());
+        let mut r = resp(vec![k], true, now);
+        r.dropped.push(pb::DroppedVaultItem {
+            id: "0badc0ffee00".into(),
+            what: "sealing key flux-system/sealed-secrets-keyplant (0badc0ffee00)".into(),
+            dropped_unix: now - 60,
+            first_reported_by: "s2".into(),
+            reported_by: "s2".into(),
+            last_seen_unix: now - 120,
+        });
+        let status =
+            Status::of(&r, Duration::from_secs(30 * DAY as u64), Duration::from_secs(2 * DAY as u64));
+        assert!(status.warnings.is_empty(), "{:?}", status.warnings);
+        assert_eq!(status.keys[0].id, "3f9a1c07be21");
+        assert_eq!(reporters(&status.keys[0].first_reported_by, &status.keys[0].reported_by), "s1, s2");
+        assert_eq!(reporters("s2", "s2"), "s2");
+        assert_eq!(reporters("", "s2"), "s2", "records from before provenance name only the last");
+        assert_eq!(status.dropped[0].id, "0badc0ffee00");
+        let json = serde_json::to_string(&status).unwrap();
+        assert!(json.contains("\"dropped\"") && json.contains("first_reported_by"), "{json}");
     }
 
     fn warnings(r: &pb::ListSealingKeysResponse) -> Vec<String> {

@@ -40,9 +40,14 @@ pub async fn tick(c: &Arc<Coordinator>) -> Result<(), StoreError> {
     let _guard = c.rollout_lock.lock().await;
     let current = match c.cluster.borrow().rollout.clone() {
         Some(r) if r.state != State::Done => r,
-        _ => return Ok(()),
+        _ => {
+            // Nothing waits for a drain: forget any left from the last rollout.
+            c.drains.retain(&Default::default());
+            return Ok(());
+        }
     };
     if current.state == State::Aborted && !current.nodes.iter().any(|n| n.cordoned) {
+        c.drains.retain(&Default::default());
         return Ok(());
     }
     let store = c.store.clone();
@@ -50,7 +55,7 @@ pub async fn tick(c: &Arc<Coordinator>) -> Result<(), StoreError> {
     let now = c.now();
     let obs = {
         let live = c.live();
-        let drains = c.drain_results.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let drains = c.drains.outcomes();
         Observation {
             now,
             window_open: c.cluster.borrow().window_open(now),
@@ -79,10 +84,7 @@ pub async fn tick(c: &Arc<Coordinator>) -> Result<(), StoreError> {
     {
         let waiting: std::collections::BTreeSet<&str> =
             next.nodes.iter().filter_map(|n| n.drain_op.as_deref()).collect();
-        c.drain_results
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|op, _| waiting.contains(op.as_str()));
+        c.drains.retain(&waiting);
     }
     if execute(c, &mut next, &nodes, effects) {
         // A drain found no server to go through (say, just after a restart,
@@ -153,6 +155,11 @@ fn send_to_server(
                 kind: Some(kind.clone()),
             })),
         };
+        if matches!(kind, pb::command::Kind::Drain(_)) {
+            // Before sending, so that the answer cannot overtake it: only that
+            // node's answer counts (services/session.rs).
+            c.drains.expect(op, &server.id);
+        }
         if session.commands.try_send(Ok(msg)).is_ok() {
             tracing::info!(op, via = %server.name, node = about, "command sent");
             return true;

@@ -378,3 +378,76 @@ async fn a_node_offline_mid_upgrade_holds_the_rollout_until_it_returns_or_times_
     assert!(problems.is_empty(), "{problems:#?}");
     assert!(versions(&fleet).values().all(|v| v == TO));
 }
+
+/// A drain's result counts only from the node the drain was sent to: a worker that
+/// reports success for a server's drain (with the exact operation id) moves nothing;
+/// the server's own answer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_result_for_a_servers_drain_does_not_move_the_rollout() {
+    // Long enough that the forged result arrives first.
+    let sim = SimK3s { drain_time: Duration::from_secs(4), ..SimK3s::default() };
+    let Setup { c, fleet: _fleet, admin } = setup(1, 1, &spec(1, true), sim).await;
+    let forger = elysium_tests::harness::TestNode::new("w-forge");
+    forger.join(&c.url(), &c.token(1, 600).await).await.unwrap();
+
+    admin.clone().upgrade_start(pb::UpgradeStartRequest::default()).await.expect("upgrade start");
+    let draining = wait_phase(&admin, "server-000", "draining").await;
+    let server_id = c.node("server-000").await.expect("server-000").id;
+    let started = draining.nodes.iter().find(|n| n.name == "server-000").unwrap().started_unix;
+    let op = format!("drain-{}-{server_id}-{started}", draining.id);
+
+    let mut session = forger.session_client(&c.url()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let send = |m| pb::AgentMessage { msg: Some(m) };
+    tx.send(send(pb::agent_message::Msg::Hello(pb::Hello {
+        agent_version: "test".into(),
+        ..Default::default()
+    })))
+    .await
+    .unwrap();
+    let forged = pb::OperationResult {
+        operation_id: op.clone(),
+        success: true,
+        message: "drained".into(),
+        generation: 0,
+    };
+    tx.send(send(pb::agent_message::Msg::Result(forged))).await.unwrap();
+    tx.send(send(pb::agent_message::Msg::Heartbeat(pb::Heartbeat { seq: 7, ..Default::default() })))
+        .await
+        .unwrap();
+    let mut replies =
+        session.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    // In order: the acknowledgement means the forged result was handled.
+    loop {
+        let reply =
+            tokio_stream::StreamExt::next(&mut replies).await.expect("session ended").expect("session");
+        if matches!(reply.msg, Some(pb::coordinator_message::Msg::HeartbeatAck(pb::HeartbeatAck { seq: 7 })))
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        phase_of(&status(&admin).await, "server-000"),
+        "draining",
+        "the forged result moved the rollout"
+    );
+
+    // The server's own answer moves it: and only after that answer.
+    wait_phase(&admin, "server-000", "done").await;
+    let events = events_through(&admin, "upgrade.node-done", 1).await;
+    assert!(
+        !events.iter().any(|e| e.subject == "w-forge" && e.kind.starts_with("drain.")),
+        "the forged result was recorded"
+    );
+    let seq_of = |kind: &str, subject: &str| {
+        events
+            .iter()
+            .find(|e| e.kind == kind && e.subject == subject)
+            .map(|e| e.seq)
+            .unwrap_or_else(|| panic!("no {kind} for {subject}"))
+    };
+    assert!(
+        seq_of("drain.succeeded", "server-000") < seq_of("upgrade.node-upgrading", "server-000"),
+        "server-000 upgraded before its drain was answered: {events:#?}"
+    );
+}

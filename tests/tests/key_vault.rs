@@ -535,3 +535,140 @@ async fn an_export_larger_than_a_message_streams_and_is_age_encrypted() {
     }
     assert_absent("the logs", &logs, &[secret.expose_secret()[16..40].to_owned()]);
 }
+
+fn agent_msg(m: pb::agent_message::Msg) -> pb::AgentMessage {
+    pb::AgentMessage { msg: Some(m) }
+}
+
+fn key_report(key: &TestKey, name: &str) -> pb::AgentMessage {
+    agent_msg(pb::agent_message::Msg::SealingKey(pb::SealingKeyReport {
+        namespace: "flux-system".into(),
+        name: name.into(),
+        labels: [(KEY_LABEL.to_owned(), "active".to_owned())].into(),
+        tls_crt: key.cert_pem.clone().into_bytes(),
+        tls_key: key.key_pem.clone().into_bytes(),
+        ..Default::default()
+    }))
+}
+
+/// Opens a raw session for `node`, sends `messages` and a heartbeat, and returns once
+/// the heartbeat is acknowledged (messages are handled in order: all were).
+async fn send_all(c: &TestCoordinator, node: &TestNode, messages: Vec<pb::AgentMessage>) {
+    let mut session = node.session_client(&c.url()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let hello = pb::Hello { agent_version: "test".into(), ..Default::default() };
+    let feed = tokio::spawn(async move {
+        tx.send(agent_msg(pb::agent_message::Msg::Hello(hello))).await.unwrap();
+        for m in messages {
+            tx.send(m).await.unwrap();
+        }
+        let hb = pb::Heartbeat { seq: 4242, ..Default::default() };
+        tx.send(agent_msg(pb::agent_message::Msg::Heartbeat(hb))).await.unwrap();
+        tx
+    });
+    let mut replies =
+        session.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    loop {
+        let reply = tokio_stream::StreamExt::next(&mut replies).await.expect("session ended").unwrap();
+        if matches!(
+            reply.msg,
+            Some(pb::coordinator_message::Msg::HeartbeatAck(pb::HeartbeatAck { seq: 4242 }))
+        ) {
+            break;
+        }
+    }
+    drop(feed.await.unwrap());
+}
+
+/// Root on a second server plants 300 keys, a key dated 2030 and a bogus K3s token:
+/// past the caps they are refused (evented a few times, with counts), the 2030 key and
+/// the bogus token never, `keys export` still works and holds the real key and token,
+/// and `keys drop` removes a planted key for good (until `--undo`).
+#[tokio::test]
+async fn planted_keys_are_refused_past_the_caps_and_the_export_keeps_the_real_key() {
+    let c = TestCoordinator::start().await;
+    let token = c.token_for(pb::NodeRole::Server, 2, 600).await;
+    let (s1, s2) = (TestNode::new("s1"), TestNode::new("s2"));
+    s1.join(&c.url(), &token).await.unwrap();
+    s2.join(&c.url(), &token).await.unwrap();
+    let (real, planted) = (TestKey::generate(3), TestKey::generate(1));
+    let real_token = format!("K10{}::server:{}", "ab".repeat(32), "5ec7e7".repeat(8));
+    let k3s = |t: &str| {
+        agent_msg(pb::agent_message::Msg::K3s(pb::K3sReport { server_token: t.into(), ..Default::default() }))
+    };
+    // s1 is the first server: its report is the cluster's token.
+    send_all(&c, &s1, vec![key_report(&real, "sealed-secrets-keyreal1"), k3s(&real_token)]).await;
+
+    let mut flood: Vec<_> =
+        (0..300).map(|i| key_report(&planted, &format!("sealed-secrets-keyplant{i:03}"))).collect();
+    // 2030-01-01 is years ahead of the coordinator's clock.
+    let future = TestKey::generate(-((2030 - 2026) * 366));
+    flood.push(key_report(&future, "sealed-secrets-keyfuture"));
+    flood.push(k3s(&format!("K10{}::server:{}", "ab".repeat(32), "b09u5".repeat(8))));
+    send_all(&c, &s2, flood).await;
+
+    let r = list(&c).await;
+    let planted_kept = r.keys.iter().filter(|k| k.name.starts_with("sealed-secrets-keyplant")).count();
+    assert_eq!(planted_kept, elysium_coordinator::vault::MAX_NEW_KEYS_PER_NODE_PER_DAY);
+    assert!(!names(&r).contains(&"sealed-secrets-keyfuture".to_owned()), "the key from 2030 got in");
+    let t = r.k3s_token.clone().unwrap();
+    assert_eq!((t.reported_by.as_str(), t.first_reported_by.as_str()), ("s1", "s1"), "the bogus token won");
+    let real_info = r.keys.iter().find(|k| k.name == "sealed-secrets-keyreal1").unwrap();
+    assert_eq!((real_info.first_reported_by.as_str(), real_info.id.len()), ("s1", 12));
+
+    // Refusals are evented a few times with counts, not 285 times.
+    let events = eventually("the refusals in the event log", WAIT, || async {
+        let mut admin = c.admin().await;
+        let events = elysium_tests::fleet::all_events(&mut admin).await.ok()?;
+        let refused: Vec<_> =
+            events.into_iter().filter(|e| e.kind == "vault.refused" && e.subject == "s2").collect();
+        let all_three = ["100 refusals", "from the future", "not the cluster's"]
+            .iter()
+            .all(|needle| refused.iter().any(|e| e.message.contains(needle)));
+        all_three.then_some(refused)
+    })
+    .await;
+    assert!(events.len() <= 6, "{events:#?}");
+    assert!(events.iter().any(|e| e.message.contains("from the future")), "{events:#?}");
+    assert!(events.iter().any(|e| e.message.contains("not the cluster's")), "{events:#?}");
+    assert!(!events.iter().any(|e| e.message.contains("b09u5")), "a token in an event");
+
+    // The export still works and holds the real key and token.
+    let work = tempfile::tempdir().unwrap();
+    let admin = work.path().join("admin.toml");
+    std::fs::write(&admin, toml::to_string(&c.admin_config()).unwrap()).unwrap();
+    let admin = admin.to_str().unwrap().to_owned();
+    let (out, token_out) = (work.path().join("keys.yaml"), work.path().join("k3s-token"));
+    let export =
+        ["keys", "export", "--out", out.to_str().unwrap(), "--k3s-token-out", token_out.to_str().unwrap()];
+    assert_eq!(cli(&[&export[..], &["--config", &admin]].concat()).await.unwrap(), ExitCode::SUCCESS);
+    let parsed = elysium_recovery::keys::parse(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(parsed.len(), 1 + planted_kept);
+    assert!(parsed.iter().any(|k| k.key_pem() == real.key_pem.as_bytes()), "the real key is not exported");
+    assert_eq!(std::fs::read_to_string(&token_out).unwrap().trim(), real_token);
+
+    // `keys drop ID`: gone from the export, and it stays out when reported again.
+    let victim = r.keys.iter().find(|k| k.name == "sealed-secrets-keyplant000").unwrap();
+    assert_eq!(cli(&["keys", "drop", &victim.id, "--config", &admin]).await.unwrap(), ExitCode::SUCCESS);
+    send_all(&c, &s2, vec![key_report(&planted, "sealed-secrets-keyplant000")]).await;
+    let r = list(&c).await;
+    assert!(!names(&r).contains(&"sealed-secrets-keyplant000".to_owned()), "a dropped key came back");
+    assert!(r.dropped.iter().any(|d| d.id == victim.id && d.what.contains("keyplant000")), "{:?}", r.dropped);
+    let mut admin_client = c.admin().await;
+    let events = elysium_tests::fleet::all_events(&mut admin_client).await.unwrap();
+    assert!(events.iter().any(|e| e.kind == "vault.dropped" && e.message.contains("keyplant000")));
+    // `--undo`: the next report brings it back.
+    assert_eq!(
+        cli(&["keys", "drop", "--undo", &victim.id, "--config", &admin]).await.unwrap(),
+        ExitCode::SUCCESS
+    );
+    send_all(&c, &s1, vec![key_report(&planted, "sealed-secrets-keyplant000")]).await;
+    let events = elysium_tests::fleet::all_events(&mut admin_client).await.unwrap();
+    let r = list(&c).await;
+    assert!(
+        names(&r).contains(&"sealed-secrets-keyplant000".to_owned()),
+        "{:?} {:#?}",
+        r.dropped,
+        events.iter().filter(|e| e.kind.starts_with("vault")).collect::<Vec<_>>()
+    );
+}

@@ -512,6 +512,14 @@ impl pb::admin_server::Admin for AdminService {
         let admin = require_admin(&request)?;
         admins::revoke(&self.coordinator, &admin, request.into_inner()).await.map(Response::new)
     }
+
+    async fn drop_vault_item(
+        &self,
+        request: Request<pb::DropVaultItemRequest>,
+    ) -> Result<Response<pb::DropVaultItemResponse>, Status> {
+        let admin = require_admin(&request)?;
+        vault::drop_item(&self.coordinator, &admin, request.into_inner()).await.map(Response::new)
+    }
 }
 
 /// The version a channel points at now.

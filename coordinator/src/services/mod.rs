@@ -7,6 +7,7 @@ mod admin;
 mod admins;
 mod auth;
 mod enrollment;
+mod pace;
 mod session;
 mod status;
 mod vault;

@@ -4,25 +4,38 @@
 //! change that. The coordinator pushes the node's spec at once and again whenever
 //! the cluster spec changes, acknowledges heartbeats, and records what the agent
 //! reports. A newer session of the same node replaces the older one.
+//!
+//! What a node sends is bounded here: drain results count only from the node the
+//! drain went to (`state::DrainBook`), messages are cut before they are kept or
+//! logged, and the store writes and events one session causes go through its
+//! token buckets ([`super::pace`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use elysium_proto::v1 as pb;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::require_node;
+use super::pace::{EVENT_BURST, EVENT_REFILL, Pace};
 use super::status::{blocking, internal};
 use super::vault;
 use crate::convert;
-use crate::state::{Coordinator, LiveSession, Outbound, OutboundMessage};
+use crate::state::{Coordinator, LiveSession, Outbound, OutboundMessage, Recorded, truncate};
 use crate::store::NodeRecord;
 
 /// Outbound messages buffered per session before the sender waits.
 const OUTBOUND_BUFFER: usize = 16;
+/// Longest operation id, step name or version kept, logged or evented.
+const MAX_ID_BYTES: usize = 128;
+/// Conditions kept per node (an agent has one per step, about a dozen).
+const MAX_CONDITIONS: usize = 64;
+/// Longest condition message or reconcile error kept.
+const MAX_STATUS_BYTES: usize = 1024;
 
 pub(crate) struct SessionService {
     coordinator: Arc<Coordinator>,
@@ -93,9 +106,10 @@ async fn drive(
 ) {
     let mut spec_rx = c.cluster.subscribe();
     let mut sent = spec_rx.borrow_and_update().node_spec(&node);
+    let mut pace = Pace::new(Instant::now());
     // `finish` is boxed for the same reason as `handle` below.
     if tx.send(spec_message(sent.clone())).await.is_err() {
-        return Box::pin(finish(&c, &mut node, session_id)).await;
+        return Box::pin(finish(&c, &mut node, session_id, &mut pace)).await;
     }
     // What this session last sent, minus the cluster spec's TOML: that follows
     // from the generation, and a copy per session is 2 KiB for the example spec.
@@ -109,7 +123,7 @@ async fn drive(
                     // vault updates) made every idle session's task 5.2 KiB
                     // instead of 3.4 KiB (docs/BENCHMARKS-fleet.md); a message
                     // now costs one short-lived allocation.
-                    if let Some(reply) = Box::pin(handle(&c, &mut node, msg, &mut announced_online)).await
+                    if let Some(reply) = Box::pin(handle(&c, &mut node, msg, &mut announced_online, &mut pace)).await
                         && tx.send(Ok(reply)).await.is_err()
                     {
                         break;
@@ -142,10 +156,15 @@ async fn drive(
                     break;
                 }
             }
+            // A change held back by the session's write allowance: written
+            // when the allowance has a token again.
+            () = tokio::time::sleep_until(pace.next_write()), if pace.dirty => {
+                Box::pin(persist_paced(&c, &mut node, &mut pace)).await;
+            }
             () = end.notified() => break,
         }
     }
-    Box::pin(finish(&c, &mut node, session_id)).await;
+    Box::pin(finish(&c, &mut node, session_id, &mut pace)).await;
 }
 
 /// Applies one agent message; returns what to answer, if anything.
@@ -154,6 +173,7 @@ async fn handle(
     node: &mut NodeRecord,
     msg: pb::AgentMessage,
     announced_online: &mut bool,
+    pace: &mut Pace,
 ) -> Option<pb::CoordinatorMessage> {
     use pb::agent_message::Msg;
     let now = c.now();
@@ -162,7 +182,7 @@ async fn handle(
     }
     match msg.msg? {
         Msg::Hello(hello) => {
-            node.agent_version = hello.agent_version;
+            node.agent_version = truncate(&hello.agent_version, MAX_ID_BYTES);
             if let Some(inv) = hello.inventory {
                 node.inventory = convert::inventory_from_pb(inv);
             }
@@ -175,15 +195,15 @@ async fn handle(
             let ask_for_hardware = !hello.hardware_sha256.is_empty()
                 && hello.hardware_json.is_empty()
                 && hello.hardware_sha256 != node.hardware_sha256;
-            if hello.hardware_json.is_empty() {
-                persist(c, node).await;
-            } else {
-                persist_hardware(c, node, hello.hardware_json).await;
+            if !hello.hardware_json.is_empty() {
+                set_hardware(node, hello.hardware_json);
             }
+            persist_paced(c, node, pace).await;
             k3s_hello(c, node).await;
             if !*announced_online {
                 *announced_online = true;
-                c.event("node.online", &node.name, &format!("agent {}", node.agent_version));
+                let message = format!("agent {}", truncate(&node.agent_version, MAX_ID_BYTES));
+                node_event(c, pace, "node.online", &node.name, &message);
             }
             ask_for_hardware.then_some(pb::CoordinatorMessage {
                 msg: Some(pb::coordinator_message::Msg::HardwareRequest(pb::HardwareRequest {})),
@@ -192,38 +212,60 @@ async fn handle(
         Msg::Hardware(report) => {
             if !report.hardware_json.is_empty() {
                 tracing::info!(node = %node.name, bytes = report.hardware_json.len(), "hardware inventory updated");
-                persist_hardware(c, node, report.hardware_json).await;
+                set_hardware(node, report.hardware_json);
+                persist_paced(c, node, pace).await;
             }
             None
         }
         Msg::Heartbeat(hb) => {
             // Heartbeats are frequent: write to the store only when what the node
             // reports changes, and keep last-seen in memory meanwhile.
-            let conditions: Vec<_> = hb.conditions.into_iter().map(convert::condition_from_pb).collect();
-            let state = convert::reconcile_state_name(hb.state, hb.reconcile_state);
+            // Cut to size: the session keeps them, and each node's record holds them.
+            let conditions: Vec<_> = hb
+                .conditions
+                .into_iter()
+                .take(MAX_CONDITIONS)
+                .map(|c| {
+                    let mut c = convert::condition_from_pb(c);
+                    c.kind = truncate(&c.kind, MAX_ID_BYTES);
+                    c.status = truncate(&c.status, MAX_ID_BYTES);
+                    c.reason = truncate(&c.reason, MAX_ID_BYTES);
+                    c.message = truncate(&c.message, MAX_STATUS_BYTES);
+                    c
+                })
+                .collect();
+            let reconcile_error = truncate(&hb.reconcile_error, MAX_STATUS_BYTES);
+            let state = truncate(&convert::reconcile_state_name(hb.state, hb.reconcile_state), MAX_ID_BYTES);
             let changed = hb.applied_generation != node.applied_generation
                 || state != node.reconcile_state
-                || hb.reconcile_error != node.reconcile_error
+                || reconcile_error != node.reconcile_error
                 || conditions != node.conditions;
             if changed {
                 node.applied_generation = hb.applied_generation;
                 node.reconcile_state = state;
-                node.reconcile_error = hb.reconcile_error;
+                node.reconcile_error = reconcile_error;
                 node.conditions = conditions;
                 node.last_seen_unix = now;
-                persist(c, node).await;
+                persist_paced(c, node, pace).await;
             }
             Some(pb::CoordinatorMessage {
                 msg: Some(pb::coordinator_message::Msg::HeartbeatAck(pb::HeartbeatAck { seq: hb.seq })),
             })
         }
         Msg::Progress(p) => {
-            tracing::info!(node = %node.name, operation = %p.operation_id, step = %p.step, percent = p.percent, "{}", p.message);
+            // Logged, not stored: still paced like events, so a node cannot fill the journal.
+            let operation = truncate(&p.operation_id, MAX_ID_BYTES);
+            let (step, message) = (truncate(&p.step, MAX_ID_BYTES), truncate(&p.message, MAX_ID_BYTES * 4));
+            if pace.take_event(Instant::now()) {
+                tracing::info!(node = %node.name, %operation, %step, percent = p.percent, "{message}");
+            } else {
+                tracing::debug!(node = %node.name, %operation, %step, percent = p.percent, "{message}");
+            }
             None
         }
         Msg::K3s(report) => {
             vault::on_k3s_token(c, node, &report.server_token).await;
-            k3s_report(c, node, report).await;
+            k3s_report(c, node, report, pace).await;
             None
         }
         Msg::SealingKey(report) => {
@@ -231,23 +273,46 @@ async fn handle(
             None
         }
         Msg::Result(r) if r.operation_id.starts_with("drain-") => {
-            let outcome = if r.success { Ok(()) } else { Err(r.message.clone()) };
-            c.drain_results.lock().unwrap_or_else(|p| p.into_inner()).insert(r.operation_id.clone(), outcome);
-            c.rollout_kick.notify_one();
-            c.event(
-                if r.success { "drain.succeeded" } else { "drain.failed" },
-                &node.name,
-                &format!("{}: {}", r.operation_id, r.message),
-            );
+            let operation = truncate(&r.operation_id, MAX_ID_BYTES);
+            match c.drains.record(&r.operation_id, &node.id, r.success, &r.message) {
+                Recorded::Accepted => {
+                    c.rollout_kick.notify_one();
+                    node_event(
+                        c,
+                        pace,
+                        if r.success { "drain.succeeded" } else { "drain.failed" },
+                        &node.name,
+                        &format!("{operation}: {}", truncate(&r.message, MAX_STATUS_BYTES)),
+                    );
+                }
+                Recorded::Duplicate => {
+                    tracing::debug!(node = %node.name, %operation, "drain result repeated; the first stands");
+                }
+                refused @ (Recorded::Unknown | Recorded::WrongNode) => {
+                    // Once per session: a node repeating it must not fill the journal.
+                    if !pace.warned_refused {
+                        pace.warned_refused = true;
+                        let why = if refused == Recorded::WrongNode {
+                            "the drain was sent to another node"
+                        } else {
+                            "no drain of that id is waiting"
+                        };
+                        tracing::warn!(node = %node.name, %operation, why, "ignoring a drain result (further ones from this session are ignored silently)");
+                    }
+                }
+            }
             None
         }
         Msg::Result(r) => {
             let kind = if r.success { "operation.succeeded" } else { "operation.failed" };
-            c.event(
-                kind,
-                &node.name,
-                &format!("{} (generation {}): {}", r.operation_id, r.generation, r.message),
+            let operation = truncate(&r.operation_id, MAX_ID_BYTES);
+            // Cut before formatting: most of a flood is dropped by the allowance anyway.
+            let message = format!(
+                "{operation} (generation {}): {}",
+                r.generation,
+                truncate(&r.message, MAX_STATUS_BYTES)
             );
+            node_event(c, pace, kind, &node.name, &message);
             None
         }
     }
@@ -279,17 +344,18 @@ async fn k3s_hello(c: &Arc<Coordinator>, node: &NodeRecord) {
 
 /// What a node's K3s reports: its version and any rollback (for rollouts), and
 /// from the first server the secure cluster token, which everyone else then gets.
-async fn k3s_report(c: &Arc<Coordinator>, node: &mut NodeRecord, report: pb::K3sReport) {
+async fn k3s_report(c: &Arc<Coordinator>, node: &mut NodeRecord, report: pb::K3sReport, pace: &mut Pace) {
     if !report.version.is_empty()
         && (report.version != node.k3s_version
             || report.failed_version != node.k3s_failed_version
             || report.failure != node.k3s_failure)
     {
-        node.k3s_version = report.version.clone();
-        node.k3s_failed_version = report.failed_version.clone();
-        node.k3s_failure = report.failure.clone();
-        persist(c, node).await;
-        c.rollout_kick.notify_one();
+        node.k3s_version = truncate(&report.version, MAX_ID_BYTES);
+        node.k3s_failed_version = truncate(&report.failed_version, MAX_ID_BYTES);
+        node.k3s_failure = truncate(&report.failure, MAX_STATUS_BYTES);
+        // The rollout driver reads versions from the store: wake it once written.
+        pace.kick_rollout = true;
+        persist_paced(c, node, pace).await;
     }
     let is_first = c.cluster.borrow().k3s.first_server_id.as_deref() == Some(node.id.as_str());
     if report.server_token.is_empty() {
@@ -347,16 +413,66 @@ async fn persist(c: &Arc<Coordinator>, node: &NodeRecord) {
     }
 }
 
-/// Stores the node's record with a new hardware document, and keeps only the
-/// document's hash in the session: with thousands of sessions a copy each adds up.
-async fn persist_hardware(c: &Arc<Coordinator>, node: &mut NodeRecord, doc: String) {
+/// Gives the record a new hardware document, to be written with it.
+fn set_hardware(node: &mut NodeRecord, doc: String) {
     node.hardware_sha256 = elysium_proto::hardware_sha256(&doc);
     node.hardware_json = doc;
-    persist(c, node).await;
-    node.hardware_json = String::new();
 }
 
-async fn finish(c: &Arc<Coordinator>, node: &mut NodeRecord, session_id: u64) {
+/// Writes the node's record if the session's write allowance has a token, or
+/// holds the change until it has (the loop in [`drive`] writes it then): the
+/// session always has the latest state, the store gets it at most
+/// `pace::WRITE_REFILL` later. Once written, only the hardware document's hash
+/// stays in the session: with thousands of sessions a copy each adds up.
+async fn persist_paced(c: &Arc<Coordinator>, node: &mut NodeRecord, pace: &mut Pace) {
+    if !pace.take_write(Instant::now()) {
+        pace.dirty = true;
+        return;
+    }
+    pace.dirty = false;
+    persist(c, node).await;
+    node.hardware_json = String::new();
+    if std::mem::take(&mut pace.kick_rollout) {
+        c.rollout_kick.notify_one();
+    }
+}
+
+/// Records an event this node caused, within the session's event allowance.
+/// Past it, events are dropped and counted; the count is recorded with the
+/// next event that passes (or when the session ends).
+fn node_event(c: &Coordinator, pace: &mut Pace, kind: &str, subject: &str, message: &str) {
+    if !pace.take_event(Instant::now()) {
+        pace.suppressed = pace.suppressed.saturating_add(1);
+        if !pace.warned_events {
+            pace.warned_events = true;
+            tracing::warn!(
+                node = subject,
+                kind,
+                "this node causes more events than its allowance; dropping them (counted)"
+            );
+        }
+        return;
+    }
+    report_suppressed(c, pace, subject);
+    c.event(kind, subject, message);
+}
+
+fn report_suppressed(c: &Coordinator, pace: &mut Pace, subject: &str) {
+    let n = std::mem::take(&mut pace.suppressed);
+    if n > 0 {
+        c.event(
+            "node.events-suppressed",
+            subject,
+            &format!(
+                "{n} events from this node were not recorded: more than {EVENT_BURST} at once, \
+                 then one per {} s",
+                EVENT_REFILL.as_secs()
+            ),
+        );
+    }
+}
+
+async fn finish(c: &Arc<Coordinator>, node: &mut NodeRecord, session_id: u64, pace: &mut Pace) {
     let was_current = {
         let mut live = c.live();
         match live.get(&node.id) {
@@ -369,8 +485,13 @@ async fn finish(c: &Arc<Coordinator>, node: &mut NodeRecord, session_id: u64) {
         }
     };
     tracing::info!(node = %node.name, session_id, "node session closed");
+    report_suppressed(c, pace, &node.name);
     if was_current {
+        // Also writes what the write allowance held back.
         persist(c, node).await;
+        if std::mem::take(&mut pace.kick_rollout) {
+            c.rollout_kick.notify_one();
+        }
         c.event("node.offline", &node.name, "session closed");
     }
 }

@@ -15,7 +15,10 @@ use super::status::{blocking, internal};
 use crate::drill;
 use crate::state::Coordinator;
 use crate::store::{DrillRecord, NodeRecord};
-use crate::vault::{Accepted, Export, ExportError, Refused, token_fingerprint};
+use crate::vault::{
+    Accepted, ClusterToken, DropError, Export, ExportError, Refused, describe_dropped, short_id,
+    token_fingerprint,
+};
 
 /// Bytes of the keys file per `ExportSealingKeysChunk`: well under the message limit
 /// (`MAX_MESSAGE_BYTES`), large enough that a vault of hundreds of keys is a few chunks.
@@ -51,7 +54,7 @@ pub(crate) async fn on_sealing_key(c: &Arc<Coordinator>, node: &NodeRecord, repo
         Ok(Accepted::Seen | Accepted::Unchanged) => {
             tracing::debug!(node = %node.name, key = %what, "sealing key seen again");
         }
-        Err(e) => refused(c, node, &what, &e),
+        Err(e) => refused(c, node, "key", &what, &e),
     }
 }
 
@@ -61,25 +64,81 @@ pub(crate) async fn on_k3s_token(c: &Arc<Coordinator>, node: &NodeRecord, token:
         return;
     }
     let (cc, n, t) = (c.clone(), node.clone(), zeroize::Zeroizing::new(token.to_owned()));
-    match blocking(move || cc.vault.accept_k3s_token(cc.store.as_ref(), &n, &t, cc.now())).await {
+    let accepted = blocking(move || {
+        let k3s = cc.cluster.borrow().k3s.clone();
+        let cluster = ClusterToken {
+            known: k3s.server_token.as_deref(),
+            from_first_server: k3s.first_server_id.as_deref() == Some(n.id.as_str()),
+        };
+        cc.vault.accept_k3s_token(cc.store.as_ref(), &n, &t, cluster, cc.now())
+    });
+    match accepted.await {
         Ok(Ok(Accepted::New)) => c.event("vault.k3s-token", &node.name, "K3s server token backed up"),
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => refused(c, node, "the K3s token", &e),
+        Ok(Err(e)) => refused(c, node, "token", "the K3s token", &e),
         Err(status) => tracing::warn!(node = %node.name, %status, "could not back up the K3s token"),
     }
 }
 
-fn refused(c: &Coordinator, node: &NodeRecord, what: &str, e: &Refused) {
+/// Logs and records a refusal: the 1st, 10th, 100th… of each kind from a node,
+/// with the count, so that a node repeating a refused report (every new session,
+/// or a flood) cannot fill the log.
+fn refused(c: &Coordinator, node: &NodeRecord, class: &'static str, what: &str, e: &Refused) {
     let detail = std::error::Error::source(e).map(|s| format!(": {s}")).unwrap_or_default();
     match e {
         Refused::Store(_) | Refused::Vault(_) => {
             tracing::error!(node = %node.name, item = %what, error = %e, detail, "the key vault failed");
         }
         _ => {
-            tracing::warn!(node = %node.name, item = %what, error = %e, detail, "key vault report refused");
-            c.event("vault.refused", &node.name, &format!("{what}: {e}{detail}"));
+            let count = c.vault.count_refusal(&node.name, class, e);
+            if !is_power_of_ten(count) {
+                tracing::debug!(node = %node.name, item = %what, error = %e, count, "key vault report refused");
+                return;
+            }
+            tracing::warn!(node = %node.name, item = %what, error = %e, detail, count, "key vault report refused");
+            let times =
+                if count == 1 { String::new() } else { format!(" ({count} refusals of this kind so far)") };
+            c.event("vault.refused", &node.name, &format!("{what}: {e}{detail}{times}"));
         }
     }
+}
+
+fn is_power_of_ten(mut n: u64) -> bool {
+    while n >= 10 && n.is_multiple_of(10) {
+        n /= 10;
+    }
+    n == 1
+}
+
+/// `DropVaultItem`: drops an item, or lets a dropped one back. Evented.
+pub(crate) async fn drop_item(
+    c: &Arc<Coordinator>,
+    admin: &str,
+    request: pb::DropVaultItemRequest,
+) -> Result<pb::DropVaultItemResponse, Status> {
+    let cc = c.clone();
+    let (id, undo) = (request.id.clone(), request.undo);
+    let outcome = blocking(move || {
+        if undo {
+            cc.vault.undrop_item(cc.store.as_ref(), &id)
+        } else {
+            cc.vault.drop_item(cc.store.as_ref(), &id, cc.now())
+        }
+    })
+    .await?
+    .map_err(|e| match e {
+        DropError::NotFound(_) => Status::not_found(e.to_string()),
+        DropError::Ambiguous { .. } => Status::invalid_argument(e.to_string()),
+        DropError::AlreadyDropped(_) | DropError::NotDropped(_) => Status::failed_precondition(e.to_string()),
+        DropError::Store(e) => internal(e),
+    })?;
+    let (kind, verb) = if undo { ("vault.undropped", "let back") } else { ("vault.dropped", "dropped") };
+    c.event(kind, &outcome.id, &format!("{} {verb} by {admin}", outcome.what));
+    if !undo {
+        // The drill judged the vault with that key.
+        c.drill_kick.notify_one();
+    }
+    Ok(pb::DropVaultItemResponse { id: outcome.id, what: outcome.what })
 }
 
 /// `ListSealingKeys`: metadata only, newest certificate first, and the last drill.
@@ -91,8 +150,20 @@ pub(crate) async fn list(c: &Arc<Coordinator>) -> Result<pb::ListSealingKeysResp
     .await?
     .map_err(internal)?;
     records.sort_by_key(|r| std::cmp::Reverse(r.sealing_key.as_ref().map(|m| m.not_before_unix)));
+    let (dropped, records): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| r.is_dropped());
     let token = records.iter().filter(|r| r.is_k3s_token()).max_by_key(|r| r.last_seen_unix);
     Ok(pb::ListSealingKeysResponse {
+        dropped: dropped
+            .iter()
+            .map(|r| pb::DroppedVaultItem {
+                id: short_id(&r.id),
+                what: describe_dropped(r),
+                dropped_unix: r.dropped_unix,
+                first_reported_by: r.first_reported_by.clone(),
+                reported_by: r.reported_by.clone(),
+                last_seen_unix: r.last_seen_unix,
+            })
+            .collect(),
         keys: records
             .iter()
             .filter_map(|r| {
@@ -108,6 +179,8 @@ pub(crate) async fn list(c: &Arc<Coordinator>) -> Result<pb::ListSealingKeysResp
                     first_seen_unix: r.first_seen_unix,
                     last_seen_unix: r.last_seen_unix,
                     reported_by: r.reported_by.clone(),
+                    id: short_id(&r.id),
+                    first_reported_by: r.first_reported_by.clone(),
                 })
             })
             .collect(),
@@ -118,6 +191,8 @@ pub(crate) async fn list(c: &Arc<Coordinator>) -> Result<pb::ListSealingKeysResp
                 reported_by: r.reported_by.clone(),
                 first_seen_unix: r.first_seen_unix,
                 last_seen_unix: r.last_seen_unix,
+                id: short_id(&r.id),
+                first_reported_by: r.first_reported_by.clone(),
             },
             None => pb::K3sTokenInfo::default(),
         }),

@@ -11,6 +11,7 @@
 
 mod admins;
 mod cluster;
+mod drains;
 mod events;
 mod sessions;
 
@@ -25,6 +26,7 @@ use tokio::sync::{Notify, watch};
 
 pub(crate) use admins::{AdminCheck, CreateAdminError};
 pub use cluster::{ClusterState, ParsedSpec};
+pub(crate) use drains::{DrainBook, Recorded, truncate};
 pub(crate) use sessions::{LiveSession, Outbound, OutboundMessage};
 
 use crate::convert;
@@ -54,8 +56,9 @@ pub struct Coordinator {
     pub(crate) rollout_kick: Notify,
     /// Serialises changes to the rollout (driver ticks, operator actions).
     pub(crate) rollout_lock: tokio::sync::Mutex<()>,
-    /// Outcomes of drain commands by operation id, until the driver reads them.
-    pub(crate) drain_results: Mutex<BTreeMap<String, Result<(), String>>>,
+    /// Drain commands in flight (where each went) and their outcomes, until
+    /// the driver reads them.
+    pub(crate) drains: DrainBook,
     /// Sealing keys and the K3s token, encrypted at rest.
     pub(crate) vault: Vault,
     /// Wakes the recovery drill (a new key reached the vault).
@@ -74,6 +77,11 @@ impl std::fmt::Debug for Coordinator {
             .finish_non_exhaustive()
     }
 }
+
+/// Longest event message kept (and logged); longer ones are cut on a character
+/// boundary and say so. The log keeps 10,000 events, so this bounds it to tens
+/// of MiB whatever nodes write.
+pub const MAX_EVENT_MESSAGE_BYTES: usize = 2048;
 
 /// Whole seconds since the Unix epoch; 0 for a clock set before it.
 fn unix_seconds(t: SystemTime) -> i64 {
@@ -134,7 +142,7 @@ impl Coordinator {
             events,
             rollout_kick: Notify::new(),
             rollout_lock: tokio::sync::Mutex::new(()),
-            drain_results: Mutex::new(BTreeMap::new()),
+            drains: DrainBook::default(),
             vault,
             drill_kick: Notify::new(),
             drill_scratch: Mutex::new(std::env::temp_dir()),
@@ -287,15 +295,27 @@ impl Coordinator {
     }
 
     /// Appends to the event log; a failure to log is reported but never fails the
-    /// operation that caused it.
+    /// operation that caused it. Messages longer than [`MAX_EVENT_MESSAGE_BYTES`]
+    /// are cut (nodes write some of them).
     pub(crate) fn event(&self, kind: &str, subject: &str, message: &str) {
+        let message = truncate(message, MAX_EVENT_MESSAGE_BYTES);
         tracing::info!(kind, subject, message, "event");
         self.events.append(NewEvent {
             unix: self.now(),
             kind: kind.into(),
             subject: subject.into(),
-            message: message.into(),
+            message,
         });
+    }
+
+    /// Events dropped because the log's queue was full, since the start.
+    pub fn events_dropped(&self) -> u64 {
+        self.events.dropped_total()
+    }
+
+    /// Drain commands the coordinator holds (sent and not yet forgotten).
+    pub fn drains_pending(&self) -> usize {
+        self.drains.len()
     }
 }
 

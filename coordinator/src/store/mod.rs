@@ -183,11 +183,29 @@ pub struct VaultRecord {
     /// Set for sealing keys; `None` for the K3s token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealing_key: Option<SealingKeyMeta>,
+    /// The server node that reported it first (empty for records from before
+    /// this was kept).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub first_reported_by: String,
+    /// When the operator dropped it (`keys drop`); 0 while kept. A dropped
+    /// record keeps only this metadata, no key material, so that the same
+    /// item reported again stays out (`Vault::undrop` lets it back).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_unix: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 impl VaultRecord {
     pub fn is_k3s_token(&self) -> bool {
         self.sealing_key.is_none()
+    }
+
+    /// Dropped by the operator: listed as such, never exported.
+    pub fn is_dropped(&self) -> bool {
+        self.dropped_unix != 0
     }
 }
 
@@ -433,6 +451,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn put_vault(&self, record: &VaultRecord, sealed: Option<&[u8]>) -> Result<(), StoreError>;
     /// The encrypted item of a vault record.
     fn get_vault_sealed(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Removes the encrypted item of vault record `id`; writes `keep` in place of
+    /// the record (a dropped item's metadata), or removes the record too. One
+    /// transaction.
+    fn remove_vault_item(&self, id: &str, keep: Option<&VaultRecord>) -> Result<(), StoreError>;
 
     /// Every admin credential, revoked ones too, oldest first.
     fn list_admins(&self) -> Result<Vec<AdminRecord>, StoreError>;

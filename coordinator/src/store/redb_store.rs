@@ -532,6 +532,24 @@ impl Store for RedbStore {
         self.revoke_admin_named(name, now, allow_last)
     }
 
+    fn remove_vault_item(&self, id: &str, keep: Option<&VaultRecord>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        {
+            let mut sealed = txn.open_table(VAULT_SEALED).map_err(engine)?;
+            sealed.remove(id).map_err(engine)?;
+            let mut table = txn.open_table(VAULT).map_err(engine)?;
+            match keep {
+                Some(record) => {
+                    table.insert(id, encode(record).as_slice()).map_err(engine)?;
+                }
+                None => {
+                    table.remove(id).map_err(engine)?;
+                }
+            }
+        }
+        txn.commit().map_err(engine)
+    }
+
     fn append_events(&self, new: &[NewEvent]) -> Result<u64, StoreError> {
         let txn = self.db.begin_write().map_err(engine)?;
         let seq = {
