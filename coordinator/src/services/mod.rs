@@ -6,6 +6,7 @@
 mod admin;
 mod auth;
 mod enrollment;
+mod renewal;
 mod session;
 mod status;
 mod vault;
