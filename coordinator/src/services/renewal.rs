@@ -48,7 +48,15 @@ pub(crate) fn admission(node: &NodeRecord, presented: &str) -> Admission {
 pub(crate) async fn admit(c: &Arc<Coordinator>, node: &mut NodeRecord, leaf: &[u8]) -> Result<(), Status> {
     let presented = pki::fingerprint(leaf);
     let admission = admission(node, &presented);
+    let not_after = pki::validity(leaf).map(|v| v.not_after_unix).unwrap_or(0);
     match admission {
+        // A record from before expiries were kept learns it now (for `certs status`).
+        Admission::Current if node.certificate_not_after_unix == 0 && not_after != 0 => {
+            node.certificate_not_after_unix = not_after;
+            let (store, n) = (c.store.clone(), node.clone());
+            blocking(move || store.update_node(&n)).await?.map_err(internal)?;
+            return Ok(());
+        }
         Admission::Current => return Ok(()),
         Admission::Refuse => {
             tracing::warn!(node = %node.name, certificate = %presented, "refusing a session with a certificate that is not the node's current one");
@@ -61,7 +69,7 @@ pub(crate) async fn admit(c: &Arc<Coordinator>, node: &mut NodeRecord, leaf: &[u
     }
     let previous = std::mem::replace(&mut node.certificate_sha256, presented.clone());
     node.pending_certificate_sha256 = String::new();
-    node.certificate_not_after_unix = pki::validity(leaf).map(|v| v.not_after_unix).unwrap_or(0);
+    node.certificate_not_after_unix = not_after;
     let (store, n) = (c.store.clone(), node.clone());
     blocking(move || store.update_node(&n)).await?.map_err(internal)?;
     if admission == Admission::Promote {
