@@ -17,6 +17,7 @@ pub mod held;
 pub mod inventory;
 pub mod join;
 pub mod link;
+pub mod node_cert;
 pub mod paths;
 pub mod reconcile;
 pub mod sealing_keys;

@@ -34,6 +34,8 @@ pub enum AgentError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
+    #[error(transparent)]
+    NodeCert(#[from] crate::node_cert::NodeCertError),
 }
 
 /// Runs the agent until `shutdown` completes.
@@ -45,7 +47,9 @@ pub async fn run(
     options: AgentOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let tls = config.tls(&host.fs)?;
+    // Read again for every session (a renewal replaces it); read here so that a
+    // node without a usable identity says so at start.
+    let identity = crate::node_cert::load(&host.fs)?;
     let target = config.target()?;
     // Parsed once here, and once per spec the session receives; everything else
     // subscribes to the link's channel.
@@ -54,6 +58,7 @@ pub async fn run(
     tracing::info!(
         node = %config.node_name,
         coordinator = %config.coordinator,
+        certificate = %identity.fingerprint,
         held_generation = held.as_ref().map(|h| h.spec.generation),
         applied_generation = applied,
         "agent starting"
@@ -81,8 +86,7 @@ pub async fn run(
         trigger.clone(),
     ));
 
-    let ctx =
-        session::SessionContext { host, target, tls, spec_tx, spec_rx, status_rx, trigger, options, link };
+    let ctx = session::SessionContext { host, target, spec_tx, spec_rx, status_rx, trigger, options, link };
     tokio::select! {
         () = session::run(ctx) => {}
         () = shutdown => {}

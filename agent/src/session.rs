@@ -23,7 +23,6 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 pub(crate) struct SessionContext {
     pub host: Host,
     pub target: Target,
-    pub tls: Arc<rustls::ClientConfig>,
     pub spec_tx: Arc<watch::Sender<Option<Arc<Held>>>>,
     pub spec_rx: watch::Receiver<Option<Arc<Held>>>,
     pub status_rx: watch::Receiver<ReconcileStatus>,
@@ -59,6 +58,12 @@ enum SessionEnd {
     Closed,
     #[error("could not persist the received spec")]
     Persist(#[from] StateError),
+    #[error(transparent)]
+    Identity(#[from] crate::node_cert::NodeCertError),
+    /// Not a failure: a renewed certificate is staged, and the next session opens
+    /// with it.
+    #[error("the node certificate was renewed; reconnecting with the new one")]
+    Renewed,
 }
 
 /// Delay before reconnect attempt `attempt` (0-based): exponential, capped, with
@@ -76,6 +81,11 @@ pub(crate) async fn run(mut ctx: SessionContext) {
     loop {
         let started = Instant::now();
         let end = session_once(&mut ctx).await;
+        if matches!(end, SessionEnd::Renewed) {
+            tracing::info!("node certificate renewed; reconnecting with it");
+            attempt = 0;
+            continue;
+        }
         // A session that lived a while was a success: start the backoff over.
         if started.elapsed() > Duration::from_secs(10) {
             attempt = 0;
@@ -109,7 +119,8 @@ async fn session_once(ctx: &mut SessionContext) -> SessionEnd {
 }
 
 async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
-    let channel = transport::channel(&ctx.target, ctx.tls.clone()).await?;
+    let identity = crate::node_cert::load(&ctx.host.fs)?;
+    let channel = transport::channel(&ctx.target, identity.tls.clone()).await?;
     let mut client = pb::node_session_client::NodeSessionClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -139,8 +150,24 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
     if let Some(report) = report {
         let _ = out.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::K3s(report)) }).await;
     }
-    let mut inbound =
-        client.session(ReceiverStream::new(out_rx)).await.map_err(SessionEnd::Refused)?.into_inner();
+    let mut inbound = match client.session(ReceiverStream::new(out_rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            // The coordinator no longer expects this renewed certificate (a later
+            // request replaced it): back to the pair in place, which it still accepts.
+            if identity.is_staged() && status.code() == tonic::Code::PermissionDenied {
+                tracing::warn!(certificate = %identity.fingerprint, %status, "the coordinator refused the renewed certificate; dropping it");
+                crate::node_cert::discard_staged(&ctx.host.fs)?;
+            }
+            return Err(SessionEnd::Refused(status));
+        }
+    };
+    if identity.is_staged() {
+        // The coordinator accepted the new certificate and from now on refuses the
+        // old one: move the new pair into place.
+        crate::node_cert::promote(&ctx.host.fs, &identity)?;
+        tracing::info!(certificate = %identity.fingerprint, "renewed node certificate in use");
+    }
 
     tracing::info!(coordinator = %ctx.target.url, "session established");
     notify::ready(&format!("connected to {}", ctx.target.url));
@@ -150,6 +177,8 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
     let mut heartbeat = tokio::time::interval(period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent_at: Option<(u64, Instant)> = None;
+    // The key of a certificate request sent, until its certificate arrives.
+    let mut renewal_key: Option<String> = None;
     // Every sealing key again on each session: the coordinator may not have them.
     let mut keys = crate::sealing_keys::KeySender::new(&ctx.link.keys, crate::sealing_keys::REFRESH);
     loop {
@@ -185,6 +214,24 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
                         if out.send(msg).await.is_err() {
                             return Ok(());
                         }
+                    }
+                    Some(pb::coordinator_message::Msg::RenewCertificate(_)) => {
+                        let (key, csr_der) = crate::node_cert::new_request()?;
+                        tracing::info!(certificate = %identity.fingerprint, "coordinator asked for certificate renewal; sending a CSR for a new key");
+                        renewal_key = Some(key);
+                        let request = pb::CertificateRequest { csr_der };
+                        let msg = pb::AgentMessage { msg: Some(pb::agent_message::Msg::CertificateRequest(request)) };
+                        if out.send(msg).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Some(pb::coordinator_message::Msg::NodeCertificate(cert)) => {
+                        let Some(key) = renewal_key.take() else {
+                            tracing::warn!("ignoring a node certificate that was not asked for");
+                            continue;
+                        };
+                        crate::node_cert::stage(&ctx.host.fs, &key, &cert.certificate_pem, &cert.ca_bundle_pem)?;
+                        return Err(SessionEnd::Renewed);
                     }
                     Some(pb::coordinator_message::Msg::HeartbeatAck(ack)) => {
                         if let Some((s, at)) = sent_at.take() && s == ack.seq {

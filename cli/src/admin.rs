@@ -239,6 +239,10 @@ struct NodeView {
     reconcile_error: String,
     labels: std::collections::BTreeMap<String, String>,
     certificate_sha256: String,
+    /// When the node certificate expires (0: not known yet).
+    certificate_not_after_unix: i64,
+    /// A renewed certificate not yet used (empty: none).
+    pending_certificate_sha256: String,
     token_id: String,
     inventory: Option<elysium_coordinator::store::Inventory>,
     conditions: Vec<ConditionView>,
@@ -272,6 +276,8 @@ impl From<&pb::NodeRecord> for NodeView {
             reconcile_error: n.reconcile_error.clone(),
             labels: n.labels.clone().into_iter().collect(),
             certificate_sha256: n.certificate_sha256.clone(),
+            certificate_not_after_unix: n.certificate_not_after_unix,
+            pending_certificate_sha256: n.pending_certificate_sha256.clone(),
             token_id: n.token_id.clone(),
             inventory: n.inventory.clone().map(Into::into),
             conditions: n

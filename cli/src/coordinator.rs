@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use elysium_coordinator::datadir::{self, InitOptions};
+use elysium_coordinator::pki::Lifetimes;
 use elysium_coordinator::server::{self, Coordinator, ServerTls};
 use elysium_coordinator::tokens::Role;
 
@@ -18,6 +19,7 @@ pub async fn run(cmd: CoordinatorCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         CoordinatorCommand::Init(args) => init(args),
         CoordinatorCommand::Serve(args) => serve(&args.data_dir, args.listen, None).await,
+        CoordinatorCommand::Certs(cmd) => super::certs::run(cmd).await,
         CoordinatorCommand::Quickstart(args) => {
             if !args.data_dir.join(datadir::CONFIG_FILE).exists() {
                 let mut sans = local_names();
@@ -29,6 +31,8 @@ pub async fn run(cmd: CoordinatorCommand) -> anyhow::Result<ExitCode> {
                     name: None,
                     sans,
                     port: args.listen.port(),
+                    node_cert_ttl: Lifetimes::DEFAULT_NODE,
+                    server_cert_ttl: Lifetimes::DEFAULT_SERVER,
                 })?;
             }
             serve(&args.data_dir, args.listen, Some(())).await
@@ -51,7 +55,9 @@ fn local_names() -> Vec<String> {
 
 fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     let name = args.name.unwrap_or_else(hostname);
-    let opts = InitOptions { name: name.clone(), sans: args.sans, port: args.port };
+    let lifetimes =
+        Lifetimes { node: args.node_cert_ttl, server: args.server_cert_ttl, ..Lifetimes::default() };
+    let opts = InitOptions { name: name.clone(), sans: args.sans, port: args.port, lifetimes };
     datadir::init(&args.data_dir, &opts)?;
     let dir = std::path::absolute(&args.data_dir).unwrap_or(args.data_dir);
     eprintln!("Coordinator {name:?} initialised in {}.", dir.display());
@@ -85,7 +91,8 @@ async fn serve(data_dir: &Path, listen: SocketAddr, quickstart: Option<()>) -> a
     let sans = dir.config.sans.clone();
     let name = dir.config.name.clone();
     let vault = dir.vault_key()?;
-    let coordinator = Coordinator::new(Arc::new(store), dir.ca, vault, server::system_clock())?;
+    let clock = server::system_clock();
+    let coordinator = Coordinator::new(Arc::new(store), dir.ca.with_clock(clock.clone()), vault, clock)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("could not listen on {listen} (is another coordinator running?)"))?;

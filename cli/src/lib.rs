@@ -7,6 +7,7 @@
 
 mod admin;
 mod admins;
+mod certs;
 mod coordinator;
 mod inventory;
 mod k3s;
@@ -183,6 +184,37 @@ pub enum CoordinatorCommand {
     /// Named admin credentials: create, list and revoke them.
     #[command(subcommand, after_help = admins::ADMIN_HELP)]
     Admin(admins::AdminCommand),
+    /// The coordinator's certificates: expiry of every one, a new server certificate.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// List every certificate (CA, server, admin, each node's) with its expiry.
+    /// Exits 1 when one expires within --within (or has expired).
+    #[command(
+        after_help = "Example:\n  elysium-node coordinator certs status --data-dir /var/lib/elysium-coordinator --within 30d --json"
+    )]
+    Status {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// How soon an expiry counts as a problem.
+        #[arg(long, default_value = "14days", value_parser = humantime::parse_duration)]
+        within: std::time::Duration,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Issue a new server certificate now (with extra names given by --san). A
+    /// running coordinator takes it up for new connections within a minute; open
+    /// sessions are kept.
+    Rotate {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// DNS name or IP to add to the certificate (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +231,14 @@ pub struct InitArgs {
     /// Port for the admin credentials' address.
     #[arg(long, default_value_t = elysium_identity::DEFAULT_PORT)]
     pub port: u16,
+    /// Lifetime of node certificates (e.g. 90d, 1h); nodes renew theirs over
+    /// the session when a third remains.
+    #[arg(long, default_value = "90days", value_parser = humantime::parse_duration)]
+    pub node_cert_ttl: std::time::Duration,
+    /// Lifetime of the coordinator's TLS server certificate; the serving
+    /// coordinator re-issues it when a third remains.
+    #[arg(long, default_value = "365days", value_parser = humantime::parse_duration)]
+    pub server_cert_ttl: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -88,6 +88,8 @@ pub fn node_to_pb(n: &NodeRecord, online: bool) -> pb::NodeRecord {
         conditions: n.conditions.iter().map(condition_to_pb).collect(),
         hardware_json: n.hardware_json.clone(),
         k3s_version: n.k3s_version.clone(),
+        certificate_not_after_unix: n.certificate_not_after_unix,
+        pending_certificate_sha256: n.pending_certificate_sha256.clone(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! admin credentials file and the state store.
 //!
 //! ```text
-//! DIR/coordinator.toml   name and certificate names (SANs)
+//! DIR/coordinator.toml   name, certificate names (SANs) and certificate lifetimes
 //! DIR/ca.crt, ca.key     the CA (key 0600)
 //! DIR/server.crt, .key   the TLS server certificate (key 0600)
 //! DIR/admin.toml         the first admin's credentials, like a kubeconfig (0600)
@@ -19,7 +19,7 @@ use elysium_host::{FsError, RootFs};
 use serde::{Deserialize, Serialize};
 
 use crate::admins::{self, BadName, RecordError};
-use crate::pki::{Ca, PkiError};
+use crate::pki::{Ca, Lifetimes, PkiError};
 use crate::store::{AdminRecord, AdminWriteError, RedbStore, Store, StoreError};
 
 /// Default TCP port of the coordinator (the nodes' default too: `elysium-identity`).
@@ -43,6 +43,28 @@ pub struct CoordinatorConfig {
     /// DNS names and IP addresses in the server certificate; nodes must reach the
     /// coordinator by one of them.
     pub sans: Vec<String>,
+    /// Lifetime of node certificates ("90days"); absent in data directories made
+    /// before lifetimes were settable, which get the default.
+    #[serde(default = "default_node_ttl", with = "humantime_serde")]
+    pub node_cert_ttl: std::time::Duration,
+    /// Lifetime of the server certificate ("365days").
+    #[serde(default = "default_server_ttl", with = "humantime_serde")]
+    pub server_cert_ttl: std::time::Duration,
+}
+
+fn default_node_ttl() -> std::time::Duration {
+    Lifetimes::DEFAULT_NODE
+}
+
+fn default_server_ttl() -> std::time::Duration {
+    Lifetimes::DEFAULT_SERVER
+}
+
+impl CoordinatorConfig {
+    /// The lifetimes the CA issues with.
+    pub fn lifetimes(&self) -> Lifetimes {
+        Lifetimes { node: self.node_cert_ttl, server: self.server_cert_ttl, ..Lifetimes::default() }
+    }
 }
 
 /// The admin credentials file (`admin.toml`), read by admin commands from
@@ -101,6 +123,8 @@ pub enum DataDirError {
     AdminWrite(#[from] AdminWriteError),
     #[error("{} exists; refusing to overwrite credentials (choose another --out, or remove it first)", .0.display())]
     OutExists(PathBuf),
+    #[error("{what} must be at least {}", humantime::format_duration(Lifetimes::MINIMUM))]
+    LifetimeTooShort { what: &'static str },
     #[error("could not serialise {file}")]
     Serialise {
         file: &'static str,
@@ -110,7 +134,7 @@ pub enum DataDirError {
 }
 
 /// What `init` needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct InitOptions {
     pub name: String,
     /// Extra DNS names / IPs for the server certificate (localhost and 127.0.0.1
@@ -118,6 +142,8 @@ pub struct InitOptions {
     pub sans: Vec<String>,
     /// Port written into the admin credentials' coordinator address.
     pub port: u16,
+    /// Certificate lifetimes, kept in coordinator.toml.
+    pub lifetimes: Lifetimes,
 }
 
 /// A loaded data directory.
@@ -161,7 +187,15 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<AdminConfig, DataDirError>
             sans.push(s.clone());
         }
     }
+    for (what, ttl) in
+        [("--node-cert-ttl", opts.lifetimes.node), ("--server-cert-ttl", opts.lifetimes.server)]
+    {
+        if ttl < Lifetimes::MINIMUM {
+            return Err(DataDirError::LifetimeTooShort { what });
+        }
+    }
     let (ca, ca_issued) = Ca::generate(&opts.name)?;
+    let ca = ca.with_lifetimes(opts.lifetimes);
     let server = ca.issue_server(&opts.name, &sans)?;
     let admin = ca.issue_admin("operator")?;
     let admin_der = admin.cert_der.clone();
@@ -173,7 +207,12 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<AdminConfig, DataDirError>
         cert_pem: admin.cert_pem,
         key_pem: admin.key_pem,
     };
-    let config = CoordinatorConfig { name: opts.name.clone(), sans };
+    let config = CoordinatorConfig {
+        name: opts.name.clone(),
+        sans,
+        node_cert_ttl: opts.lifetimes.node,
+        server_cert_ttl: opts.lifetimes.server,
+    };
 
     let staging = abs.with_file_name(format!(
         ".{}.init-{}",
@@ -218,8 +257,55 @@ pub fn load(dir: &Path) -> Result<DataDir, DataDirError> {
     let config_path = path.join(CONFIG_FILE);
     let config: CoordinatorConfig = toml::from_str(&read(CONFIG_FILE)?)
         .map_err(|source| DataDirError::BadConfig { path: config_path, source })?;
-    let ca = Ca::load(&read(CA_CERT)?, &read(CA_KEY)?)?;
-    Ok(DataDir { config, ca, server_cert_pem: read(SERVER_CERT)?, server_key_pem: read(SERVER_KEY)?, path })
+    let ca = Ca::load(&read(CA_CERT)?, &read(CA_KEY)?)?.with_lifetimes(config.lifetimes());
+    let (mut server_cert_pem, mut server_key_pem) = (read(SERVER_CERT)?, read(SERVER_KEY)?);
+    // The server certificate and key are replaced as two files (key first); a
+    // crash between the two leaves a key that does not match the certificate.
+    // The CA is here: issue a new pair rather than fail to start.
+    if !crate::pki::pem_to_der(&server_cert_pem)
+        .is_some_and(|der| crate::pki::key_matches(&der, &server_key_pem))
+    {
+        tracing::warn!(dir = %path.display(), "the server certificate and key do not match (interrupted renewal?); issuing a new server certificate");
+        let issued = reissue_server(&path, &ca, &config)?;
+        (server_cert_pem, server_key_pem) = (issued.cert_pem, issued.key_pem);
+    }
+    Ok(DataDir { config, ca, server_cert_pem, server_key_pem, path })
+}
+
+/// Reads `coordinator.toml` alone (the serving coordinator re-reads the SANs
+/// before it renews the server certificate: `certs rotate --san` may have added some).
+pub fn load_config(dir: &Path) -> Result<CoordinatorConfig, DataDirError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = RootFs::new("/").read_to_string(&path).map_err(|e| {
+        if e.is_not_found() {
+            DataDirError::NotInitialised { dir: dir.to_path_buf(), file: CONFIG_FILE }
+        } else {
+            e.into()
+        }
+    })?;
+    toml::from_str(&text).map_err(|source| DataDirError::BadConfig { path, source })
+}
+
+/// Writes `coordinator.toml`.
+pub fn save_config(dir: &Path, config: &CoordinatorConfig) -> Result<(), DataDirError> {
+    let text = toml_string(CONFIG_FILE, config)?;
+    RootFs::new("/").write_atomic(dir.join(CONFIG_FILE), text.as_bytes(), 0o644)?;
+    Ok(())
+}
+
+/// Issues a server certificate for `config`'s name and SANs and writes it into
+/// `dir`: the key first, then the certificate, each replaced atomically (a reader
+/// between the two sees a pair that does not match and does not use it).
+pub fn reissue_server(
+    dir: &Path,
+    ca: &Ca,
+    config: &CoordinatorConfig,
+) -> Result<crate::pki::Issued, DataDirError> {
+    let fs = RootFs::new("/");
+    let issued = ca.issue_server(&config.name, &config.sans)?;
+    fs.write_atomic(dir.join(SERVER_KEY), issued.key_pem.as_bytes(), 0o600)?;
+    fs.write_atomic(dir.join(SERVER_CERT), issued.cert_pem.as_bytes(), 0o644)?;
+    Ok(issued)
 }
 
 /// Opens the data directory's state store for serving. A data directory from
@@ -325,13 +411,20 @@ fn bracket_ipv6(host: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
     fn init_then_load_and_refuse_to_overwrite() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
-        let opts = InitOptions { name: "lab".into(), sans: vec!["10.0.0.5".into()], port: 7443 };
+        let opts = InitOptions {
+            name: "lab".into(),
+            sans: vec!["10.0.0.5".into()],
+            port: 7443,
+            lifetimes: Lifetimes { node: Duration::from_secs(3600), ..Lifetimes::default() },
+        };
         let admin = init(&dir, &opts).unwrap();
         assert_eq!(admin.coordinator, "https://10.0.0.5:7443");
         let fs = RootFs::new("/");
@@ -342,6 +435,8 @@ mod tests {
         }
         let loaded = load(&dir).unwrap();
         assert_eq!(loaded.config.sans, ["localhost", "127.0.0.1", "10.0.0.5"]);
+        assert_eq!(loaded.ca.lifetimes().node, Duration::from_secs(3600));
+        assert!(std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap().contains("node_cert_ttl = \"1h\""));
         let before = std::fs::read(dir.join(CA_KEY)).unwrap();
         let err = init(&dir, &opts).unwrap_err();
         assert!(matches!(err, DataDirError::Exists(_)), "{err}");
@@ -353,7 +448,7 @@ mod tests {
     fn init_registers_its_admin_and_an_older_data_dir_adopts_admin_toml() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
-        let opts = InitOptions { name: "lab".into(), sans: vec![], port: 7443 };
+        let opts = InitOptions { name: "lab".into(), ..InitOptions::default() };
         let admin = init(&dir, &opts).unwrap();
         let fingerprint = crate::pki::fingerprint(&crate::pki::pem_to_der(&admin.cert_pem).unwrap());
         let loaded = load(&dir).unwrap();
@@ -406,6 +501,41 @@ mod tests {
         assert!(
             !err.to_string().contains("SECRETKEYMARKER") && !format!("{err:?}").contains("SECRETKEYMARKER")
         );
+    }
+
+    #[test]
+    fn a_config_from_before_lifetimes_loads_with_the_defaults() {
+        let old: CoordinatorConfig = toml::from_str("name = \"lab\"\nsans = [\"localhost\"]\n").unwrap();
+        assert_eq!(old.lifetimes(), Lifetimes::default());
+    }
+
+    #[test]
+    fn too_short_a_lifetime_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = InitOptions {
+            name: "lab".into(),
+            lifetimes: Lifetimes { server: Duration::from_secs(5), ..Lifetimes::default() },
+            ..InitOptions::default()
+        };
+        let err = init(&tmp.path().join("d"), &opts).unwrap_err();
+        assert!(err.to_string().contains("--server-cert-ttl"), "{err}");
+    }
+
+    #[test]
+    fn a_renewal_interrupted_between_key_and_certificate_heals_at_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        init(&dir, &InitOptions { name: "lab".into(), ..InitOptions::default() }).unwrap();
+        let before = load(&dir).unwrap();
+        // The new key landed, the new certificate did not.
+        let other = before.ca.issue_server("lab", &["localhost".into()]).unwrap();
+        std::fs::write(dir.join(SERVER_KEY), &other.key_pem).unwrap();
+        let healed = load(&dir).unwrap();
+        let der = crate::pki::pem_to_der(&healed.server_cert_pem).unwrap();
+        assert!(crate::pki::key_matches(&der, &healed.server_key_pem));
+        assert_ne!(healed.server_cert_pem, before.server_cert_pem);
+        assert_eq!(std::fs::read_to_string(dir.join(SERVER_CERT)).unwrap(), healed.server_cert_pem);
+        assert_eq!(RootFs::new("/").mode(dir.join(SERVER_KEY)).unwrap(), 0o600);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! listener; [`datadir`] creates and loads the on-disk identity. The CLI lives in
 //! the `elysium-node` binary; this crate owns no argument parsing.
 //!
-//! Dependencies point one way, floor by floor: `server` → `services` → `driver`
+//! Dependencies point one way, floor by floor: `server` → `tls` (the swappable
+//! server certificate), `services` → `driver`
 //! (the rollout driver), `drill` (the recovery drill) → `state` (the live, shared state) → `vault`, `k3s`,
 //! `convert` → `store` → the pure `rollout`, `tokens` and `pki`. `admins` (the
 //! rules of named admin credentials) stands on `store`'s record and `pki`.
@@ -17,6 +18,7 @@ pub mod pki;
 pub mod rollout;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod tokens;
 pub mod vault;
 

@@ -6,22 +6,81 @@
 //! certificate is issued from a CSR: the node's private key never leaves the node,
 //! and whatever subject the CSR asks for is ignored; the coordinator names the node.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use elysium_host::{Clock, SystemClock};
 
 // The formats both sides share (subject prefixes, fingerprints, the node's CSR)
 // live in `elysium-identity`; re-exported for the coordinator's own code.
 use elysium_identity::cert::distinguished_name as dn;
-pub use elysium_identity::cert::{ADMIN_CN_PREFIX, NODE_CN_PREFIX, fingerprint, pem_to_der};
+pub use elysium_identity::cert::{ADMIN_CN_PREFIX, NODE_CN_PREFIX, fingerprint, key_matches, pem_to_der};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 
-/// Validity of the CA. Rotation of the CA is out of scope; ten years is what K3s
+/// Validity of the CA. Rotation of the CA is not automated; ten years is what K3s
 /// uses for its own CAs.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// Validity of leaf certificates (server, admin, nodes).
-const LEAF_VALIDITY: Duration = Duration::from_secs(2 * 365 * 24 * 3600);
+const DAY: u64 = 24 * 3600;
+
+/// How long the certificates the CA issues live. Node and server certificates are
+/// renewed when a third of their lifetime remains (nodes over their session, the
+/// server certificate by the serving coordinator), so these bound how long a stolen
+/// key stays useful, not how long the fleet keeps working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Node client certificates. Default 90 days: renewal starts at 60.
+    pub node: Duration,
+    /// The coordinator's TLS server certificate. Default 365 days.
+    pub server: Duration,
+    /// Admin client certificates (not renewed automatically: the operator holds
+    /// the file). Default two years.
+    pub admin: Duration,
+}
+
+impl Lifetimes {
+    pub const DEFAULT_NODE: Duration = Duration::from_secs(90 * DAY);
+    pub const DEFAULT_SERVER: Duration = Duration::from_secs(365 * DAY);
+    pub const DEFAULT_ADMIN: Duration = Duration::from_secs(2 * 365 * DAY);
+    /// Shorter lifetimes than this leave no room for renewal between heartbeats
+    /// and the one-hour backdating.
+    pub const MINIMUM: Duration = Duration::from_secs(60);
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Self { node: Self::DEFAULT_NODE, server: Self::DEFAULT_SERVER, admin: Self::DEFAULT_ADMIN }
+    }
+}
+
+/// When a certificate should be renewed: once a third of its lifetime remains.
+/// The lifetime is the certificate's own, from its issue (NotBefore is backdated
+/// by [`BACKDATE`]) to NotAfter, so a lifetime changed after issue does not
+/// strand certificates issued under the old one.
+pub fn renew_after(validity: Validity) -> i64 {
+    let issued = validity.not_before_unix.saturating_add(BACKDATE.as_secs() as i64);
+    let lifetime = validity.not_after_unix.saturating_sub(issued).max(0);
+    validity.not_after_unix - lifetime / 3
+}
+
+/// A certificate's validity period, Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before_unix: i64,
+    pub not_after_unix: i64,
+}
+
+/// Reads a DER certificate's validity period.
+pub fn validity(cert_der: &[u8]) -> Result<Validity, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|_| PkiError::BadCertificate)?;
+    Ok(Validity {
+        not_before_unix: cert.validity().not_before.timestamp(),
+        not_after_unix: cert.validity().not_after.timestamp(),
+    })
+}
+
 /// Backdating absorbs clock skew between a fresh node and the coordinator.
 const BACKDATE: Duration = Duration::from_secs(3600);
 
@@ -56,6 +115,9 @@ pub struct Ca {
     cert_pem: String,
     cert_der: Vec<u8>,
     issuer: Issuer<'static, KeyPair>,
+    /// Dates every certificate it signs: the coordinator's clock (a fake in tests).
+    clock: Arc<dyn Clock>,
+    lifetimes: Lifetimes,
 }
 
 impl std::fmt::Debug for Ca {
@@ -68,17 +130,22 @@ impl std::fmt::Debug for Ca {
 impl Ca {
     /// Creates a new CA named after the coordinator.
     pub fn generate(name: &str) -> Result<(Self, Issued), PkiError> {
+        Self::generate_at(name, Arc::new(SystemClock))
+    }
+
+    /// [`Ca::generate`] dated by `clock`.
+    pub fn generate_at(name: &str, clock: Arc<dyn Clock>) -> Result<(Self, Issued), PkiError> {
         let key = KeyPair::generate().map_err(PkiError::Sign)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(&format!("elysium-ca@{name}"));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        set_validity(&mut params, CA_VALIDITY);
+        set_validity(&mut params, clock.now(), CA_VALIDITY);
         let cert = params.self_signed(&key).map_err(PkiError::Sign)?;
         let issued =
             Issued { cert_pem: cert.pem(), cert_der: cert.der().to_vec(), key_pem: key.serialize_pem() };
-        let ca = Self::load(&issued.cert_pem, &issued.key_pem)?;
+        let ca = Self::load(&issued.cert_pem, &issued.key_pem)?.with_clock(clock);
         Ok((ca, issued))
     }
 
@@ -88,7 +155,34 @@ impl Ca {
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(PkiError::LoadCa)?;
         let cert_der =
             pem_to_der(cert_pem).ok_or(PkiError::LoadCa(rcgen::Error::CouldNotParseCertificate))?;
-        Ok(Self { cert_pem: cert_pem.to_owned(), cert_der, issuer })
+        Ok(Self {
+            cert_pem: cert_pem.to_owned(),
+            cert_der,
+            issuer,
+            clock: Arc::new(SystemClock),
+            lifetimes: Lifetimes::default(),
+        })
+    }
+
+    /// Dates what it signs by `clock` (the coordinator's).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Issues certificates with these lifetimes.
+    pub fn with_lifetimes(mut self, lifetimes: Lifetimes) -> Self {
+        self.lifetimes = lifetimes;
+        self
+    }
+
+    pub fn lifetimes(&self) -> Lifetimes {
+        self.lifetimes
+    }
+
+    /// The time by the CA's clock, Unix seconds.
+    pub fn now_unix(&self) -> i64 {
+        unix(self.clock.now())
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -109,7 +203,7 @@ impl Ca {
         let mut params = CertificateParams::new(sans.to_vec()).map_err(PkiError::Sign)?;
         params.distinguished_name = dn(&format!("elysium-coordinator@{name}"));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue_with_new_key(params)
+        self.issue_with_new_key(params, self.lifetimes.server)
     }
 
     /// An admin client certificate.
@@ -117,7 +211,7 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(&format!("{ADMIN_CN_PREFIX}{name}"));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue_with_new_key(params)
+        self.issue_with_new_key(params, self.lifetimes.admin)
     }
 
     /// Signs an admin's CSR (`coordinator admin create` through the Admin
@@ -131,7 +225,7 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(random_serial());
-        set_validity(&mut params, LEAF_VALIDITY);
+        set_validity(&mut params, self.clock.now(), self.lifetimes.admin);
         let cert = params.signed_by(&csr.public_key, &self.issuer).map_err(PkiError::Sign)?;
         Ok((cert.pem(), cert.der().to_vec()))
     }
@@ -146,15 +240,19 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(random_serial());
-        set_validity(&mut params, LEAF_VALIDITY);
+        set_validity(&mut params, self.clock.now(), self.lifetimes.node);
         let cert = params.signed_by(&csr.public_key, &self.issuer).map_err(PkiError::Sign)?;
         Ok((cert.pem(), cert.der().to_vec()))
     }
 
-    fn issue_with_new_key(&self, mut params: CertificateParams) -> Result<Issued, PkiError> {
+    fn issue_with_new_key(
+        &self,
+        mut params: CertificateParams,
+        validity: Duration,
+    ) -> Result<Issued, PkiError> {
         let key = KeyPair::generate().map_err(PkiError::Sign)?;
         params.serial_number = Some(random_serial());
-        set_validity(&mut params, LEAF_VALIDITY);
+        set_validity(&mut params, self.clock.now(), validity);
         let cert = params.signed_by(&key, &self.issuer).map_err(PkiError::Sign)?;
         Ok(Issued { cert_pem: cert.pem(), cert_der: cert.der().to_vec(), key_pem: key.serialize_pem() })
     }
@@ -193,10 +291,21 @@ pub fn not_after_unix(cert_der: &[u8]) -> Result<i64, PkiError> {
     Ok(cert.validity().not_after.timestamp())
 }
 
-fn set_validity(params: &mut CertificateParams, validity: Duration) {
-    let now = time::OffsetDateTime::now_utc();
+fn set_validity(params: &mut CertificateParams, now: SystemTime, validity: Duration) {
+    let now = time::OffsetDateTime::from(now);
     params.not_before = now - BACKDATE;
     params.not_after = now + validity;
+}
+
+/// `2026-12-04T18:00:00Z` for Unix seconds (certificate dates in events and status).
+pub fn format_unix(unix: i64) -> String {
+    jiff::Timestamp::from_second(unix).map(|t| t.to_string()).unwrap_or_else(|_| unix.to_string())
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 fn random_serial() -> SerialNumber {
@@ -220,6 +329,43 @@ mod tests {
         let csr = params.serialize_request(&key).unwrap();
         let (_, der) = ca.sign_node_csr(csr.der(), "n-123").unwrap();
         assert_eq!(identify(&der).unwrap(), PeerIdentity::Node("n-123".into()));
+    }
+
+    #[test]
+    fn certificates_are_dated_by_the_injected_clock_and_lifetimes() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let clock = elysium_host::FakeClock::new(start);
+        let lifetimes = Lifetimes {
+            node: Duration::from_secs(3600),
+            server: Duration::from_secs(7200),
+            admin: Duration::from_secs(60),
+        };
+        let (ca, _) = Ca::generate_at("test", Arc::new(clock.clone())).unwrap();
+        let ca = ca.with_lifetimes(lifetimes);
+        clock.advance(Duration::from_secs(100));
+        let now = 1_900_000_100;
+        let server = validity(&ca.issue_server("test", &["localhost".into()]).unwrap().cert_der).unwrap();
+        assert_eq!(server, Validity { not_before_unix: now - 3600, not_after_unix: now + 7200 });
+        let (_, csr) = elysium_identity::node_key_and_csr().unwrap();
+        let (_, node) = ca.sign_node_csr(&csr, "n-1").unwrap();
+        let node = validity(&node).unwrap();
+        assert_eq!(node.not_after_unix, now + 3600);
+        // Renewal starts when a third of the lifetime (from issue, not the backdated start) remains.
+        assert_eq!(renew_after(node), now + 2400);
+        // Three minutes: renewed after two.
+        let short = Validity { not_before_unix: now - 3600, not_after_unix: now + 180 };
+        assert_eq!(renew_after(short), now + 120);
+        assert_eq!(ca.now_unix(), now);
+    }
+
+    #[test]
+    fn a_key_matches_only_its_own_certificate() {
+        let (ca, _) = Ca::generate("test").unwrap();
+        let a = ca.issue_admin("a").unwrap();
+        let b = ca.issue_admin("b").unwrap();
+        assert!(key_matches(&a.cert_der, &a.key_pem));
+        assert!(!key_matches(&a.cert_der, &b.key_pem));
+        assert!(!key_matches(&a.cert_der, "not a key"));
     }
 
     #[test]

@@ -16,12 +16,11 @@ use std::time::Duration;
 
 use elysium_proto::{MAX_MESSAGE_BYTES, v1 as pb};
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 pub use crate::state::Coordinator;
 pub use elysium_host::{Clock, SystemClock};
 
-use crate::datadir::DataDir;
 use crate::services::{AdminGate, AdminService, EnrollmentService, SessionService};
 
 /// The coordinator's clock outside tests: the operating system's.
@@ -29,37 +28,13 @@ pub fn system_clock() -> Arc<dyn Clock> {
     Arc::new(SystemClock)
 }
 
-/// TLS material of the server.
-#[derive(Clone)]
-pub struct ServerTls {
-    /// Server certificate followed by the CA certificate: joining nodes find the
-    /// CA they pinned in the chain.
-    pub chain_pem: String,
-    pub key_pem: String,
-    pub ca_pem: String,
-}
-
-impl std::fmt::Debug for ServerTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerTls").finish_non_exhaustive()
-    }
-}
-
-impl ServerTls {
-    pub fn from_data_dir(dir: &DataDir) -> Self {
-        Self {
-            chain_pem: format!("{}{}", dir.server_cert_pem, dir.ca.cert_pem()),
-            key_pem: dir.server_key_pem.clone(),
-            ca_pem: dir.ca.cert_pem().to_owned(),
-        }
-    }
-}
+pub use crate::tls::ServerTls;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("could not configure TLS for the coordinator")]
-    Tls(#[source] tonic::transport::Error),
+    Tls(#[source] crate::tls::TlsError),
     #[error("the gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
 }
@@ -72,10 +47,9 @@ pub async fn run(
     tls: ServerTls,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let tls_config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&tls.chain_pem, &tls.key_pem))
-        .client_ca_root(Certificate::from_pem(&tls.ca_pem))
-        .client_auth_optional(true);
+    // TLS is done by `tls::Incoming` rather than tonic, so that a renewed server
+    // certificate takes effect for new handshakes without a restart.
+    let acceptor = crate::tls::Acceptor::new(tls).map_err(ServeError::Tls)?;
 
     let enrollment =
         pb::enrollment_server::EnrollmentServer::new(EnrollmentService::new(coordinator.clone()))
@@ -106,20 +80,8 @@ pub async fn run(
         }
     };
 
-    // `Server::tcp_nodelay` does not apply to connections handed in through
-    // `serve_with_incoming`: set it on each accepted socket, or every small
-    // response waits ~40 ms for a delayed ACK.
-    let incoming =
-        tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
-            conn.inspect(|s| {
-                if let Err(e) = s.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                }
-            })
-        });
+    let incoming = crate::tls::Incoming::new(listener, acceptor.clone());
     let serve = Server::builder()
-        .tls_config(tls_config)
-        .map_err(ServeError::Tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(Some(64))
@@ -150,6 +112,11 @@ pub async fn run(
     let drill = tokio::spawn(crate::drill::run(coordinator.clone(), async move {
         let _ = drill_stopped.await;
     }));
+    // The server certificate is renewed while serving, well before it expires.
+    let (certs_stop, certs_stopped) = tokio::sync::oneshot::channel::<()>();
+    let certs = tokio::spawn(crate::tls::keep_current(coordinator.clone(), acceptor, async move {
+        let _ = certs_stopped.await;
+    }));
     let result = tokio::select! {
         result = serve => result.map_err(ServeError::Serve),
         () = grace => {
@@ -159,8 +126,10 @@ pub async fn run(
     };
     let _ = driver_stop.send(());
     let _ = drill_stop.send(());
+    let _ = certs_stop.send(());
     let _ = driver.await;
     let _ = drill.await;
+    let _ = certs.await;
     result
 }
 

@@ -56,6 +56,15 @@ pub fn admin_key_and_csr() -> Result<(String, Vec<u8>), CsrError> {
     Ok((key.serialize_pem(), csr.der().to_vec()))
 }
 
+/// Whether the PEM private key `key_pem` belongs to the DER certificate: the key's
+/// SubjectPublicKeyInfo appears verbatim in the certificate. A certificate and key
+/// replaced as two files can be caught half-way; this is how a reader tells.
+pub fn key_matches(cert_der: &[u8], key_pem: &str) -> bool {
+    let Ok(key) = KeyPair::from_pem(key_pem) else { return false };
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    !spki.is_empty() && cert_der.windows(spki.len()).any(|w| w == spki.as_slice())
+}
+
 /// First certificate of a PEM document, as DER.
 pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     let mut reader = std::io::BufReader::new(pem.as_bytes());

@@ -99,6 +99,11 @@ impl Coordinator {
     /// `ip:port`), then `coordinator serve` on `ip:port`, stderr to `dir/coordinator.log`; returns once
     /// the port accepts connections (at most 10 s).
     pub fn start(bin: &Path, dir: &Path, ip: Ipv4Addr) -> Result<Coordinator> {
+        Self::start_with(bin, dir, ip, &[])
+    }
+
+    /// [`Coordinator::start`] with more `coordinator init` arguments (`--node-cert-ttl 3m`).
+    pub fn start_with(bin: &Path, dir: &Path, ip: Ipv4Addr, init_args: &[&str]) -> Result<Coordinator> {
         let data_dir = dir.join("coord");
         let log = dir.join("coordinator.log");
         let port = free_port(ip)?;
@@ -108,6 +113,7 @@ impl Coordinator {
             .args(["coordinator", "init", "--data-dir"])
             .arg(&data_dir)
             .args(["--san", &ip.to_string(), "--port", &port.to_string()])
+            .args(init_args)
             .stdin(Stdio::null())
             .output()
             .context("running `elysium-node coordinator init`")?;
@@ -144,6 +150,11 @@ impl Coordinator {
     /// `https://IP:PORT`, what nodes join.
     pub fn url(&self) -> String {
         format!("https://{}", self.listen)
+    }
+
+    /// The data directory (`coordinator certs status --data-dir`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// The admin credentials file written by `coordinator init`.

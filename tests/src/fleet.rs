@@ -694,6 +694,11 @@ impl Agent {
                                 self.answer(cmd, &out);
                             }
                         }
+                        // Simulated nodes live far shorter than a certificate: no renewal.
+                        Some(
+                            pb::coordinator_message::Msg::RenewCertificate(_)
+                            | pb::coordinator_message::Msg::NodeCertificate(_),
+                        ) => {}
                         None => {}
                     }
                 }

@@ -16,6 +16,7 @@ use elysium_agent::service::{self as agent, AgentOptions};
 use elysium_agent::transport::{self, Target};
 use elysium_agent::vault::KeyWatchOptions;
 use elysium_coordinator::datadir::{self, AdminConfig, InitOptions};
+use elysium_coordinator::pki::Lifetimes;
 use elysium_coordinator::server::{self, Clock, Coordinator, ServerTls};
 use elysium_coordinator::store::RedbStore;
 use elysium_host::{FakeSystemd, Host, RootFs};
@@ -48,10 +49,15 @@ impl TestCoordinator {
 
     /// Initialises a data directory and serves it on an ephemeral port.
     pub async fn start() -> Self {
+        Self::start_with(Lifetimes::default()).await
+    }
+
+    /// [`TestCoordinator::start`] with these certificate lifetimes.
+    pub async fn start_with(lifetimes: Lifetimes) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("coordinator");
-        datadir::init(&dir, &InitOptions { name: "test".into(), sans: vec!["127.0.0.1".into()], port: 0 })
-            .expect("coordinator init");
+        let opts = InitOptions { name: "test".into(), sans: vec!["127.0.0.1".into()], port: 0, lifetimes };
+        datadir::init(&dir, &opts).expect("coordinator init");
         let clock_offset = Arc::new(AtomicI64::new(0));
         let (coordinator, addr, stop, task) =
             serve(&dir, "127.0.0.1:0".parse().unwrap(), clock_offset.clone()).await;
@@ -186,7 +192,8 @@ async fn serve(
     let store = RedbStore::open(&data.store_path()).expect("open store");
     let clock: Arc<dyn Clock> = Arc::new(OffsetClock(offset));
     let vault = data.vault_key().expect("vault key");
-    let coordinator = Coordinator::new(Arc::new(store), data.ca, vault, clock).expect("coordinator");
+    let ca = data.ca.with_clock(clock.clone());
+    let coordinator = Coordinator::new(Arc::new(store), ca, vault, clock).expect("coordinator");
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel();

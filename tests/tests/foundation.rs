@@ -52,8 +52,12 @@ async fn a_node_joins_starts_its_service_and_comes_online() {
     // no longer matches, so the coordinator asks for the new document.
     node.host.fs.write_atomic("/proc/meminfo", b"MemTotal:       16384 kB\n", 0o444).unwrap();
     let agent = node.start_agent();
-    eventually("alpha online", WAIT, || async { online(&c, "alpha").await.then_some(()) }).await;
-    let rec = c.node("alpha").await.unwrap();
+    // Online (the session is registered) can be seen a moment before the Hello
+    // that carries the agent version is stored: wait for both.
+    let rec = eventually("alpha online with its agent version", WAIT, || async {
+        c.node("alpha").await.filter(|n| n.online && !n.agent_version.is_empty())
+    })
+    .await;
     assert_eq!(rec.agent_version, env!("CARGO_PKG_VERSION"));
     let doc = eventually("alpha's new hardware inventory", WAIT, || async {
         let doc: serde_json::Value = serde_json::from_str(&c.node("alpha").await?.hardware_json).ok()?;

@@ -105,3 +105,14 @@ pub(crate) fn require_node<T>(request: &Request<T>) -> Result<String, Status> {
         PeerIdentity::Admin(_) => Err(Status::permission_denied("node sessions need a node certificate")),
     }
 }
+
+/// The leaf certificate the caller presented (DER), which TLS verified.
+pub(crate) fn presented_leaf<T>(request: &Request<T>) -> Result<Vec<u8>, Status> {
+    let certs = request.peer_certs().ok_or_else(|| {
+        Status::unauthenticated("a client certificate issued by this coordinator is required")
+    })?;
+    certs
+        .first()
+        .map(|c| c.to_vec())
+        .ok_or_else(|| Status::unauthenticated("no client certificate presented"))
+}

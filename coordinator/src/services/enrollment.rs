@@ -106,6 +106,8 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             k3s_version: String::new(),
             k3s_failed_version: String::new(),
             k3s_failure: String::new(),
+            pending_certificate_sha256: String::new(),
+            certificate_not_after_unix: pki::validity(&cert_der).map(|v| v.not_after_unix).unwrap_or(0),
         };
 
         // The token decides the role and labels; the store applies them in the same

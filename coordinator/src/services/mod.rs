@@ -8,6 +8,7 @@ mod admins;
 mod auth;
 mod enrollment;
 mod pace;
+mod renewal;
 mod session;
 mod status;
 mod vault;

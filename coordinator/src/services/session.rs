@@ -20,8 +20,9 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::require_node;
+use super::auth::{presented_leaf, require_node};
 use super::pace::{EVENT_BURST, EVENT_REFILL, Pace};
+use super::renewal;
 use super::status::{blocking, internal};
 use super::vault;
 use crate::convert;
@@ -58,17 +59,21 @@ impl pb::node_session_server::NodeSession for SessionService {
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let node_id = require_node(&request)?;
+        let leaf = presented_leaf(&request)?;
         let c = self.coordinator.clone();
         let store = c.store.clone();
         let id = node_id.clone();
         // Without the hardware document: the session never reads it, and the
         // store keeps it when the session writes the record (Store::update_node).
-        let node =
+        let mut node =
             blocking(move || store.get_node_brief(&id)).await?.map_err(internal)?.ok_or_else(|| {
                 Status::permission_denied(
                     "this node was removed from the coordinator; join it again with a new token",
                 )
             })?;
+        // The CA signed it, but only the certificate the record names opens a session.
+        renewal::admit(&c, &mut node, &leaf).await?;
+        let renew_at = renewal::renew_at(&c, &leaf);
 
         let session_id = c.next_session_id();
         let end = Arc::new(Notify::new());
@@ -85,7 +90,7 @@ impl pb::node_session_server::NodeSession for SessionService {
         tracing::info!(node = %node.name, session_id, "node session opened");
 
         let inbound = request.into_inner();
-        tokio::spawn(drive(c, node, session_id, end, inbound, tx));
+        tokio::spawn(drive(c, node, session_id, end, inbound, tx, renew_at));
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(ReceiverStream::new(rx), |m| *m))))
     }
 }
@@ -103,6 +108,7 @@ async fn drive(
     end: Arc<Notify>,
     mut inbound: Streaming<pb::AgentMessage>,
     tx: Outbound,
+    renew_at: i64,
 ) {
     let mut spec_rx = c.cluster.subscribe();
     let mut sent = spec_rx.borrow_and_update().node_spec(&node);
@@ -115,10 +121,21 @@ async fn drive(
     // from the generation, and a copy per session is 2 KiB for the example spec.
     sent.cluster_spec_toml = String::new();
     let mut announced_online = false;
+    let mut renewal_asked = false;
     loop {
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(msg)) => {
+                    if let Some(pb::agent_message::Msg::CertificateRequest(request)) = msg.msg {
+                        // Signed only when asked for: each is a CA signature.
+                        if renewal_asked
+                            && let Some(reply) = Box::pin(renewal::sign(&c, &mut node, request)).await
+                            && tx.send(Ok(reply)).await.is_err()
+                        {
+                            break;
+                        }
+                        continue;
+                    }
                     // Boxed: inline, the handler's future (store writes, K3s and
                     // vault updates) made every idle session's task 5.2 KiB
                     // instead of 3.4 KiB (docs/BENCHMARKS-fleet.md); a message
@@ -127,6 +144,15 @@ async fn drive(
                         && tx.send(Ok(reply)).await.is_err()
                     {
                         break;
+                    }
+                    // Asked once per session, after the node said something (its
+                    // Hello at the latest), when a third of the lifetime remains.
+                    if !renewal_asked && c.now() >= renew_at {
+                        renewal_asked = true;
+                        tracing::info!(node = %node.name, "asking the node to renew its certificate");
+                        if tx.send(Ok(renewal::renew_message())).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 Ok(None) => break,
@@ -268,6 +294,8 @@ async fn handle(
             k3s_report(c, node, report, pace).await;
             None
         }
+        // Answered in `drive`, which knows whether this session asked for it.
+        Msg::CertificateRequest(_) => None,
         Msg::SealingKey(report) => {
             vault::on_sealing_key(c, node, report).await;
             None

@@ -55,7 +55,8 @@ pub struct NodeRecord {
     pub applied_generation: u64,
     pub reconcile_state: String,
     pub reconcile_error: String,
-    /// Hex SHA-256 of the node certificate.
+    /// Hex SHA-256 of the node certificate: the only one that opens a session,
+    /// besides `pending_certificate_sha256` (services/renewal.rs).
     pub certificate_sha256: String,
     pub token_id: String,
     /// Conditions last reported by the agent.
@@ -80,6 +81,14 @@ pub struct NodeRecord {
     pub k3s_failed_version: String,
     #[serde(default)]
     pub k3s_failure: String,
+    /// The certificate issued by a renewal and not yet used: a session opened
+    /// with it makes it current. Empty when no renewal is under way.
+    #[serde(default)]
+    pub pending_certificate_sha256: String,
+    /// When the current certificate expires (Unix seconds); 0 when not known
+    /// (records from before it was kept, until the node's next session).
+    #[serde(default)]
+    pub certificate_not_after_unix: i64,
 }
 
 #[cfg(test)]
@@ -106,6 +115,8 @@ impl NodeRecord {
             k3s_version: String::new(),
             k3s_failed_version: String::new(),
             k3s_failure: String::new(),
+            pending_certificate_sha256: String::new(),
+            certificate_not_after_unix: 0,
         }
     }
 }

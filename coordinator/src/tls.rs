@@ -1,0 +1,338 @@
+//! The coordinator's TLS: the server certificate it presents, the CA it checks
+//! client certificates against, and how a new server certificate takes effect
+//! without dropping a session.
+//!
+//! Every accepted connection takes the [`rustls::ServerConfig`] current at that
+//! moment ([`Acceptor::config`]); replacing it changes what new handshakes see and
+//! leaves established connections (every open node session) as they are. The
+//! certificate is replaced by [`Acceptor::check`], which the server runs at start
+//! and every [`CHECK_PERIOD`]: it re-issues the certificate when a third of its
+//! lifetime remains (by the coordinator's clock), and picks up a certificate that
+//! `coordinator certs rotate` wrote into the data directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use elysium_host::{FsError, RootFs};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+
+use crate::datadir::{self, DataDir};
+use crate::pki::{self, Ca, PkiError};
+
+/// How often the serving coordinator looks at its server certificate.
+pub const CHECK_PERIOD: Duration = Duration::from_secs(60);
+
+/// How long a client has to complete the TLS handshake. A connection that never
+/// finishes one otherwise holds a task and a socket forever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS material of the server.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// Server certificate followed by the CA certificate: joining nodes find the
+    /// CA they pinned in the chain.
+    pub chain_pem: String,
+    pub key_pem: String,
+    /// The CA(s) client certificates must chain to.
+    pub ca_pem: String,
+    /// Where the material came from; the server keeps the certificate there
+    /// current. `None`: fixed material (tests that build it by hand).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").field("data_dir", &self.data_dir).finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    pub fn from_data_dir(dir: &DataDir) -> Self {
+        Self::new(&dir.server_cert_pem, &dir.server_key_pem, dir.ca.cert_pem(), Some(dir.path.clone()))
+    }
+
+    fn new(cert_pem: &str, key_pem: &str, ca_pem: &str, data_dir: Option<PathBuf>) -> Self {
+        Self {
+            chain_pem: format!("{cert_pem}{ca_pem}"),
+            key_pem: key_pem.to_owned(),
+            ca_pem: ca_pem.to_owned(),
+            data_dir,
+        }
+    }
+
+    /// The server certificate (the chain's first), DER.
+    fn leaf_der(&self) -> Option<Vec<u8>> {
+        pki::pem_to_der(&self.chain_pem)
+    }
+}
+
+/// TLS could not be configured, or the server certificate not renewed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("the coordinator's TLS material is unusable: {0}")]
+    Material(String),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    DataDir(#[from] datadir::DataDirError),
+}
+
+/// Builds the rustls configuration for `tls`: the server chain, and client
+/// certificates optional (a joining node has none) but verified against the CA
+/// when presented.
+pub fn server_config(tls: &ServerTls) -> Result<Arc<ServerConfig>, TlsError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| TlsError::Material(format!("{what}: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut tls.ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| bad("CA certificate", &e))?;
+        roots.add(cert).map_err(|e| bad("CA certificate", &e))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| bad("client verifier", &e))?;
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut tls.chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad("server certificate", &e))?;
+    // The key's parse error is not shown: it could quote key material.
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut tls.key_pem.as_bytes())
+        .ok()
+        .flatten()
+        .ok_or_else(|| TlsError::Material("the server key is not a PEM private key".into()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("protocol versions", &e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| bad("server certificate and key", &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The TLS configuration new handshakes use, replaceable while serving.
+#[derive(Debug, Clone)]
+pub struct Acceptor {
+    inner: Arc<RwLock<Current>>,
+}
+
+#[derive(Debug)]
+struct Current {
+    tls: ServerTls,
+    config: Arc<ServerConfig>,
+}
+
+/// What [`Acceptor::check`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// The certificate in use is current.
+    Unchanged,
+    /// The data directory holds a different certificate (`certs rotate`); now in use.
+    Reloaded { fingerprint: String },
+    /// A third of the lifetime remained: a new certificate was issued, written and
+    /// put in use.
+    Renewed { fingerprint: String, not_after_unix: i64 },
+}
+
+impl Acceptor {
+    pub fn new(tls: ServerTls) -> Result<Self, TlsError> {
+        let config = server_config(&tls)?;
+        Ok(Self { inner: Arc::new(RwLock::new(Current { tls, config })) })
+    }
+
+    /// The configuration for the next handshake.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).config.clone()
+    }
+
+    /// Fingerprint of the server certificate new handshakes get.
+    pub fn fingerprint(&self) -> String {
+        let current = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        current.tls.leaf_der().map(|d| pki::fingerprint(&d)).unwrap_or_default()
+    }
+
+    /// Puts `tls` in use for new handshakes.
+    fn replace(&self, tls: ServerTls) -> Result<(), TlsError> {
+        let config = server_config(&tls)?;
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Current { tls, config };
+        Ok(())
+    }
+
+    /// Keeps the server certificate current: takes up one the data directory holds
+    /// that differs from the one in use, and re-issues it from `ca` once a third of
+    /// its lifetime remains by `ca`'s clock. Without a data directory, nothing.
+    pub fn check(&self, ca: &Ca) -> Result<CheckOutcome, TlsError> {
+        let (tls, dir) = {
+            let current = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            let Some(dir) = current.tls.data_dir.clone() else { return Ok(CheckOutcome::Unchanged) };
+            (current.tls.clone(), dir)
+        };
+        let fs = RootFs::new("/");
+        let mut outcome = CheckOutcome::Unchanged;
+        let on_disk = read_pair(&fs, &dir)?;
+        let mut in_use = tls;
+        if let Some((cert_pem, key_pem)) = on_disk {
+            let candidate = ServerTls::new(&cert_pem, &key_pem, ca.cert_pem(), Some(dir.clone()));
+            if candidate.chain_pem != in_use.chain_pem || candidate.key_pem != in_use.key_pem {
+                self.replace(candidate.clone())?;
+                let fingerprint = candidate.leaf_der().map(|d| pki::fingerprint(&d)).unwrap_or_default();
+                tracing::info!(%fingerprint, "server certificate reloaded from the data directory");
+                outcome = CheckOutcome::Reloaded { fingerprint };
+                in_use = candidate;
+            }
+        }
+        let leaf = in_use.leaf_der().ok_or_else(|| TlsError::Material("no server certificate".into()))?;
+        let validity = pki::validity(&leaf)?;
+        if ca.now_unix() < pki::renew_after(validity) {
+            return Ok(outcome);
+        }
+        let config = datadir::load_config(&dir)?;
+        let issued = datadir::reissue_server(&dir, ca, &config)?;
+        let fingerprint = pki::fingerprint(&issued.cert_der);
+        let not_after_unix = pki::validity(&issued.cert_der)?.not_after_unix;
+        self.replace(ServerTls::new(&issued.cert_pem, &issued.key_pem, ca.cert_pem(), Some(dir)))?;
+        tracing::info!(%fingerprint, not_after_unix, "server certificate renewed");
+        Ok(CheckOutcome::Renewed { fingerprint, not_after_unix })
+    }
+}
+
+/// Runs [`Acceptor::check`] at once and every [`CHECK_PERIOD`] until `stop`.
+pub async fn keep_current(
+    coordinator: Arc<crate::state::Coordinator>,
+    acceptor: Acceptor,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut tick = tokio::time::interval(CHECK_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        // Signing and file writes: off the async workers.
+        let (c, a) = (coordinator.clone(), acceptor.clone());
+        match tokio::task::spawn_blocking(move || a.check(c.ca())).await {
+            Ok(Ok(CheckOutcome::Unchanged)) => {}
+            Ok(Ok(CheckOutcome::Reloaded { fingerprint })) => {
+                coordinator.event(
+                    "certs.server_reloaded",
+                    "coordinator",
+                    &format!("server certificate {fingerprint}"),
+                );
+            }
+            Ok(Ok(CheckOutcome::Renewed { fingerprint, not_after_unix })) => coordinator.event(
+                "certs.server_renewed",
+                "coordinator",
+                &format!(
+                    "server certificate {fingerprint}, valid until {}",
+                    crate::pki::format_unix(not_after_unix)
+                ),
+            ),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not keep the server certificate current; retrying")
+            }
+            Err(e) => tracing::error!(error = %e, "the server certificate check panicked"),
+        }
+    }
+}
+
+/// The server certificate and key in `dir`, when both are there and belong
+/// together. A pair caught between its two writes is skipped: the next check,
+/// or the coordinator's start (`datadir::load`), sees it whole.
+fn read_pair(fs: &RootFs, dir: &Path) -> Result<Option<(String, String)>, TlsError> {
+    let (Some(cert), Some(key)) =
+        (fs.read_optional(dir.join(datadir::SERVER_CERT))?, fs.read_optional(dir.join(datadir::SERVER_KEY))?)
+    else {
+        return Ok(None);
+    };
+    let (cert, key) =
+        (String::from_utf8_lossy(&cert).into_owned(), String::from_utf8_lossy(&key).into_owned());
+    let matches = pki::pem_to_der(&cert).is_some_and(|der| pki::key_matches(&der, &key));
+    Ok(matches.then_some((cert, key)))
+}
+
+/// Accepts TCP connections and completes their TLS handshakes concurrently (a
+/// slow client delays only itself), yielding the finished streams. Each
+/// handshake uses the acceptor's configuration at the moment it starts.
+///
+/// A stream polled by the server rather than a task of its own: when the server
+/// drops it, the listening socket closes at once (a restart can bind the port
+/// again) and handshakes under way are aborted.
+pub struct Incoming {
+    listener: TcpListener,
+    acceptor: Acceptor,
+    handshakes: tokio::task::JoinSet<Option<TlsStream<TcpStream>>>,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming").field("handshakes", &self.handshakes.len()).finish_non_exhaustive()
+    }
+}
+
+impl Incoming {
+    pub fn new(listener: TcpListener, acceptor: Acceptor) -> Self {
+        Self { listener, acceptor, handshakes: tokio::task::JoinSet::new() }
+    }
+}
+
+impl tokio_stream::Stream for Incoming {
+    type Item = Result<TlsStream<TcpStream>, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        while let Poll::Ready(accepted) = this.listener.poll_accept(cx) {
+            let (tcp, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and the like: reported, and tried again on the next
+                    // turn of the runtime (an error registers no wake-up).
+                    tracing::warn!(error = %e, "accept failed");
+                    cx.waker().wake_by_ref();
+                    break;
+                }
+            };
+            // `Server::tcp_nodelay` does not apply to connections handed in
+            // through `serve_with_incoming`: set it on each accepted socket, or
+            // every small response waits ~40 ms for a delayed ACK.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+            let tls = tokio_rustls::TlsAcceptor::from(this.acceptor.config());
+            this.handshakes.spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => Some(stream),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        None
+                    }
+                }
+            });
+        }
+        while let Poll::Ready(Some(done)) = this.handshakes.poll_join_next(cx) {
+            if let Ok(Some(stream)) = done {
+                return Poll::Ready(Some(Ok(stream)));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests;
