@@ -128,7 +128,7 @@ pub struct StoredSpec {
 }
 
 /// What the coordinator knows about the K3s cluster as a whole.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct K3sCluster {
     /// The server that initialises the cluster (`cluster-init`); chosen once.
     pub first_server_id: Option<String>,
@@ -138,6 +138,30 @@ pub struct K3sCluster {
     pub init_secret: String,
     /// The full `K10…` token the first server reported. Secret.
     pub server_token: Option<String>,
+    /// The password of K3s's agent token (`agent-token` on every server): what
+    /// agent-role nodes join with, so that none of them holds the server token.
+    /// Empty in records written before it existed; loading fills it in
+    /// ([`crate::k3s::ensure_agent_secret`]). Secret.
+    #[serde(default)]
+    pub agent_secret: String,
+    /// The first server reported an agent token with `agent_secret` as its
+    /// password: K3s runs with it, and agents may join with it.
+    #[serde(default)]
+    pub agent_token_active: bool,
+}
+
+impl std::fmt::Debug for K3sCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |s: &str| if s.is_empty() { "<none>" } else { "<redacted>" };
+        f.debug_struct("K3sCluster")
+            .field("first_server_id", &self.first_server_id)
+            .field("first_server_url", &self.first_server_url)
+            .field("init_secret", &shown(&self.init_secret))
+            .field("server_token", &shown(self.server_token.as_deref().unwrap_or_default()))
+            .field("agent_secret", &shown(&self.agent_secret))
+            .field("agent_token_active", &self.agent_token_active)
+            .finish()
+    }
 }
 
 /// A secret the cluster spec refers to by name (`elysium-node secret set`).
