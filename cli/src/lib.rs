@@ -140,7 +140,7 @@ pub struct InventoryArgs {
     pub output: Output,
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct JoinArgs {
     /// Coordinator address, https://HOST:PORT.
     #[arg(long)]
@@ -158,6 +158,18 @@ pub struct JoinArgs {
     /// Print what would be done; change nothing (works without root).
     #[arg(long)]
     pub dry_run: bool,
+}
+
+impl std::fmt::Debug for JoinArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinArgs")
+            .field("coordinator", &self.coordinator)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("name", &self.name)
+            .field("dry_run", &self.dry_run)
+            .finish()
+    }
 }
 
 #[derive(Debug, Args)]

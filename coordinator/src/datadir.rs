@@ -103,13 +103,25 @@ pub struct InitOptions {
 }
 
 /// A loaded data directory.
-#[derive(Debug)]
 pub struct DataDir {
     pub path: PathBuf,
     pub config: CoordinatorConfig,
     pub ca: Ca,
     pub server_cert_pem: String,
+    /// The server's private key: never in `Debug`.
     pub server_key_pem: String,
+}
+
+impl std::fmt::Debug for DataDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataDir")
+            .field("path", &self.path)
+            .field("config", &self.config)
+            .field("ca", &self.ca)
+            .field("server_cert_pem", &self.server_cert_pem)
+            .field("server_key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 impl DataDir {
@@ -240,6 +252,13 @@ mod tests {
         assert!(matches!(err, DataDirError::Exists(_)), "{err}");
         assert_eq!(std::fs::read(dir.join(CA_KEY)).unwrap(), before, "the CA must be untouched");
         assert!(!format!("{admin:?}").contains("PRIVATE"));
+        // Neither the loaded directory nor an issued certificate shows a key.
+        let key = loaded.server_key_pem.lines().nth(1).unwrap().to_owned();
+        assert!(!format!("{loaded:?}").contains(&key), "DataDir's Debug shows the server key");
+        let issued = loaded.ca.issue_admin("dbg").unwrap();
+        let key = issued.key_pem.lines().nth(1).unwrap().to_owned();
+        let shown = format!("{issued:?}");
+        assert!(!shown.contains(&key) && !shown.contains("PRIVATE"), "Issued's Debug shows the key: {shown}");
     }
 
     #[test]
