@@ -2,6 +2,7 @@
 //! which K3s token are backed up and whether the backup is fresh, and the backup
 //! itself as the keys file `recover --sealed-secrets-keys` reads.
 
+use crate::term::printable;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -516,7 +517,7 @@ impl Status {
             println!(
                 "K3s token: backed up (fingerprint {}, reported by {}, last seen {}).",
                 t.fingerprint,
-                t.reported_by,
+                printable(&t.reported_by),
                 ago(t.last_seen_unix)
             );
         } else {
@@ -526,7 +527,7 @@ impl Status {
             print_drill(d, self.now_unix);
         }
         for w in &self.warnings {
-            println!("WARNING: {w}");
+            println!("WARNING: {}", printable(w));
         }
     }
 }
@@ -541,7 +542,7 @@ fn print_drill(d: &DrillView, now: i64) {
             println!(
                 "Recovery drill: not configured any more (the last, {}: {}).",
                 ago(now, d.started_unix),
-                d.summary
+                printable(&d.summary)
             );
         } else {
             println!("Recovery drill: not configured (add [recovery.drill] to the cluster spec).");
@@ -558,7 +559,7 @@ fn print_drill(d: &DrillView, now: i64) {
     }
     let took = humantime::format_duration(Duration::from_millis(d.duration_ms - d.duration_ms % 100));
     if d.passed {
-        println!("Recovery drill: PASSED since {}: {}", date(d.since_unix), d.summary);
+        println!("Recovery drill: PASSED since {}: {}", date(d.since_unix), printable(&d.summary));
     } else {
         println!(
             "Recovery drill: FAILED since {}, last run {}:",
@@ -567,7 +568,7 @@ fn print_drill(d: &DrillView, now: i64) {
         );
         for f in &d.failures {
             let subject = if f.subject.is_empty() { String::new() } else { format!(" {}", f.subject) };
-            println!("  {}{subject}: {}", f.check, f.detail);
+            println!("  {}{}: {}", f.check, printable(&subject), printable(&f.detail));
         }
     }
     let commit = if d.commit.is_empty() {
@@ -586,7 +587,7 @@ fn print_drill(d: &DrillView, now: i64) {
         date(d.next_unix)
     );
     for w in &d.warnings {
-        println!("  note: {w}");
+        println!("  note: {}", printable(w));
     }
 }
 

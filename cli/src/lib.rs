@@ -13,6 +13,7 @@ mod keys;
 mod mount;
 mod node;
 mod recover;
+pub mod term;
 mod upgrade;
 
 use std::path::PathBuf;

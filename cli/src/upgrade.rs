@@ -7,6 +7,7 @@ use elysium_proto::v1 as pb;
 use serde::Serialize;
 
 use super::admin::{ago, client, print_json, print_table, rpc};
+use crate::term::printable;
 use super::{Output, UpgradeCommand};
 
 #[derive(Serialize)]
@@ -65,9 +66,10 @@ fn show(r: &pb::Rollout, output: Output) -> anyhow::Result<()> {
     if output == Output::Json {
         return print_json(&RolloutView::from(r));
     }
-    println!("rollout {} to {}: {}", r.id, r.target_version, r.state);
+    // The target version and reasons can come from nodes' reports: escaped.
+    println!("rollout {} to {}: {}", r.id, printable(&r.target_version), r.state);
     if !r.reason.is_empty() {
-        println!("  {}", r.reason);
+        println!("  {}", printable(&r.reason));
     }
     if r.window_open {
         println!("  maintenance window: open");
