@@ -78,11 +78,12 @@ fn join_address(sans: &[String], listen: SocketAddr) -> String {
 
 async fn serve(data_dir: &Path, listen: SocketAddr, quickstart: Option<()>) -> anyhow::Result<ExitCode> {
     let dir = datadir::load(data_dir)?;
-    let store = RedbStore::open(&dir.store_path())?;
+    let vault = dir.vault_key()?;
+    // Secret-bearing records are sealed to the vault key (store/sealed.rs).
+    let store = RedbStore::open_sealed(&dir.store_path(), Arc::new(vault.clone()))?;
     let tls = ServerTls::from_data_dir(&dir);
     let sans = dir.config.sans.clone();
     let name = dir.config.name.clone();
-    let vault = dir.vault_key()?;
     let coordinator = Coordinator::new(Arc::new(store), dir.ca, vault, server::system_clock())?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -15,12 +15,14 @@
 
 mod hardware;
 mod redb_store;
+mod sealed;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 pub use redb_store::{HARDWARE_DIR, RedbStore};
+pub use sealed::Sealer;
 
 use crate::tokens::{Role, TokenRecord, TokenRejection};
 
@@ -320,6 +322,15 @@ pub enum StoreError {
         #[source]
         source: Box<redb::DatabaseError>,
     },
+    #[error("could not encrypt the stored record {key:?}")]
+    Seal { key: String },
+    #[error(
+        "the stored record {key:?} does not open with this coordinator's vault key (DATA_DIR/vault.key): \
+         was vault.key replaced? Restore the one this state.redb was written with"
+    )]
+    Unseal { key: String },
+    #[error("could not compact the state store after sealing its secrets")]
+    Compact(#[source] Box<redb::CompactionError>),
 }
 
 /// Why an enrollment was refused by the store.
