@@ -13,8 +13,7 @@ use std::fmt::Write as _;
 
 /// Characters that change how a terminal shows text rather than being text.
 fn unsafe_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    c.is_control() || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// `s` with every unsafe character written as a Rust-style escape (`\u{1b}`,

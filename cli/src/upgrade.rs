@@ -7,8 +7,8 @@ use elysium_proto::v1 as pb;
 use serde::Serialize;
 
 use super::admin::{ago, client, print_json, print_table, rpc};
-use crate::term::printable;
 use super::{Output, UpgradeCommand};
+use crate::term::printable;
 
 #[derive(Serialize)]
 struct NodeView {

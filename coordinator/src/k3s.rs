@@ -126,7 +126,11 @@ pub fn assignment(node: &NodeRecord, spec: &ClusterSpec, cluster: &K3sCluster) -
             server_url,
             // Never the server token: empty (the node waits) until K3s runs
             // with the agent token.
-            token: if cluster.agent_token_active { agent_token(cluster).unwrap_or_default() } else { String::new() },
+            token: if cluster.agent_token_active {
+                agent_token(cluster).unwrap_or_default()
+            } else {
+                String::new()
+            },
             version: String::new(),
             agent_token: String::new(),
         },
@@ -168,7 +172,10 @@ mod tests {
         // The first server reports K3s's agent-token file: agents get the secure
         // agent token, pinned to the same CA, and nothing of the server token.
         let reported = format!("K10{}::node:{}", "a".repeat(64), cluster.agent_secret);
-        assert!(!is_our_agent_token(&cluster, &server_token), "an unset agent-token links to the server token");
+        assert!(
+            !is_our_agent_token(&cluster, &server_token),
+            "an unset agent-token links to the server token"
+        );
         assert!(is_our_agent_token(&cluster, &reported));
         cluster.agent_token_active = true;
         let agent = assignment(&node("a1", Role::Agent), &spec, &cluster).unwrap();

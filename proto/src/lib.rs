@@ -205,24 +205,39 @@ mod tests {
             format!("{:?}", EnrollResponse { spec: Some(spec.clone()), ..Default::default() }),
             format!("{spec:?}"),
             format!("{assignment:?}"),
-            format!("{:?}", K3sReport { server_token: MARKER.into(), agent_token: MARKER.into(), ..Default::default() }),
-            format!("{:?}", AgentMessage {
-                msg: Some(agent_message::Msg::K3s(K3sReport { server_token: MARKER.into(), ..Default::default() })),
-            }),
+            format!(
+                "{:?}",
+                K3sReport { server_token: MARKER.into(), agent_token: MARKER.into(), ..Default::default() }
+            ),
+            format!(
+                "{:?}",
+                AgentMessage {
+                    msg: Some(agent_message::Msg::K3s(K3sReport {
+                        server_token: MARKER.into(),
+                        ..Default::default()
+                    })),
+                }
+            ),
             format!("{:?}", CoordinatorMessage { msg: Some(coordinator_message::Msg::Spec(spec.clone())) }),
             format!("{:?}", SetSecretRequest { name: "ts".into(), value: MARKER.into() }),
             format!("{:?}", CreateTokenResponse { token: MARKER.into(), info: None }),
             format!("{:?}", SealingKeyReport { tls_key: MARKER.as_bytes().to_vec(), ..Default::default() }),
-            format!("{:?}", ExportSealingKeysResponse {
-                keys_yaml: MARKER.into(),
-                k3s_server_token: MARKER.into(),
-                ..Default::default()
-            }),
-            format!("{:?}", ExportSealingKeysChunk {
-                keys_yaml: MARKER.as_bytes().to_vec(),
-                k3s_server_token: MARKER.into(),
-                ..Default::default()
-            }),
+            format!(
+                "{:?}",
+                ExportSealingKeysResponse {
+                    keys_yaml: MARKER.into(),
+                    k3s_server_token: MARKER.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                ExportSealingKeysChunk {
+                    keys_yaml: MARKER.as_bytes().to_vec(),
+                    k3s_server_token: MARKER.into(),
+                    ..Default::default()
+                }
+            ),
         ];
         for s in &shown {
             assert!(!s.contains(MARKER), "Debug shows a secret: {s}");

@@ -273,7 +273,10 @@ fn check_agent_joined(fx: &Fixture, server: usize, agent: usize) -> Result<()> {
     // match" otherwise) before it becomes ready.
     let token = read_node_file(node, TOKEN_FILE)?;
     let agent_token = read_node_file(srv, SERVER_AGENT_TOKEN_FILE)?;
-    ensure!(token.trim() == agent_token.trim(), "the agent's token file is not the first server's agent token");
+    ensure!(
+        token.trim() == agent_token.trim(),
+        "the agent's token file is not the first server's agent token"
+    );
     ensure!(token.contains("::node:"), "the agent's token is not an agent token");
     let ca_hash = hex::encode(Sha256::digest(fs::read(node_path(srv, SERVER_CA_FILE))?));
     ensure!(

@@ -427,7 +427,11 @@ impl Fixture {
         d.role = if role == K3sAssignedRole::Agent { NodeRole::Agent } else { NodeRole::Server };
         d.k3s = Some(K3sAssignment {
             role,
-            server_url: if role == K3sAssignedRole::ServerInit { String::new() } else { "https://10.0.0.1:6443".into() },
+            server_url: if role == K3sAssignedRole::ServerInit {
+                String::new()
+            } else {
+                "https://10.0.0.1:6443".into()
+            },
             token: token.into(),
             version: String::new(),
             agent_token: agent_token.into(),
@@ -459,7 +463,8 @@ async fn moving_to_the_agent_token_restarts_once_and_leaves_no_server_token_on_a
         assert!(!config.contains("agent-token"), "{config}");
         let restarts = f.restarts();
 
-        let r = f.reconciler.reconcile(&f.host, &f.desired_as(role, token, "ag3nt-0123456789", 2), false).await;
+        let r =
+            f.reconciler.reconcile(&f.host, &f.desired_as(role, token, "ag3nt-0123456789", 2), false).await;
         assert!(r.ok(), "{}", error(&r));
         let config = fs.read_to_string("/etc/rancher/k3s/config.yaml").unwrap();
         assert!(config.contains("agent-token-file: \"/etc/rancher/k3s/elysium-agent-token\"\n"), "{config}");
@@ -469,13 +474,17 @@ async fn moving_to_the_agent_token_restarts_once_and_leaves_no_server_token_on_a
         assert_eq!(f.restarts(), restarts + 1, "{role:?}: one restart takes the agent token");
 
         let before = f.systemd.calls().len();
-        let r = f.reconciler.reconcile(&f.host, &f.desired_as(role, token, "ag3nt-0123456789", 3), false).await;
+        let r =
+            f.reconciler.reconcile(&f.host, &f.desired_as(role, token, "ag3nt-0123456789", 3), false).await;
         assert!(r.ok() && r.steps[0].actions.is_empty(), "{r:?}");
         assert_eq!(f.systemd.calls().len(), before, "{role:?}: converged, so nothing is touched");
     }
 
     let f = Fixture::new();
-    let r = f.reconciler.reconcile(&f.host, &f.desired_as(K3sAssignedRole::Agent, SERVER_TOKEN, "", 1), false).await;
+    let r = f
+        .reconciler
+        .reconcile(&f.host, &f.desired_as(K3sAssignedRole::Agent, SERVER_TOKEN, "", 1), false)
+        .await;
     assert!(r.ok(), "{}", error(&r));
     let restarts = f.restarts();
     // An agent told about an agent token for servers ignores it.

@@ -354,9 +354,15 @@ async fn k3s_agent_token_report(c: &Arc<Coordinator>, node: &NodeRecord, reporte
     })
     .await;
     match result {
-        Ok(Ok(())) => c.event("k3s.agent-token", &node.name, "K3s runs with the agent token; agents join with it"),
-        Ok(Err(e)) => tracing::warn!(node = %node.name, error = %e, "could not store the K3s agent token state"),
-        Err(status) => tracing::warn!(node = %node.name, %status, "could not store the K3s agent token state"),
+        Ok(Ok(())) => {
+            c.event("k3s.agent-token", &node.name, "K3s runs with the agent token; agents join with it")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(node = %node.name, error = %e, "could not store the K3s agent token state")
+        }
+        Err(status) => {
+            tracing::warn!(node = %node.name, %status, "could not store the K3s agent token state")
+        }
     }
 }
 

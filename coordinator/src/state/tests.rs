@@ -91,9 +91,8 @@ async fn an_existing_cluster_moves_agents_to_the_agent_token() {
     assert_eq!(secret.len(), 48);
     assert_eq!(c.store.get_k3s().unwrap().unwrap().agent_secret, secret, "stored, not only in memory");
 
-    let spec_of = |id: &str, role: Role| {
-        c.cluster.borrow().node_spec(&NodeRecord::for_test(id, id, role)).k3s.unwrap()
-    };
+    let spec_of =
+        |id: &str, role: Role| c.cluster.borrow().node_spec(&NodeRecord::for_test(id, id, role)).k3s.unwrap();
     let first = spec_of("s1", Role::Server);
     assert_eq!((first.token.as_str(), first.agent_token.as_str()), ("old-init-secret", secret.as_str()));
     let s2 = spec_of("s2", Role::Server);

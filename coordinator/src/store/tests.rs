@@ -303,14 +303,20 @@ fn secret_records_are_sealed_at_rest_and_old_ones_are_migrated() {
         agent_secret: format!("agent-{marker}"),
         ..Default::default()
     };
-    let secret = |marker: &str| SecretRecord { name: "ts".into(), value: format!("value-{marker}"), updated_unix: 1 };
+    let secret =
+        |marker: &str| SecretRecord { name: "ts".into(), value: format!("value-{marker}"), updated_unix: 1 };
 
     // An earlier release: plain JSON, markers readable in the file.
     {
         let plain = RedbStore::open(&path).unwrap();
         plain.put_k3s(&k3s("OLDM4RK")).unwrap();
         plain.put_secret(&secret("OLDM4RK")).unwrap();
-        plain.put_secret(&SecretRecord { name: "other".into(), value: "other-OLDM4RK".into(), updated_unix: 1 })
+        plain
+            .put_secret(&SecretRecord {
+                name: "other".into(),
+                value: "other-OLDM4RK".into(),
+                updated_unix: 1,
+            })
             .unwrap();
     }
     assert!(file_contains(&path, "init-OLDM4RK"), "the test must start from a plain-text store");

@@ -369,7 +369,11 @@ mod tests {
         d.token = MARKER.into();
         d.files.push(FileSpec { path: "/t".into(), contents: MARKER.into(), mode: 0o600, secret: true });
         let observed = ObservedK3s { files: vec![Some(MARKER.into())], ..Default::default() };
-        let backup = crate::steps::k3s::journal::FileBackup { path: "/t".into(), contents: Some(MARKER.into()), mode: 0o600 };
+        let backup = crate::steps::k3s::journal::FileBackup {
+            path: "/t".into(),
+            contents: Some(MARKER.into()),
+            mode: 0o600,
+        };
         for shown in [format!("{d:?}"), format!("{observed:?}"), format!("{backup:?}")] {
             assert!(!shown.contains(MARKER), "Debug shows a token: {shown}");
         }

@@ -321,11 +321,16 @@ fn the_agent_token_joins_agents_only() {
     assert!(!fs::symlink_metadata(&agent_path).unwrap().file_type().is_symlink(), "a file of its own");
     assert_eq!(fs::metadata(&agent_path).unwrap().permissions().mode() & 0o777, 0o600);
 
-    let agent = StandIn::start(&exe, dir.path(), "agent", &["agent", "-s", &server.url(), "-t", &agent_token]);
+    let agent =
+        StandIn::start(&exe, dir.path(), "agent", &["agent", "-s", &server.url(), "-t", &agent_token]);
     assert!(agent.wait_ready(READY_TIMEOUT), "the agent token must join an agent:\n{}", agent.stderr());
 
-    let joiner =
-        StandIn::start(&exe, dir.path(), "server2", &["server", "--server", &server.url(), "--token", &agent_token]);
+    let joiner = StandIn::start(
+        &exe,
+        dir.path(),
+        "server2",
+        &["server", "--server", &server.url(), "--token", &agent_token],
+    );
     assert!(joiner.wait_log("401 Unauthorized", READY_TIMEOUT), "{}", joiner.stderr());
     assert!(!joiner.wait_ready(Duration::from_millis(500)), "a server joined with the agent token");
     assert!(!joiner.path("/var/lib/rancher/k3s/server/tls/server-ca.crt").exists());
