@@ -28,6 +28,9 @@ const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const VAULT: TableDefinition<&str, &[u8]> = TableDefinition::new("vault");
 const VAULT_SEALED: TableDefinition<&str, &[u8]> = TableDefinition::new("vault_sealed");
 
+/// A table of string keys and byte values, as most of ours are.
+type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+
 /// The hardware documents' directory, beside the store file.
 pub const HARDWARE_DIR: &str = "hardware";
 
@@ -126,7 +129,7 @@ impl RedbStore {
 
     /// Seals every secret-bearing record still in JSON; returns how many.
     fn seal_plain_records(&self) -> Result<usize, StoreError> {
-        let mut plain: Vec<(TableDefinition<&str, &[u8]>, String, Zeroizing<Vec<u8>>)> = Vec::new();
+        let mut plain: Vec<(Table, String, Zeroizing<Vec<u8>>)> = Vec::new();
         {
             let txn = self.db.begin_read().map_err(engine)?;
             let meta = txn.open_table(META).map_err(engine)?;

@@ -280,6 +280,27 @@ fn the_last_drill_survives_reopen() {
     assert_eq!(store.get_drill().unwrap(), Some(record));
 }
 
+/// An age X25519 sealer like the coordinator's vault key (kept here: the store
+/// does not depend on the vault module, which depends on it).
+#[derive(Clone)]
+struct AgeSealer(age::x25519::Identity);
+
+impl AgeSealer {
+    fn generate() -> Self {
+        Self(age::x25519::Identity::generate())
+    }
+}
+
+impl Sealer for AgeSealer {
+    fn seal(&self, plaintext: &[u8]) -> Option<Vec<u8>> {
+        age::encrypt(&self.0.to_public(), plaintext).ok()
+    }
+
+    fn open(&self, sealed: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        age::decrypt(&self.0, sealed).ok().map(zeroize::Zeroizing::new)
+    }
+}
+
 /// Whether `needle` occurs anywhere in the store file's raw bytes.
 fn file_contains(path: &std::path::Path, needle: &str) -> bool {
     let bytes = std::fs::read(path).unwrap();
@@ -295,7 +316,7 @@ fn secret_records_are_sealed_at_rest_and_old_ones_are_migrated() {
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
-    let key = crate::vault::VaultKey::generate();
+    let key = AgeSealer::generate();
     let k3s = |marker: &str| K3sCluster {
         first_server_id: Some("s1".into()),
         init_secret: format!("init-{marker}"),
@@ -343,7 +364,7 @@ fn secret_records_are_sealed_at_rest_and_old_ones_are_migrated() {
     let store = RedbStore::open_sealed(&path, Arc::new(key.clone())).unwrap();
     assert_eq!(store.list_secrets().unwrap(), vec![secret("NEWM4RK")]);
     drop(store);
-    let other = RedbStore::open_sealed(&path, Arc::new(crate::vault::VaultKey::generate())).unwrap();
+    let other = RedbStore::open_sealed(&path, Arc::new(AgeSealer::generate())).unwrap();
     let err = other.get_k3s().unwrap_err();
     assert!(matches!(err, StoreError::Unseal { .. }) && err.to_string().contains("vault.key"), "{err}");
     drop(other);

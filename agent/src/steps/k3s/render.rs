@@ -41,9 +41,9 @@ impl K3sStep {
         section: &elysium_spec::K3sSection,
         role: K3sRole,
         server_url: Option<String>,
-        token: &str,
-        agent_token: &str,
+        assignment: &crate::state::K3sAssignment,
     ) -> Result<Vec<FileSpec>, Blocked> {
+        let (token, agent_token) = (assignment.token.as_str(), assignment.agent_token.as_str());
         // Servers configure the agent token (a coordinator that predates it sends
         // none); agents never have one.
         let agent_token = Some(agent_token).filter(|t| !t.is_empty() && !matches!(role, K3sRole::Agent));
