@@ -120,6 +120,9 @@ pub struct K3sAssignment {
     /// A rollout's pin: run exactly this version. Empty: as `[k3s]` says.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub version: String,
+    /// Servers only: the agent secret, K3s's `agent-token`. A secret.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub agent_token: String,
 }
 
 impl std::fmt::Debug for K3sAssignment {
@@ -129,6 +132,7 @@ impl std::fmt::Debug for K3sAssignment {
             .field("server_url", &self.server_url)
             .field("version", &self.version)
             .field("token", &if self.token.is_empty() { "<none>" } else { "<redacted>" })
+            .field("agent_token", &if self.agent_token.is_empty() { "<none>" } else { "<redacted>" })
             .finish()
     }
 }
@@ -145,6 +149,7 @@ impl HeldSpec {
                 server_url: k.server_url.clone(),
                 token: k.token.clone(),
                 version: k.version.clone(),
+                agent_token: k.agent_token.clone(),
             }),
             secrets: spec.secrets.clone().into_iter().collect(),
         }
@@ -238,6 +243,7 @@ mod tests {
                 server_url: "https://s:6443".into(),
                 token: "K10x".into(),
                 version: String::new(),
+                agent_token: String::new(),
             }),
             secrets: [("ts".to_string(), "tskey-auth-s3cret".to_string())].into(),
         };

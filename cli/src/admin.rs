@@ -80,14 +80,23 @@ pub(super) fn ago(unix: i64) -> String {
     }
 }
 
+/// Prints rows under headers, columns aligned. Every cell is escaped for the
+/// terminal ([`crate::term`]): most of them come from nodes.
 pub(super) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    print!("{}", render_table(headers, rows));
+}
+
+pub(super) fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> =
+        rows.iter().map(|r| r.iter().map(|c| crate::term::printable(c).into_owned()).collect()).collect();
+    let mut text = String::new();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let mut line = |cells: Vec<String>| {
         let mut out = String::new();
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {
@@ -96,12 +105,14 @@ pub(super) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<w$}  "));
             }
         }
-        println!("{}", out.trim_end());
+        text.push_str(out.trim_end());
+        text.push('\n');
     };
     line(headers.iter().map(|h| (*h).to_owned()).collect());
     for row in rows {
-        line(row.clone());
+        line(row);
     }
+    text
 }
 
 pub(super) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
@@ -296,6 +307,27 @@ impl From<&pb::NodeRecord> for NodeView {
     }
 }
 
+/// `nodes` as a table.
+fn nodes_table(nodes: &[pb::NodeRecord]) -> String {
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let inv = n.inventory.clone().unwrap_or_default();
+            vec![
+                n.name.clone(),
+                role_name(n.role).into(),
+                if n.online { "online" } else { "offline" }.into(),
+                ago(n.last_seen_unix),
+                n.agent_version.clone(),
+                inv.os,
+                inv.kernel,
+                n.applied_generation.to_string(),
+            ]
+        })
+        .collect();
+    render_table(&["NAME", "ROLE", "STATUS", "LAST SEEN", "AGENT", "OS", "KERNEL", "GENERATION"], &rows)
+}
+
 pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         None => {
@@ -309,26 +341,7 @@ pub async fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
             if args.output == Output::Json {
                 print_json(&nodes.iter().map(NodeView::from).collect::<Vec<_>>())?;
             } else {
-                let rows: Vec<Vec<String>> = nodes
-                    .iter()
-                    .map(|n| {
-                        let inv = n.inventory.clone().unwrap_or_default();
-                        vec![
-                            n.name.clone(),
-                            role_name(n.role).into(),
-                            if n.online { "online" } else { "offline" }.into(),
-                            ago(n.last_seen_unix),
-                            n.agent_version.clone(),
-                            inv.os,
-                            inv.kernel,
-                            n.applied_generation.to_string(),
-                        ]
-                    })
-                    .collect();
-                print_table(
-                    &["NAME", "ROLE", "STATUS", "LAST SEEN", "AGENT", "OS", "KERNEL", "GENERATION"],
-                    &rows,
-                );
+                print!("{}", nodes_table(&nodes));
             }
         }
         Some(NodesCommand::Get { name, output, conn }) => {
@@ -538,4 +551,32 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         print_table(&["SEQ", "WHEN", "KIND", "SUBJECT", "MESSAGE"], &rows);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a node reports reaches the operator's terminal escaped: no escape
+    /// sequence, no carriage return, the columns still aligned.
+    #[test]
+    fn a_hostile_node_cannot_write_to_the_terminal() {
+        let hostile = pb::NodeRecord {
+            name: "n1".into(),
+            agent_version: "0.1\r\x1b[2Kall good".into(),
+            inventory: Some(pb::NodeInventory {
+                os: "Debian\x1b]0;owned\x07".into(),
+                kernel: "6.1\u{9b}2J\u{202e}".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let plain = pb::NodeRecord { name: "n2".into(), agent_version: "0.1".into(), ..Default::default() };
+        let text = nodes_table(&[hostile, plain]);
+        for bad in ['\x1b', '\r', '\x07', '\u{9b}', '\u{202e}'] {
+            assert!(!text.contains(bad), "{bad:?} reached the terminal: {text:?}");
+        }
+        assert!(text.contains("Debian\\u{1b}]0;owned\\u{7}"), "{text}");
+        assert_eq!(text.lines().count(), 3, "one line per node: {text:?}");
+    }
 }

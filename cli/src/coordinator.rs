@@ -84,13 +84,14 @@ fn join_address(sans: &[String], listen: SocketAddr) -> String {
 
 async fn serve(data_dir: &Path, listen: SocketAddr, quickstart: Option<()>) -> anyhow::Result<ExitCode> {
     let dir = datadir::load(data_dir)?;
-    // Registers admin.toml's certificate in a data directory from before admins
-    // were registered.
+    let vault = dir.vault_key()?;
+    // Secret-bearing records are sealed to the vault key (store/sealed.rs); a data
+    // directory from before admins were registered gets admin.toml's certificate
+    // registered.
     let store = datadir::open_store(&dir)?;
     let tls = ServerTls::from_data_dir(&dir);
     let sans = dir.config.sans.clone();
     let name = dir.config.name.clone();
-    let vault = dir.vault_key()?;
     let clock = server::system_clock();
     let coordinator = Coordinator::new(Arc::new(store), dir.ca.with_clock(clock.clone()), vault, clock)?;
     let listener = tokio::net::TcpListener::bind(listen)

@@ -95,12 +95,13 @@ pub async fn status(root: &Path, output: Output) -> anyhow::Result<ExitCode> {
             );
         }
         match (view.healthy, &view.health_detail) {
-            (Some(true), Some(d)) => println!("health:    ok, {d}"),
-            (Some(false), Some(d)) => println!("health:    FAILING: {d}"),
+            // What the health endpoint answered: escaped for the terminal.
+            (Some(true), Some(d)) => println!("health:    ok, {}", crate::term::printable(d)),
+            (Some(false), Some(d)) => println!("health:    FAILING: {}", crate::term::printable(d)),
             _ => {}
         }
         if let Some(f) = &view.last_failed {
-            println!("failed:    {} was rolled back: {}", f.version, f.reason);
+            println!("failed:    {} was rolled back: {}", f.version, crate::term::printable(&f.reason));
         }
         if let Some(j) = &view.operation_in_progress {
             println!("operation: change to {} in progress ({:?})", j.to.version, j.phase);

@@ -2,6 +2,7 @@
 //! which K3s token are backed up and whether the backup is fresh, and the backup
 //! itself as the keys file `recover --sealed-secrets-keys` reads.
 
+use crate::term::printable;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -599,7 +600,7 @@ impl Status {
                 "K3s token: backed up (ID {}, fingerprint {}, reported by {}, last seen {}).",
                 t.id,
                 t.fingerprint,
-                reporters(&t.first_reported_by, &t.reported_by),
+                printable(&reporters(&t.first_reported_by, &t.reported_by)),
                 ago(t.last_seen_unix)
             );
         } else {
@@ -618,7 +619,7 @@ impl Status {
             print_drill(d, self.now_unix);
         }
         for w in &self.warnings {
-            println!("WARNING: {w}");
+            println!("WARNING: {}", printable(w));
         }
     }
 }
@@ -638,7 +639,7 @@ fn print_drill(d: &DrillView, now: i64) {
             println!(
                 "Recovery drill: not configured any more (the last, {}: {}).",
                 ago(now, d.started_unix),
-                d.summary
+                printable(&d.summary)
             );
         } else {
             println!("Recovery drill: not configured (add [recovery.drill] to the cluster spec).");
@@ -655,7 +656,7 @@ fn print_drill(d: &DrillView, now: i64) {
     }
     let took = humantime::format_duration(Duration::from_millis(d.duration_ms - d.duration_ms % 100));
     if d.passed {
-        println!("Recovery drill: PASSED since {}: {}", date(d.since_unix), d.summary);
+        println!("Recovery drill: PASSED since {}: {}", date(d.since_unix), printable(&d.summary));
     } else {
         println!(
             "Recovery drill: FAILED since {}, last run {}:",
@@ -664,7 +665,7 @@ fn print_drill(d: &DrillView, now: i64) {
         );
         for f in &d.failures {
             let subject = if f.subject.is_empty() { String::new() } else { format!(" {}", f.subject) };
-            println!("  {}{subject}: {}", f.check, f.detail);
+            println!("  {}{}: {}", f.check, printable(&subject), printable(&f.detail));
         }
     }
     let commit = if d.commit.is_empty() {
@@ -683,7 +684,7 @@ fn print_drill(d: &DrillView, now: i64) {
         date(d.next_unix)
     );
     for w in &d.warnings {
-        println!("  note: {w}");
+        println!("  note: {}", printable(w));
     }
 }
 

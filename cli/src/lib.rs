@@ -15,6 +15,7 @@ mod keys;
 mod mount;
 mod node;
 mod recover;
+pub mod term;
 mod upgrade;
 
 use std::path::PathBuf;
@@ -142,7 +143,7 @@ pub struct InventoryArgs {
     pub output: Output,
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct JoinArgs {
     /// Coordinator address, https://HOST:PORT.
     #[arg(long)]
@@ -160,6 +161,18 @@ pub struct JoinArgs {
     /// Print what would be done; change nothing (works without root).
     #[arg(long)]
     pub dry_run: bool,
+}
+
+impl std::fmt::Debug for JoinArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinArgs")
+            .field("coordinator", &self.coordinator)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("name", &self.name)
+            .field("dry_run", &self.dry_run)
+            .finish()
+    }
 }
 
 #[derive(Debug, Args)]

@@ -17,10 +17,12 @@ fn main() -> ExitCode {
     match runtime.block_on(elysium_node::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            // The whole chain, once, at the edge.
-            eprintln!("error: {e}");
+            // The whole chain, once, at the edge; escaped, as errors can quote
+            // what a node or the coordinator sent.
+            use elysium_node::term::printable_lines;
+            eprintln!("error: {}", printable_lines(&e.to_string()));
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                eprintln!("  caused by: {}", printable_lines(&cause.to_string()));
             }
             ExitCode::FAILURE
         }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::admin::{ago, client, print_json, print_table, rpc};
 use super::{Output, UpgradeCommand};
+use crate::term::printable;
 
 #[derive(Serialize)]
 struct NodeView {
@@ -65,9 +66,10 @@ fn show(r: &pb::Rollout, output: Output) -> anyhow::Result<()> {
     if output == Output::Json {
         return print_json(&RolloutView::from(r));
     }
-    println!("rollout {} to {}: {}", r.id, r.target_version, r.state);
+    // The target version and reasons can come from nodes' reports: escaped.
+    println!("rollout {} to {}: {}", r.id, printable(&r.target_version), r.state);
     if !r.reason.is_empty() {
-        println!("  {}", r.reason);
+        println!("  {}", printable(&r.reason));
     }
     if r.window_open {
         println!("  maintenance window: open");

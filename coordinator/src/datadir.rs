@@ -110,6 +110,8 @@ pub enum DataDirError {
     Pki(#[from] PkiError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
     #[error(
         "the state store {} is in use: is the coordinator running? Stop it first, or create the admin through it with `--config` (an existing admin's credentials)",
         .0.display()
@@ -147,13 +149,25 @@ pub struct InitOptions {
 }
 
 /// A loaded data directory.
-#[derive(Debug)]
 pub struct DataDir {
     pub path: PathBuf,
     pub config: CoordinatorConfig,
     pub ca: Ca,
     pub server_cert_pem: String,
+    /// The server's private key: never in `Debug`.
     pub server_key_pem: String,
+}
+
+impl std::fmt::Debug for DataDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataDir")
+            .field("path", &self.path)
+            .field("config", &self.config)
+            .field("ca", &self.ca)
+            .field("server_cert_pem", &self.server_cert_pem)
+            .field("server_key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 impl DataDir {
@@ -312,15 +326,19 @@ pub fn reissue_server(
 /// before admins were registered has none: the admin certificate in its
 /// `admin.toml` is registered then, so the admin that `init` made keeps working.
 pub fn open_store(dir: &DataDir) -> Result<RedbStore, DataDirError> {
-    let store = open_store_file(&dir.store_path())?;
+    let sealer = std::sync::Arc::new(dir.vault_key()?);
+    let store = open_store_file(&dir.store_path(), sealer)?;
     if store.list_admins()?.is_empty() {
         adopt_admin_file(dir, &store)?;
     }
     Ok(store)
 }
 
-fn open_store_file(path: &Path) -> Result<RedbStore, DataDirError> {
-    RedbStore::open(path).map_err(|e| match e {
+fn open_store_file(
+    path: &Path,
+    sealer: std::sync::Arc<crate::vault::VaultKey>,
+) -> Result<RedbStore, DataDirError> {
+    RedbStore::open_sealed(path, sealer).map_err(|e| match e {
         StoreError::Open { source, .. } if matches!(*source, redb::DatabaseError::DatabaseAlreadyOpen) => {
             DataDirError::StoreInUse(path.to_path_buf())
         }
@@ -442,6 +460,13 @@ mod tests {
         assert!(matches!(err, DataDirError::Exists(_)), "{err}");
         assert_eq!(std::fs::read(dir.join(CA_KEY)).unwrap(), before, "the CA must be untouched");
         assert!(!format!("{admin:?}").contains("PRIVATE"));
+        // Neither the loaded directory nor an issued certificate shows a key.
+        let key = loaded.server_key_pem.lines().nth(1).unwrap().to_owned();
+        assert!(!format!("{loaded:?}").contains(&key), "DataDir's Debug shows the server key");
+        let issued = loaded.ca.issue_admin("dbg").unwrap();
+        let key = issued.key_pem.lines().nth(1).unwrap().to_owned();
+        let shown = format!("{issued:?}");
+        assert!(!shown.contains(&key) && !shown.contains("PRIVATE"), "Issued's Debug shows the key: {shown}");
     }
 
     #[test]

@@ -102,12 +102,21 @@ pub enum PkiError {
 }
 
 /// A certificate and its private key, both PEM.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Issued {
     pub cert_pem: String,
     pub cert_der: Vec<u8>,
     /// The private key. Written 0600 and never logged.
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// The certificate authority.

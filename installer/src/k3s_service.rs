@@ -20,6 +20,8 @@ pub const CONFIG_PATH: &str = "/etc/rancher/k3s/config.yaml";
 pub const CONFIG_DROPIN_DIR: &str = "/etc/rancher/k3s/config.yaml.d";
 /// The cluster token, referenced by `token-file` (0600).
 pub const TOKEN_PATH: &str = "/etc/rancher/k3s/elysium-token";
+/// Servers: the agent secret, referenced by `agent-token-file` (0600).
+pub const AGENT_TOKEN_PATH: &str = "/etc/rancher/k3s/elysium-agent-token";
 /// K3s's `vpn-auth-file` (0600: it holds the Tailscale auth key).
 pub const VPN_AUTH_PATH: &str = "/etc/rancher/k3s/elysium-vpn-auth";
 /// install.sh's default `INSTALL_K3S_BIN_DIR`.
@@ -82,6 +84,9 @@ pub struct K3sConfig {
     pub flannel_iface: Option<String>,
     /// `vpn-auth-file`: K3s's own Tailscale integration.
     pub vpn_auth_file: Option<String>,
+    /// Servers: `agent-token-file`, the token agents join with (they cannot
+    /// join as servers with it).
+    pub agent_token_file: Option<String>,
     /// Packaged components to disable (servers): coredns, servicelb, traefik,
     /// local-storage, metrics-server.
     pub disable: Vec<String>,
@@ -97,6 +102,7 @@ pub const MANAGED_KEYS: &[&str] = &[
     "token",
     "token-file",
     "agent-token",
+    "agent-token-file",
     "server",
     "cluster-init",
     "node-name",
@@ -129,7 +135,7 @@ pub enum ConfigError {
     AgentWithoutServer,
     #[error("the K3s server URL {0:?} must start with https://")]
     BadServerUrl(String),
-    #[error("`disable` and `tls-san` only apply to servers; this node is an agent")]
+    #[error("`disable`, `tls-san` and `agent-token-file` only apply to servers; this node is an agent")]
     ServerOnlyOnAgent,
 }
 
@@ -148,7 +154,9 @@ impl K3sConfig {
             }
             _ => {}
         }
-        if self.role == K3sRole::Agent && (!self.disable.is_empty() || !self.tls_san.is_empty()) {
+        if self.role == K3sRole::Agent
+            && (!self.disable.is_empty() || !self.tls_san.is_empty() || self.agent_token_file.is_some())
+        {
             return Err(ConfigError::ServerOnlyOnAgent);
         }
         Ok(())
@@ -180,6 +188,9 @@ pub fn render_config(cfg: &K3sConfig) -> Result<String, ConfigError> {
          # Put local additions in /etc/rancher/k3s/config.yaml.d/*.yaml instead.\n",
     );
     let _ = writeln!(out, "token-file: {}", quote(TOKEN_PATH));
+    if let Some(file) = &cfg.agent_token_file {
+        let _ = writeln!(out, "agent-token-file: {}", quote(file));
+    }
     if let K3sRole::Server { cluster_init: true } = cfg.role {
         out.push_str("cluster-init: true\n");
     }
@@ -311,6 +322,7 @@ mod tests {
             node_ip: Some("100.64.0.1".into()),
             flannel_iface: Some("tailscale0".into()),
             vpn_auth_file: None,
+            agent_token_file: Some(AGENT_TOKEN_PATH.into()),
             disable: vec!["traefik".into()],
             tls_san: vec!["kyrion.lan".into()],
             write_kubeconfig_mode: Some("0644".into()),
@@ -392,6 +404,8 @@ mod tests {
         assert!(yaml.contains("write-kubeconfig-mode: \"0644\"\n"));
         assert!(yaml.contains("kubelet-arg: [\"max-pods=150\"]\n"));
         assert!(!yaml.lines().any(|l| l.starts_with("token:")), "the token must only be in the token file");
+        assert!(yaml.contains("agent-token-file: \"/etc/rancher/k3s/elysium-agent-token\"\n"));
+        assert!(!yaml.lines().any(|l| l.starts_with("agent-token:")));
     }
 
     #[test]
@@ -400,6 +414,14 @@ mod tests {
         agent.role = K3sRole::Agent;
         agent.disable.clear();
         agent.tls_san.clear();
+        agent.server_url = Some("https://10.0.0.1:6443".into());
+        assert_eq!(
+            render_config(&agent).unwrap_err(),
+            ConfigError::ServerOnlyOnAgent,
+            "an agent has no agent token to configure"
+        );
+        agent.agent_token_file = None;
+        agent.server_url = None;
         assert_eq!(render_config(&agent).unwrap_err(), ConfigError::AgentWithoutServer);
         agent.server_url = Some("http://x:6443".into());
         assert!(matches!(render_config(&agent).unwrap_err(), ConfigError::BadServerUrl(_)));

@@ -34,6 +34,80 @@ pub mod v1 {
         }
     }
 
+    /// What `Debug` shows of a secret string: whether it is set, never its value.
+    fn redacted(s: &str) -> &'static str {
+        if s.is_empty() { "<none>" } else { "<redacted>" }
+    }
+
+    impl std::fmt::Debug for EnrollRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("EnrollRequest")
+                .field("token", &redacted(&self.token))
+                .field("csr_der_bytes", &self.csr_der.len())
+                .field("requested_name", &self.requested_name)
+                .field("inventory", &self.inventory)
+                .field("hardware_json_bytes", &self.hardware_json.len())
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for NodeSpec {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("NodeSpec")
+                .field("generation", &self.generation)
+                .field("cluster_spec_toml_bytes", &self.cluster_spec_toml.len())
+                .field("role", &self.role)
+                .field("labels", &self.labels)
+                .field("k3s", &self.k3s)
+                // Names only.
+                .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for K3sAssignment {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("K3sAssignment")
+                .field("role", &self.role)
+                .field("server_url", &self.server_url)
+                .field("token", &redacted(&self.token))
+                .field("version", &self.version)
+                .field("k3s_role", &self.k3s_role)
+                .field("agent_token", &redacted(&self.agent_token))
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for K3sReport {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("K3sReport")
+                .field("server_token", &redacted(&self.server_token))
+                .field("version", &self.version)
+                .field("failed_version", &self.failed_version)
+                .field("failure", &self.failure)
+                .field("agent_token", &redacted(&self.agent_token))
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for SetSecretRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SetSecretRequest")
+                .field("name", &self.name)
+                .field("value", &redacted(&self.value))
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for CreateTokenResponse {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("CreateTokenResponse")
+                .field("token", &redacted(&self.token))
+                .field("info", &self.info)
+                .finish()
+        }
+    }
+
     impl std::fmt::Debug for ExportSealingKeysChunk {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.debug_struct("ExportSealingKeysChunk")
@@ -104,4 +178,70 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 pub fn hardware_sha256(doc: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(doc.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::*;
+
+    const MARKER: &str = "M4RK3R-s3cret";
+
+    /// Every message that carries a secret formats without it.
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let assignment = K3sAssignment {
+            token: format!("K10abc::server:{MARKER}"),
+            agent_token: MARKER.into(),
+            server_url: "https://s:6443".into(),
+            ..Default::default()
+        };
+        let spec = NodeSpec {
+            k3s: Some(assignment.clone()),
+            secrets: [("ts".to_string(), MARKER.to_string())].into(),
+            ..Default::default()
+        };
+        let shown = [
+            format!("{:?}", EnrollRequest { token: MARKER.into(), ..Default::default() }),
+            format!("{:?}", EnrollResponse { spec: Some(spec.clone()), ..Default::default() }),
+            format!("{spec:?}"),
+            format!("{assignment:?}"),
+            format!(
+                "{:?}",
+                K3sReport { server_token: MARKER.into(), agent_token: MARKER.into(), ..Default::default() }
+            ),
+            format!(
+                "{:?}",
+                AgentMessage {
+                    msg: Some(agent_message::Msg::K3s(K3sReport {
+                        server_token: MARKER.into(),
+                        ..Default::default()
+                    })),
+                }
+            ),
+            format!("{:?}", CoordinatorMessage { msg: Some(coordinator_message::Msg::Spec(spec.clone())) }),
+            format!("{:?}", SetSecretRequest { name: "ts".into(), value: MARKER.into() }),
+            format!("{:?}", CreateTokenResponse { token: MARKER.into(), info: None }),
+            format!("{:?}", SealingKeyReport { tls_key: MARKER.as_bytes().to_vec(), ..Default::default() }),
+            format!(
+                "{:?}",
+                ExportSealingKeysResponse {
+                    keys_yaml: MARKER.into(),
+                    k3s_server_token: MARKER.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                ExportSealingKeysChunk {
+                    keys_yaml: MARKER.as_bytes().to_vec(),
+                    k3s_server_token: MARKER.into(),
+                    ..Default::default()
+                }
+            ),
+        ];
+        for s in &shown {
+            assert!(!s.contains(MARKER), "Debug shows a secret: {s}");
+        }
+        assert!(shown[3].contains("https://s:6443"), "what is not secret is still shown: {}", shown[3]);
+    }
 }

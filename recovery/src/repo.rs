@@ -46,7 +46,11 @@ impl RepoSource {
         if let Some((scheme, _)) = input.split_once("://") {
             let url = url::Url::parse(input)
                 .map_err(|e| RepoError::BadUrl { url: input.to_owned(), reason: e.to_string() })?;
-            if url.password().is_some() {
+            // A password, or on http(s) any user part (`https://ghp_…@github.com`:
+            // the token is the user name), would be in git's argv, which every user
+            // can read, and in logs. ssh:// user names (`git@`) are no secret.
+            let web = matches!(scheme, "https" | "http");
+            if url.password().is_some() || (web && !url.username().is_empty()) {
                 return Err(RepoError::PasswordInUrl { url: redact(&url) });
             }
             if url.host_str().is_none_or(str::is_empty) {
@@ -108,9 +112,11 @@ fn scp_to_ssh(s: &str) -> Option<String> {
     Some(format!("ssh://{host_part}/{}", path.trim_start_matches('/')))
 }
 
+/// The URL with its whole user part replaced: a user name can be the token.
 fn redact(url: &url::Url) -> String {
     let mut u = url.clone();
-    let _ = u.set_password(Some("***"));
+    let _ = u.set_password(None);
+    let _ = u.set_username("***");
     u.to_string()
 }
 
@@ -126,7 +132,7 @@ pub enum RepoError {
     #[error("{url}: {scheme}:// is not supported; use ssh://git@host/org/repo, https://…, or a local path")]
     UnsupportedScheme { url: String, scheme: String },
     #[error(
-        "{url} carries a password: it would be visible in the process list; use a Git credential helper or an ssh:// URL with --deploy-key"
+        "{url} carries credentials in its user part: they would reach git's command line (visible in the process list) and logs; use an ssh:// URL with --deploy-key, or a plain https:// URL with a Git credential file (`git config --global credential.helper store`, ~/.git-credentials, 0600)"
     )]
     PasswordInUrl { url: String },
     #[error("{path} does not exist (and is not a URL: use ssh://, https:// or a local path)")]
@@ -312,8 +318,20 @@ mod tests {
             Ok(RepoSource::Https(_))
         ));
         assert!(matches!(RepoSource::parse("git://example.org/x"), Err(RepoError::UnsupportedScheme { .. })));
-        let e = RepoSource::parse("https://user:hunter2@example.org/x.git").expect_err("password");
-        assert!(!e.to_string().contains("hunter2"), "{e}");
+        // Credentials in the user part are refused without being repeated: a password,
+        // a token as the user name (GitHub's `ghp_…@`), a token on ssh:// as password.
+        for url in [
+            "https://user:hunter2@example.org/x.git",
+            "https://ghp_hunter2@github.com/x/y.git",
+            "http://x-access-token:hunter2@example.org/x.git",
+            "ssh://git:hunter2@example.org/x.git",
+        ] {
+            let e = RepoSource::parse(url).expect_err(url);
+            assert!(matches!(e, RepoError::PasswordInUrl { .. }), "{url}: {e}");
+            let text = e.to_string();
+            assert!(!text.contains("hunter2") && !text.contains("ghp_"), "{text}");
+            assert!(text.contains("--deploy-key") && text.contains("credential"), "{text}");
+        }
         assert!(matches!(RepoSource::parse("/nonexistent/elysium"), Err(RepoError::NotFound { .. })));
     }
 

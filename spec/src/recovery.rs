@@ -110,11 +110,18 @@ fn check_repository(repo: &str) -> Result<(), SpecError> {
         if scheme != "file" && authority.rsplit_once('@').map_or(authority, |(_, h)| h).is_empty() {
             return invalid(format!("{repo:?} names no host"));
         }
-        // `user:password@host`: the password would be in git's argv, which every
-        // user can read.
-        if authority.rsplit_once('@').is_some_and(|(user, _)| user.contains(':')) {
+        // `user:password@host`, or a token as the user (`https://ghp_…@github.com`):
+        // it would be in git's argv, which every user can read, and in the drill's
+        // log. ssh:// has a user name (`git@`), never a secret there. The message
+        // does not repeat the URL: it holds the secret.
+        let user = authority.rsplit_once('@').map(|(user, _)| user);
+        let web = matches!(scheme, "https" | "http");
+        if user.is_some_and(|u| u.contains(':') || (web && !u.is_empty())) {
             return invalid(
-                "carries a password: use an ssh:// URL with deploy_key_secret instead".to_owned(),
+                "carries credentials in its user part, which would reach git's command line and the log; \
+                 use an ssh:// URL with deploy_key_secret (a read-only deploy key) instead, and revoke the \
+                 credential if it was ever shared"
+                    .to_owned(),
             );
         }
         return Ok(());
@@ -166,7 +173,17 @@ mod tests {
             (
                 base.replace("ssh://git@github.com/alecsg77/elysium", "https://me:hunter2@example.org/x"),
                 "recovery.drill.repository",
-                "password",
+                "deploy_key_secret",
+            ),
+            (
+                base.replace("ssh://git@github.com/alecsg77/elysium", "https://ghp_hunter2@github.com/x/y"),
+                "recovery.drill.repository",
+                "credentials in its user part",
+            ),
+            (
+                base.replace("ssh://git@github.com/alecsg77/elysium", "ssh://git:hunter2@github.com/x/y"),
+                "recovery.drill.repository",
+                "credentials",
             ),
             (
                 base.replace("ssh://git@github.com/alecsg77/elysium", "git://example.org/x"),
@@ -195,11 +212,19 @@ mod tests {
             );
             assert!(text.contains(field) && text.contains(says), "{bad}: {text}");
         }
-        // The hunter2 of a refused URL is not repeated back.
-        let err = ClusterSpec::parse(
-            &base.replace("ssh://git@github.com/alecsg77/elysium", "https://me:hunter2@example.org/x"),
-        )
-        .expect_err("password");
-        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // The hunter2 of a refused URL is not repeated back, in the error or its source.
+        for url in ["https://me:hunter2@example.org/x", "https://ghp_hunter2@github.com/x/y"] {
+            let err = ClusterSpec::parse(&base.replace("ssh://git@github.com/alecsg77/elysium", url))
+                .expect_err("credentials");
+            let text = format!(
+                "{err} {}",
+                std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default()
+            );
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+        // A user name on ssh:// is no secret, and a plain https:// URL is fine.
+        for ok in ["ssh://git@github.com/x/y", "https://github.com/x/y"] {
+            ClusterSpec::parse(&base.replace("ssh://git@github.com/alecsg77/elysium", ok)).expect(ok);
+        }
     }
 }

@@ -189,9 +189,9 @@ async fn serve(
 ) -> (Arc<Coordinator>, SocketAddr, oneshot::Sender<()>, JoinHandle<Result<(), server::ServeError>>) {
     let data = datadir::load(dir).expect("load data dir");
     let tls = ServerTls::from_data_dir(&data);
-    let store = RedbStore::open(&data.store_path()).expect("open store");
-    let clock: Arc<dyn Clock> = Arc::new(OffsetClock(offset));
     let vault = data.vault_key().expect("vault key");
+    let store = RedbStore::open_sealed(&data.store_path(), Arc::new(vault.clone())).expect("open store");
+    let clock: Arc<dyn Clock> = Arc::new(OffsetClock(offset));
     let ca = data.ca.with_clock(clock.clone());
     let coordinator = Coordinator::new(Arc::new(store), ca, vault, clock).expect("coordinator");
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");

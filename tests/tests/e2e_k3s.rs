@@ -39,7 +39,9 @@ const STATE_FILE: &str = "/var/lib/elysium/k3s.json";
 const JOURNAL_FILE: &str = "/var/lib/elysium/k3s-journal.json";
 const CONFIG_FILE: &str = "/etc/rancher/k3s/config.yaml";
 const TOKEN_FILE: &str = "/etc/rancher/k3s/elysium-token";
+const AGENT_TOKEN_FILE: &str = "/etc/rancher/k3s/elysium-agent-token";
 const SERVER_TOKEN_FILE: &str = "/var/lib/rancher/k3s/server/token";
+const SERVER_AGENT_TOKEN_FILE: &str = "/var/lib/rancher/k3s/server/agent-token";
 const SERVER_CA_FILE: &str = "/var/lib/rancher/k3s/server/tls/server-ca.crt";
 
 const V1: &str = "v1.31.4+k3s1";
@@ -167,6 +169,7 @@ fn check_fresh_server(fx: &Fixture, i: usize, version: &str) -> Result<()> {
     for line in [
         "cluster-init: true",
         &format!("token-file: \"{TOKEN_FILE}\""),
+        &format!("agent-token-file: \"{AGENT_TOKEN_FILE}\""),
         &format!("node-name: \"{}\"", node.name()),
     ] {
         ensure!(
@@ -183,8 +186,10 @@ fn check_fresh_server(fx: &Fixture, i: usize, version: &str) -> Result<()> {
         !config.lines().any(|l| l.starts_with("server:")),
         "the first server has a server: line:\n{config}"
     );
-    let mode = file_mode(node, TOKEN_FILE)?;
-    ensure!(mode == 0o600, "{TOKEN_FILE} on {} has mode {mode:04o}, want 0600", node.name());
+    for file in [TOKEN_FILE, AGENT_TOKEN_FILE] {
+        let mode = file_mode(node, file)?;
+        ensure!(mode == 0o600, "{file} on {} has mode {mode:04o}, want 0600", node.name());
+    }
 
     let unit = read_node_file(node, "/etc/systemd/system/k3s.service")?;
     for line in [
@@ -231,6 +236,10 @@ fn check_fresh_server(fx: &Fixture, i: usize, version: &str) -> Result<()> {
         let events = fx.coord.events()?;
         Ok(events.iter().any(|e| e["kind"] == "k3s.token" && e["subject"] == node.name()).then_some(()))
     })?;
+    poll("a k3s.agent-token event for the first server", Duration::from_secs(30), || {
+        let events = fx.coord.events()?;
+        Ok(events.iter().any(|e| e["kind"] == "k3s.agent-token" && e["subject"] == node.name()).then_some(()))
+    })?;
     let token = read_node_file(node, SERVER_TOKEN_FILE)?;
     ensure!(token.starts_with("K10"), "{SERVER_TOKEN_FILE} on {} is not a secure K10 token", node.name());
     ensure!(!fx.coord.log().contains(token.trim()), "the cluster token appears in the coordinator log");
@@ -259,20 +268,32 @@ fn check_agent_joined(fx: &Fixture, server: usize, agent: usize) -> Result<()> {
     let mode = file_mode(node, TOKEN_FILE)?;
     ensure!(mode == 0o600, "{TOKEN_FILE} on {} has mode {mode:04o}, want 0600", node.name());
 
-    // The agent got the server's secure token, whose CA hash is the server CA's: the stand-in agent checks
-    // exactly that (upstream's "token CA hash does not match" otherwise) before it becomes ready.
+    // The agent got the server's secure *agent* token (what K3s wrote to server/agent-token), whose CA
+    // hash is the server CA's: the stand-in agent checks exactly that (upstream's "token CA hash does not
+    // match" otherwise) before it becomes ready.
     let token = read_node_file(node, TOKEN_FILE)?;
-    let server_token = read_node_file(srv, SERVER_TOKEN_FILE)?;
+    let agent_token = read_node_file(srv, SERVER_AGENT_TOKEN_FILE)?;
     ensure!(
-        token.trim() == server_token.trim(),
-        "the agent's token file is not the first server's secure token"
+        token.trim() == agent_token.trim(),
+        "the agent's token file is not the first server's agent token"
     );
+    ensure!(token.contains("::node:"), "the agent's token is not an agent token");
     let ca_hash = hex::encode(Sha256::digest(fs::read(node_path(srv, SERVER_CA_FILE))?));
     ensure!(
         token.trim().strip_prefix("K10").is_some_and(|t| t.starts_with(&ca_hash)),
         "the agent's token does not pin srv1's CA (sha256 {ca_hash})"
     );
-    // The cluster secret is in 0600 files only: not in either node's journal, nor any process's argv.
+    // The server token is nowhere on the agent: not in its spec, its files, its journal.
+    let server_token = read_node_file(srv, SERVER_TOKEN_FILE)?;
+    let server_password = server_token.trim().rsplit(':').next().unwrap_or_default().to_owned();
+    ensure!(server_password.len() >= 16, "odd server token shape");
+    for dir in ["/var/lib/elysium", "/etc/rancher", "/etc/systemd/system", "/var/lib/rancher/k3s/agent"] {
+        let holding = files_containing(&node_path(node, dir), server_password.as_bytes());
+        ensure!(holding.is_empty(), "the server token is on the agent {} in {holding:?}", node.name());
+    }
+    let everything = node.exec_ok(&["journalctl", "--no-pager"])?;
+    ensure!(!everything.contains(&server_password), "the server token appears in {}'s journal", node.name());
+    // The cluster secrets are in 0600 files only: not in either node's journal, nor any process's argv.
     let password = token.trim().rsplit(':').next().unwrap_or_default();
     ensure!(password.len() >= 16, "odd cluster token shape");
     for n in [srv, node] {
@@ -903,6 +924,25 @@ fn wait_k3s_true(fx: &Fixture, i: usize, generation: u64, timeout: Duration) -> 
         }
         Ok(ok.then_some(()))
     })
+}
+
+/// Regular files under `dir` (recursively, not following links) whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else { return found };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => found.extend(files_containing(&path, needle)),
+            Ok(t) if t.is_file() => {
+                if fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+                    found.push(path);
+                }
+            }
+            _ => {}
+        }
+    }
+    found
 }
 
 fn node_path(node: &TestNode, path: &str) -> PathBuf {

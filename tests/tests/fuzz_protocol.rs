@@ -186,9 +186,14 @@ fn agent_message() -> impl Strategy<Value = pb::AgentMessage> {
                 Msg::Result(pb::OperationResult { operation_id, success, message, generation })
             }
         ),
-        (text(), text(), text(), text()).prop_map(|(server_token, version, failed_version, failure)| {
-            Msg::K3s(pb::K3sReport { server_token, version, failed_version, failure })
-        }),
+        (text(), text(), text(), text(), text()).prop_map(
+            |(server_token, version, failed_version, failure, agent_token)| {
+                Msg::K3s(pb::K3sReport { server_token, version, failed_version, failure, agent_token })
+            }
+        ),
+        // A CSR nobody asked for, or garbage where the DER belongs.
+        prop_oneof![bytes(), Just(elysium_identity::node_key_and_csr().unwrap().1)]
+            .prop_map(|csr_der| Msg::CertificateRequest(pb::CertificateRequest { csr_der })),
         (
             text(),
             text(),

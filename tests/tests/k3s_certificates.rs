@@ -105,6 +105,7 @@ fn desired(mirror: &MirrorServer) -> Desired {
             server_url: String::new(),
             token: "ab".repeat(24),
             version: String::new(),
+            agent_token: "cd".repeat(24),
         }),
         secrets: Default::default(),
     })

@@ -124,6 +124,7 @@ impl Fixture {
                 server_url: "https://10.0.0.1:6443".into(),
                 token: "K10abc::server:secret".into(),
                 version: String::new(),
+                agent_token: String::new(),
             }),
             secrets: Default::default(),
         })
@@ -399,4 +400,104 @@ async fn a_crash_mid_upgrade_converges() {
         "files restored from the journal"
     );
     assert!(journal::load_journal(fs).is_none());
+}
+
+/// Regular files under `dir` whose bytes contain `needle` (not following links).
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => found.extend(files_containing(&path, needle)),
+            Ok(t) if t.is_file() => {
+                if std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+                    found.push(path);
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+impl Fixture {
+    /// `desired` for another role and other tokens.
+    fn desired_as(&self, role: K3sAssignedRole, token: &str, agent_token: &str, generation: u64) -> Desired {
+        let mut d = self.desired("v1.31.4+k3s1", generation);
+        d.role = if role == K3sAssignedRole::Agent { NodeRole::Agent } else { NodeRole::Server };
+        d.k3s = Some(K3sAssignment {
+            role,
+            server_url: if role == K3sAssignedRole::ServerInit {
+                String::new()
+            } else {
+                "https://10.0.0.1:6443".into()
+            },
+            token: token.into(),
+            version: String::new(),
+            agent_token: agent_token.into(),
+        });
+        d
+    }
+
+    fn restarts(&self) -> usize {
+        self.systemd.calls().iter().filter(|c| c.starts_with("restart")).count()
+    }
+}
+
+/// An existing cluster moving to the agent token (docs/reference/k3s.md#tokens):
+/// a server restarts once to take `agent-token-file` (K3s reads it only at start)
+/// and keeps its token file; an agent swaps the server token for the agent token
+/// and keeps nothing of the server token; then nothing restarts again.
+#[tokio::test]
+async fn moving_to_the_agent_token_restarts_once_and_leaves_no_server_token_on_agents() {
+    const SERVER_TOKEN: &str = "K10abc::server:srv-s3cret-0123456789";
+    const AGENT_TOKEN: &str = "K10abc::node:ag3nt-0123456789";
+    for role in [K3sAssignedRole::ServerInit, K3sAssignedRole::Server] {
+        let f = Fixture::new();
+        let token = if role == K3sAssignedRole::ServerInit { "init-secret" } else { SERVER_TOKEN };
+        // As an older coordinator configured it: no agent token.
+        let r = f.reconciler.reconcile(&f.host, &f.desired_as(role, token, "", 1), false).await;
+        assert!(r.ok(), "{}", error(&r));
+        let fs = &f.host.fs;
+        let config = fs.read_to_string("/etc/rancher/k3s/config.yaml").unwrap();
+        assert!(!config.contains("agent-token"), "{config}");
+        let restarts = f.restarts();
+
+        let r =
+            f.reconciler.reconcile(&f.host, &f.desired_as(role, token, "ag3nt-0123456789", 2), false).await;
+        assert!(r.ok(), "{}", error(&r));
+        let config = fs.read_to_string("/etc/rancher/k3s/config.yaml").unwrap();
+        assert!(config.contains("agent-token-file: \"/etc/rancher/k3s/elysium-agent-token\"\n"), "{config}");
+        assert_eq!(fs.read_to_string("/etc/rancher/k3s/elysium-agent-token").unwrap(), "ag3nt-0123456789\n");
+        assert_eq!(fs.mode("/etc/rancher/k3s/elysium-agent-token").unwrap(), 0o600);
+        assert_eq!(fs.read_to_string("/etc/rancher/k3s/elysium-token").unwrap(), format!("{token}\n"));
+        assert_eq!(f.restarts(), restarts + 1, "{role:?}: one restart takes the agent token");
+
+        let before = f.systemd.calls().len();
+        let r =
+            f.reconciler.reconcile(&f.host, &f.desired_as(role, token, "ag3nt-0123456789", 3), false).await;
+        assert!(r.ok() && r.steps[0].actions.is_empty(), "{r:?}");
+        assert_eq!(f.systemd.calls().len(), before, "{role:?}: converged, so nothing is touched");
+    }
+
+    let f = Fixture::new();
+    let r = f
+        .reconciler
+        .reconcile(&f.host, &f.desired_as(K3sAssignedRole::Agent, SERVER_TOKEN, "", 1), false)
+        .await;
+    assert!(r.ok(), "{}", error(&r));
+    let restarts = f.restarts();
+    // An agent told about an agent token for servers ignores it.
+    let r = f
+        .reconciler
+        .reconcile(&f.host, &f.desired_as(K3sAssignedRole::Agent, AGENT_TOKEN, "ignored-on-agents", 2), false)
+        .await;
+    assert!(r.ok(), "{}", error(&r));
+    assert_eq!(f.restarts(), restarts + 1);
+    let fs = &f.host.fs;
+    assert_eq!(fs.read_to_string("/etc/rancher/k3s/elysium-token").unwrap(), format!("{AGENT_TOKEN}\n"));
+    assert!(!fs.exists("/etc/rancher/k3s/elysium-agent-token"));
+    assert!(!fs.read_to_string("/etc/rancher/k3s/config.yaml").unwrap().contains("agent-token"));
+    let holding = files_containing(f._root.path(), b"srv-s3cret");
+    assert!(holding.is_empty(), "the server token is still on the agent: {holding:?}");
 }

@@ -227,6 +227,7 @@ mod tests {
                 server_url: String::new(),
                 token: String::new(),
                 version: String::new(),
+                agent_token: String::new(),
             }),
             secrets: Default::default(),
         }

@@ -386,6 +386,9 @@ async fn k3s_report(c: &Arc<Coordinator>, node: &mut NodeRecord, report: pb::K3s
         persist_paced(c, node, pace).await;
     }
     let is_first = c.cluster.borrow().k3s.first_server_id.as_deref() == Some(node.id.as_str());
+    if is_first && !report.agent_token.is_empty() {
+        k3s_agent_token_report(c, node, &report.agent_token).await;
+    }
     if report.server_token.is_empty() {
         return;
     }
@@ -422,6 +425,38 @@ async fn k3s_report(c: &Arc<Coordinator>, node: &mut NodeRecord, report: pb::K3s
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(node = %node.name, error = %e, "could not store the K3s token"),
         Err(status) => tracing::warn!(node = %node.name, %status, "could not store the K3s token"),
+    }
+}
+
+/// The first server's `server/agent-token`: once it holds our agent secret, K3s
+/// runs with it and agent-role nodes receive the agent token (k3s.rs).
+async fn k3s_agent_token_report(c: &Arc<Coordinator>, node: &NodeRecord, reported: &str) {
+    let active = {
+        let state = c.cluster.borrow();
+        crate::k3s::is_our_agent_token(&state.k3s, reported) && !state.k3s.agent_token_active
+    };
+    if !active {
+        return;
+    }
+    let cc = c.clone();
+    let result = blocking(move || {
+        cc.update_k3s(|k| {
+            let changed = !k.agent_token_active;
+            k.agent_token_active = true;
+            changed
+        })
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => {
+            c.event("k3s.agent-token", &node.name, "K3s runs with the agent token; agents join with it")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(node = %node.name, error = %e, "could not store the K3s agent token state")
+        }
+        Err(status) => {
+            tracing::warn!(node = %node.name, %status, "could not store the K3s agent token state")
+        }
     }
 }
 

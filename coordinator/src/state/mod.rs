@@ -101,7 +101,14 @@ impl Coordinator {
         let spec = ParsedSpec::from_stored(store.get_spec()?);
         let events = EventLog::start(store.clone())?;
         let k3s = match store.get_k3s()? {
-            Some(k3s) => k3s,
+            Some(mut k3s) => {
+                // A record from before agent tokens: agents move to one (k3s.rs).
+                if crate::k3s::ensure_agent_secret(&mut k3s) {
+                    store.put_k3s(&k3s)?;
+                    tracing::info!("generated the K3s agent secret for an existing cluster record");
+                }
+                k3s
+            }
             None => {
                 let k3s = crate::k3s::new_cluster();
                 store.put_k3s(&k3s)?;

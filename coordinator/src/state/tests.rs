@@ -63,3 +63,54 @@ fn the_coordinator_reads_time_from_its_clock() {
     clock.set(SystemTime::UNIX_EPOCH - Duration::from_secs(5));
     assert_eq!(c.now(), 0);
 }
+
+/// A cluster record from before agent tokens: loading gives it an agent secret
+/// (kept across restarts); the first server keeps its token and gains the agent
+/// token; servers keep the server token; agents lose the server token at once
+/// and get the agent token once the first server reported running with it.
+#[tokio::test]
+async fn an_existing_cluster_moves_agents_to_the_agent_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000));
+    let server_token = format!("K10{}::server:old-init-secret", "c".repeat(64));
+    {
+        let store = RedbStore::open(&tmp.path().join("state.redb")).unwrap();
+        store.set_spec(SPEC, None).unwrap();
+        // What the previous release stored: no agent fields at all.
+        let old = K3sCluster {
+            first_server_id: Some("s1".into()),
+            first_server_url: Some("https://10.0.0.1:6443".into()),
+            init_secret: "old-init-secret".into(),
+            server_token: Some(server_token.clone()),
+            ..Default::default()
+        };
+        store.put_k3s(&old).unwrap();
+    }
+    let c = open(tmp.path(), &clock);
+    let secret = c.cluster.borrow().k3s.agent_secret.clone();
+    assert_eq!(secret.len(), 48);
+    assert_eq!(c.store.get_k3s().unwrap().unwrap().agent_secret, secret, "stored, not only in memory");
+
+    let spec_of =
+        |id: &str, role: Role| c.cluster.borrow().node_spec(&NodeRecord::for_test(id, id, role)).k3s.unwrap();
+    let first = spec_of("s1", Role::Server);
+    assert_eq!((first.token.as_str(), first.agent_token.as_str()), ("old-init-secret", secret.as_str()));
+    let s2 = spec_of("s2", Role::Server);
+    assert_eq!((s2.token.as_str(), s2.agent_token.as_str()), (server_token.as_str(), secret.as_str()));
+    let w = spec_of("w1", Role::Agent);
+    assert!(w.token.is_empty() && w.agent_token.is_empty(), "an agent must not keep the server token");
+
+    c.update_k3s(|k| {
+        assert!(crate::k3s::is_our_agent_token(k, &format!("K10{}::node:{secret}", "c".repeat(64))));
+        k.agent_token_active = true;
+        true
+    })
+    .unwrap();
+    let w = spec_of("w1", Role::Agent);
+    assert_eq!(w.token, format!("K10{}::node:{secret}", "c".repeat(64)));
+
+    drop(c);
+    let c = open(tmp.path(), &clock);
+    assert_eq!(c.cluster.borrow().k3s.agent_secret, secret, "generated once");
+    assert!(c.cluster.borrow().k3s.agent_token_active);
+}

@@ -15,12 +15,14 @@
 
 mod hardware;
 mod redb_store;
+mod sealed;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 pub use redb_store::{HARDWARE_DIR, RedbStore};
+pub use sealed::Sealer;
 
 use crate::tokens::{Role, TokenRecord, TokenRejection};
 
@@ -139,7 +141,7 @@ pub struct StoredSpec {
 }
 
 /// What the coordinator knows about the K3s cluster as a whole.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct K3sCluster {
     /// The server that initialises the cluster (`cluster-init`); chosen once.
     pub first_server_id: Option<String>,
@@ -149,6 +151,30 @@ pub struct K3sCluster {
     pub init_secret: String,
     /// The full `K10…` token the first server reported. Secret.
     pub server_token: Option<String>,
+    /// The password of K3s's agent token (`agent-token` on every server): what
+    /// agent-role nodes join with, so that none of them holds the server token.
+    /// Empty in records written before it existed; loading fills it in
+    /// ([`crate::k3s::ensure_agent_secret`]). Secret.
+    #[serde(default)]
+    pub agent_secret: String,
+    /// The first server reported an agent token with `agent_secret` as its
+    /// password: K3s runs with it, and agents may join with it.
+    #[serde(default)]
+    pub agent_token_active: bool,
+}
+
+impl std::fmt::Debug for K3sCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |s: &str| if s.is_empty() { "<none>" } else { "<redacted>" };
+        f.debug_struct("K3sCluster")
+            .field("first_server_id", &self.first_server_id)
+            .field("first_server_url", &self.first_server_url)
+            .field("init_secret", &shown(&self.init_secret))
+            .field("server_token", &shown(self.server_token.as_deref().unwrap_or_default()))
+            .field("agent_secret", &shown(&self.agent_secret))
+            .field("agent_token_active", &self.agent_token_active)
+            .finish()
+    }
 }
 
 /// A secret the cluster spec refers to by name (`elysium-node secret set`).
@@ -375,6 +401,15 @@ pub enum StoreError {
         #[source]
         source: Box<redb::DatabaseError>,
     },
+    #[error("could not encrypt the stored record {key:?}")]
+    Seal { key: String },
+    #[error(
+        "the stored record {key:?} does not open with this coordinator's vault key (DATA_DIR/vault.key): \
+         was vault.key replaced? Restore the one this state.redb was written with"
+    )]
+    Unseal { key: String },
+    #[error("could not compact the state store after sealing its secrets")]
+    Compact(#[source] Box<redb::CompactionError>),
 }
 
 /// Why an enrollment was refused by the store.

@@ -8,6 +8,7 @@ use elysium_proto::hardware_sha256;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
 
 use super::hardware::HardwareDocs;
 use super::*;
@@ -31,6 +32,9 @@ const VAULT_SEALED: TableDefinition<&str, &[u8]> = TableDefinition::new("vault_s
 /// Admin credentials: certificate fingerprint → [`AdminRecord`] (`admins`).
 const ADMINS: TableDefinition<&str, &[u8]> = TableDefinition::new("admins");
 
+/// A table of string keys and byte values, as most of ours are.
+type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+
 /// The hardware documents' directory, beside the store file.
 pub const HARDWARE_DIR: &str = "hardware";
 
@@ -53,6 +57,9 @@ const MAX_EVENTS: u64 = 10_000;
 pub struct RedbStore {
     db: Database,
     hardware: HardwareDocs,
+    /// Seals the records that hold secrets (sealed.rs). `None` only for stores
+    /// opened with [`RedbStore::open`] (tests, tools): those keep them in JSON.
+    sealer: Option<std::sync::Arc<dyn super::Sealer>>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -97,7 +104,7 @@ impl RedbStore {
         }
         txn.commit().map_err(engine)?;
         let dir = path.parent().unwrap_or(Path::new(".")).join(HARDWARE_DIR);
-        let store = Self { db, hardware: HardwareDocs::open(dir)? };
+        let store = Self { db, hardware: HardwareDocs::open(dir)?, sealer: None };
         store.move_stored_hardware()?;
         let ids: std::collections::HashSet<String> = store.node_ids()?;
         let swept = store.hardware.sweep(&|id| ids.contains(id))?;
@@ -105,6 +112,77 @@ impl RedbStore {
             tracing::info!(files = swept, "removed hardware documents of nodes that are gone");
         }
         Ok(store)
+    }
+
+    /// Opens the store with secret-bearing records sealed by `sealer` (the
+    /// coordinator's vault key). Records that an earlier release wrote in plain
+    /// text are sealed now, and the file is compacted after, so that the pages
+    /// that held them are given back rather than left behind in the file.
+    pub fn open_sealed(path: &Path, sealer: std::sync::Arc<dyn super::Sealer>) -> Result<Self, StoreError> {
+        let mut store = Self::open(path)?;
+        store.sealer = Some(sealer);
+        let sealed = store.seal_plain_records()?;
+        if sealed > 0 {
+            // Twice: redb frees the pages a compaction moved only at the next one.
+            for _ in 0..2 {
+                store.db.compact().map_err(|e| StoreError::Compact(Box::new(e)))?;
+            }
+            tracing::info!(records = sealed, "encrypted secret records that were stored in plain text");
+        }
+        Ok(store)
+    }
+
+    /// Seals every secret-bearing record still in JSON; returns how many.
+    fn seal_plain_records(&self) -> Result<usize, StoreError> {
+        let mut plain: Vec<(Table, String, Zeroizing<Vec<u8>>)> = Vec::new();
+        {
+            let txn = self.db.begin_read().map_err(engine)?;
+            let meta = txn.open_table(META).map_err(engine)?;
+            if let Some(v) = meta.get(K3S_KEY).map_err(engine)?
+                && !super::sealed::is_sealed(v.value())
+            {
+                plain.push((META, K3S_KEY.to_owned(), Zeroizing::new(v.value().to_vec())));
+            }
+            let secrets = txn.open_table(SECRETS).map_err(engine)?;
+            for entry in secrets.iter().map_err(engine)? {
+                let (k, v) = entry.map_err(engine)?;
+                if !super::sealed::is_sealed(v.value()) {
+                    plain.push((SECRETS, k.value().to_owned(), Zeroizing::new(v.value().to_vec())));
+                }
+            }
+        }
+        if plain.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write().map_err(engine)?;
+        for (def, key, json) in &plain {
+            let sealed = self.seal(key, json)?;
+            txn.open_table(*def).map_err(engine)?.insert(key.as_str(), sealed.as_slice()).map_err(engine)?;
+        }
+        txn.commit().map_err(engine)?;
+        Ok(plain.len())
+    }
+
+    fn seal(&self, key: &str, json: &[u8]) -> Result<Vec<u8>, StoreError> {
+        match &self.sealer {
+            Some(s) => s.seal(json).ok_or_else(|| StoreError::Seal { key: key.to_owned() }),
+            None => Ok(json.to_vec()),
+        }
+    }
+
+    /// A record that holds secrets, sealed when the store has a sealer.
+    fn encode_secret<T: Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+        self.seal(key, &Zeroizing::new(encode(value)))
+    }
+
+    /// Reads what [`Self::encode_secret`] wrote, or a record from before sealing.
+    fn decode_secret<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+        if !super::sealed::is_sealed(bytes) {
+            return decode(key, bytes);
+        }
+        let unseal = || StoreError::Unseal { key: key.to_owned() };
+        let json = self.sealer.as_ref().ok_or_else(unseal)?.open(bytes).ok_or_else(unseal)?;
+        decode(key, &json)
     }
 
     fn node_ids(&self) -> Result<std::collections::HashSet<String>, StoreError> {
@@ -452,23 +530,30 @@ impl Store for RedbStore {
     }
 
     fn get_k3s(&self) -> Result<Option<K3sCluster>, StoreError> {
-        self.read_one(META, K3S_KEY)
+        let txn = self.db.begin_read().map_err(engine)?;
+        let meta = txn.open_table(META).map_err(engine)?;
+        match meta.get(K3S_KEY).map_err(engine)? {
+            Some(v) => self.decode_secret(K3S_KEY, v.value()).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn put_k3s(&self, cluster: &K3sCluster) -> Result<(), StoreError> {
+        let bytes = self.encode_secret(K3S_KEY, cluster)?;
         let txn = self.db.begin_write().map_err(engine)?;
         {
             let mut meta = txn.open_table(META).map_err(engine)?;
-            meta.insert(K3S_KEY, encode(cluster).as_slice()).map_err(engine)?;
+            meta.insert(K3S_KEY, bytes.as_slice()).map_err(engine)?;
         }
         txn.commit().map_err(engine)
     }
 
     fn put_secret(&self, secret: &SecretRecord) -> Result<(), StoreError> {
+        let bytes = self.encode_secret(&secret.name, secret)?;
         let txn = self.db.begin_write().map_err(engine)?;
         {
             let mut table = txn.open_table(SECRETS).map_err(engine)?;
-            table.insert(secret.name.as_str(), encode(secret).as_slice()).map_err(engine)?;
+            table.insert(secret.name.as_str(), bytes.as_slice()).map_err(engine)?;
         }
         txn.commit().map_err(engine)
     }
@@ -479,7 +564,7 @@ impl Store for RedbStore {
             let mut table = txn.open_table(SECRETS).map_err(engine)?;
             let removed = table.remove(name).map_err(engine)?;
             match removed {
-                Some(v) => Some(decode::<SecretRecord>(name, v.value())?),
+                Some(v) => Some(self.decode_secret::<SecretRecord>(name, v.value())?),
                 None => None,
             }
         };
@@ -488,7 +573,14 @@ impl Store for RedbStore {
     }
 
     fn list_secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
-        self.read_all(SECRETS)
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(SECRETS).map_err(engine)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(engine)? {
+            let (k, v) = entry.map_err(engine)?;
+            out.push(self.decode_secret(k.value(), v.value())?);
+        }
+        Ok(out)
     }
 
     fn list_vault(&self) -> Result<Vec<VaultRecord>, StoreError> {

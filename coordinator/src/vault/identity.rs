@@ -38,7 +38,9 @@ pub enum VaultError {
     Serialise { id: String },
 }
 
-/// The age identity that encrypts and decrypts vault items.
+/// The age identity that encrypts and decrypts vault items, and the store's
+/// secret-bearing records ([`crate::store::Sealer`]).
+#[derive(Clone)]
 pub struct VaultKey {
     identity: age::x25519::Identity,
     recipient: age::x25519::Recipient,
@@ -67,7 +69,7 @@ impl VaultKey {
     pub fn file_text(&self) -> Zeroizing<String> {
         Zeroizing::new(format!(
             "# elysium-node coordinator key vault identity (age X25519).\n\
-             # It decrypts the sealed-secrets keys and K3s token backed up in state.redb.\n\
+             # It decrypts the sealed-secrets keys, K3s tokens and secrets kept in state.redb.\n\
              # Keep a copy offline and apart from backups of state.redb: without it the\n\
              # vault cannot be read; together with them it reveals the keys.\n\
              # public key: {}\n{}\n",
@@ -122,6 +124,18 @@ impl VaultKey {
         age::decrypt(&self.identity, ciphertext)
             .map(Zeroizing::new)
             .map_err(|source| VaultError::Decrypt { id: id.to_owned(), source: Box::new(source) })
+    }
+}
+
+/// The store's records are sealed to the same identity as the vault's items:
+/// one key to keep offline, one file that a copied `state.redb` lacks.
+impl crate::store::Sealer for VaultKey {
+    fn seal(&self, plaintext: &[u8]) -> Option<Vec<u8>> {
+        age::encrypt(&self.recipient, plaintext).ok()
+    }
+
+    fn open(&self, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        age::decrypt(&self.identity, sealed).ok().map(Zeroizing::new)
     }
 }
 

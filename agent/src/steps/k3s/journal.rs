@@ -76,13 +76,24 @@ pub struct Journal {
     pub files: Vec<FileBackup>,
 }
 
-/// A file as it was before an operation wrote it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A file as it was before an operation wrote it. `Debug` shows the size only:
+/// the token file is one of them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileBackup {
     pub path: String,
     /// `None`: the file did not exist (rollback removes it).
     pub contents: Option<String>,
     pub mode: u32,
+}
+
+impl std::fmt::Debug for FileBackup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileBackup")
+            .field("path", &self.path)
+            .field("bytes", &self.contents.as_ref().map(String::len))
+            .field("mode", &format_args!("{:04o}", self.mode))
+            .finish()
+    }
 }
 
 pub fn load_state(fs: &RootFs) -> K3sState {

@@ -229,7 +229,7 @@ impl Step for K3sStep {
         if !matches!(role, K3sRole::Server { cluster_init: true }) && server_url.is_none() {
             return Ok(Observation::Blocked(Blocked::WaitingForServer));
         }
-        let files = match self.files(host, desired, section, role, server_url, &assignment.token) {
+        let files = match self.files(host, desired, section, role, server_url, assignment) {
             Ok(files) => files,
             Err(b) => return Ok(Observation::Blocked(b)),
         };

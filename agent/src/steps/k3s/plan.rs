@@ -8,7 +8,7 @@ use elysium_installer::k3s_version::{K3sVersion, check_upgrade};
 use super::journal::{Failed, Installed, Journal};
 
 /// A file K3s needs, as it should be.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct FileSpec {
     pub path: String,
     pub contents: String,
@@ -17,8 +17,20 @@ pub struct FileSpec {
     pub secret: bool,
 }
 
+impl fmt::Debug for FileSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let contents: &dyn fmt::Debug = if self.secret { &"<redacted>" } else { &self.contents };
+        f.debug_struct("FileSpec")
+            .field("path", &self.path)
+            .field("contents", contents)
+            .field("mode", &format_args!("{:04o}", self.mode))
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
 /// What the node should run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct DesiredK3s {
     pub role: K3sRole,
     /// The token to put in the token file; empty means "not known yet".
@@ -34,8 +46,23 @@ pub struct DesiredK3s {
     pub generation: u64,
 }
 
-/// What is on the node now.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+impl fmt::Debug for DesiredK3s {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DesiredK3s")
+            .field("role", &self.role)
+            .field("token", &if self.token.is_empty() { "<none>" } else { "<redacted>" })
+            .field("target", &self.target)
+            .field("target_error", &self.target_error)
+            .field("binary_url", &self.binary_url)
+            .field("files", &self.files)
+            .field("allow_downgrade", &self.allow_downgrade)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+/// What is on the node now. `Debug` shows the files' sizes only: some hold tokens.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ObservedK3s {
     pub installed: Option<Installed>,
     /// SHA-256 (hex) of the binary actually on disk.
@@ -48,6 +75,22 @@ pub struct ObservedK3s {
     pub unit_enabled: bool,
     /// The unit of the other role exists (the node changed role).
     pub other_unit_present: bool,
+}
+
+impl fmt::Debug for ObservedK3s {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sizes: Vec<Option<usize>> = self.files.iter().map(|c| c.as_ref().map(String::len)).collect();
+        f.debug_struct("ObservedK3s")
+            .field("installed", &self.installed)
+            .field("binary_sha256", &self.binary_sha256)
+            .field("last_failed", &self.last_failed)
+            .field("journal", &self.journal)
+            .field("file_bytes", &sizes)
+            .field("unit_active", &self.unit_active)
+            .field("unit_enabled", &self.unit_enabled)
+            .field("other_unit_present", &self.other_unit_present)
+            .finish()
+    }
 }
 
 /// A file write in the plan.
@@ -317,6 +360,24 @@ mod tests {
         let mut newer = desired("v1.31.5+k3s1", "bb");
         newer.generation = 4;
         assert!(plan(&newer, &obs).unwrap().install.is_some());
+    }
+
+    #[test]
+    fn debug_shows_no_token() {
+        const MARKER: &str = "M4RK3R-s3cret";
+        let mut d = desired("v1.31.4+k3s1", "aa");
+        d.token = MARKER.into();
+        d.files.push(FileSpec { path: "/t".into(), contents: MARKER.into(), mode: 0o600, secret: true });
+        let observed = ObservedK3s { files: vec![Some(MARKER.into())], ..Default::default() };
+        let backup = crate::steps::k3s::journal::FileBackup {
+            path: "/t".into(),
+            contents: Some(MARKER.into()),
+            mode: 0o600,
+        };
+        for shown in [format!("{d:?}"), format!("{observed:?}"), format!("{backup:?}")] {
+            assert!(!shown.contains(MARKER), "Debug shows a token: {shown}");
+        }
+        assert!(format!("{d:?}").contains("config.yaml"), "the non-secret file is still shown");
     }
 
     #[test]

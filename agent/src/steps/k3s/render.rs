@@ -41,8 +41,12 @@ impl K3sStep {
         section: &elysium_spec::K3sSection,
         role: K3sRole,
         server_url: Option<String>,
-        token: &str,
+        assignment: &crate::state::K3sAssignment,
     ) -> Result<Vec<FileSpec>, Blocked> {
+        let (token, agent_token) = (assignment.token.as_str(), assignment.agent_token.as_str());
+        // Servers configure the agent token (a coordinator that predates it sends
+        // none); agents never have one.
+        let agent_token = Some(agent_token).filter(|t| !t.is_empty() && !matches!(role, K3sRole::Agent));
         // Cluster-wide labels, then the node's own (from its join token), then
         // what its hardware says (Intel GPUs), which the Intel device plugin's
         // scheduling relies on.
@@ -62,6 +66,7 @@ impl K3sStep {
             node_ip: network.node_ip,
             flannel_iface: network.flannel_iface,
             vpn_auth_file: network.vpn_auth.as_ref().map(|_| k3s_service::VPN_AUTH_PATH.to_owned()),
+            agent_token_file: agent_token.map(|_| k3s_service::AGENT_TOKEN_PATH.to_owned()),
             disable: if matches!(role, K3sRole::Agent) { vec![] } else { section.disable.clone() },
             tls_san: if matches!(role, K3sRole::Agent) { vec![] } else { section.tls_san.clone() },
             write_kubeconfig_mode: section.write_kubeconfig_mode.clone(),
@@ -77,6 +82,14 @@ impl K3sStep {
             files.push(FileSpec {
                 path: k3s_service::VPN_AUTH_PATH.into(),
                 contents: vpn_auth,
+                mode: 0o600,
+                secret: true,
+            });
+        }
+        if let Some(agent_token) = agent_token {
+            files.push(FileSpec {
+                path: k3s_service::AGENT_TOKEN_PATH.into(),
+                contents: format!("{agent_token}\n"),
                 mode: 0o600,
                 secret: true,
             });

@@ -293,6 +293,49 @@ fn server_agent_join_and_token_checks() {
     assert!(server.terminate().success());
 }
 
+/// docs/reference/k3s.md#tokens: with `agent-token` set, the server writes it in
+/// secure form with the `node` user; it joins agents, and a server that tries to
+/// join with it is refused (it cannot fetch the bootstrap data).
+#[test]
+fn the_agent_token_joins_agents_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = stamped(dir.path(), "v1.31.4+k3s1", Behaviour::Healthy);
+    let server_root = dir.path().join("server");
+    fs::create_dir_all(server_root.join("etc/rancher/k3s")).unwrap();
+    fs::write(server_root.join("etc/rancher/k3s/agent-secret"), "ag3nt\n").unwrap();
+    fs::write(
+        server_root.join("etc/rancher/k3s/config.yaml"),
+        format!(
+            "token: s3cret\ncluster-init: true\nagent-token-file: \"{}\"\n",
+            "/etc/rancher/k3s/agent-secret"
+        ),
+    )
+    .unwrap();
+    let server = StandIn::start(&exe, dir.path(), "server", &["server", "--node-name", "srv1"]);
+    assert!(server.wait_ready(READY_TIMEOUT), "server never sent READY=1:\n{}", server.stderr());
+    let ca = fs::read(server.path("/var/lib/rancher/k3s/server/tls/server-ca.crt")).unwrap();
+    let agent_token =
+        fs::read_to_string(server.path("/var/lib/rancher/k3s/server/agent-token")).unwrap().trim().to_owned();
+    assert_eq!(agent_token, format!("K10{}::node:ag3nt", sha256_hex(&ca)));
+    let agent_path = server.path("/var/lib/rancher/k3s/server/agent-token");
+    assert!(!fs::symlink_metadata(&agent_path).unwrap().file_type().is_symlink(), "a file of its own");
+    assert_eq!(fs::metadata(&agent_path).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let agent =
+        StandIn::start(&exe, dir.path(), "agent", &["agent", "-s", &server.url(), "-t", &agent_token]);
+    assert!(agent.wait_ready(READY_TIMEOUT), "the agent token must join an agent:\n{}", agent.stderr());
+
+    let joiner = StandIn::start(
+        &exe,
+        dir.path(),
+        "server2",
+        &["server", "--server", &server.url(), "--token", &agent_token],
+    );
+    assert!(joiner.wait_log("401 Unauthorized", READY_TIMEOUT), "{}", joiner.stderr());
+    assert!(!joiner.wait_ready(Duration::from_millis(500)), "a server joined with the agent token");
+    assert!(!joiner.path("/var/lib/rancher/k3s/server/tls/server-ca.crt").exists());
+}
+
 #[test]
 fn agent_without_token_or_server_fails_like_k3s() {
     let dir = tempfile::tempdir().unwrap();
