@@ -23,8 +23,18 @@ const BIN: &str = env!("CARGO_BIN_EXE_k3s");
 /// Generous: two cores shared with other builds.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A port for the stand-in to listen on. Not one the kernel hands out for `:0`: those
+/// come from the ephemeral range, which every outgoing connection of the tests running
+/// beside this one also uses, so one could take it before the stand-in binds it
+/// ("Address already in use"). Below that range (32768 and up on Linux), only another
+/// test picking the same random port could.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running stand-in, terminated on drop. stderr goes to a file for assertions.
