@@ -55,6 +55,12 @@ pub enum K3sArtifactError {
         #[source]
         source: VersionError,
     },
+    #[error(
+        "K3s {version} for {arch} is not pinned, and release_url or channel_url is http:// (nothing \
+         authenticates the binary or its hash file): add [k3s.sha256.\"{version}\"] {arch} = \"<sha256 of the \
+         binary>\" to the cluster spec, or use an https:// or file:// mirror"
+    )]
+    Unpinned { version: String, arch: &'static str },
     #[error(transparent)]
     Fs(#[from] FsError),
 }
@@ -99,12 +105,23 @@ pub async fn resolve_version(
     Ok(version)
 }
 
-/// The hash published for `version`'s binary in its `sha256sum-<arch>.txt`.
+/// The hash `version`'s binary must have: the operator's pin, or else the one
+/// published in its `sha256sum-<arch>.txt` (refused when only pins may be trusted).
 pub async fn published_hash(
     fetcher: &Fetcher,
     release: &K3sRelease,
     version: &K3sVersion,
 ) -> Result<Sha256Digest, K3sArtifactError> {
+    if let Some(pin) = release.pins.by_version.get(&version.to_string()) {
+        tracing::debug!(%version, "using the pinned SHA-256 instead of the release's hash file");
+        return Ok(*pin);
+    }
+    if release.pins.required {
+        return Err(K3sArtifactError::Unpinned {
+            version: version.to_string(),
+            arch: release.arch.hash_file_arch(),
+        });
+    }
     let url = release.hash_file_url(version)?;
     let text = fetcher.fetch_text(&url, TEXT_LIMIT).await?;
     parse_hash_file(&text, &release.arch.binary_name())

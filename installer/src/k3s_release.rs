@@ -101,6 +101,17 @@ pub struct K3sRelease {
     /// the machine the agent runs on, not below the node's root).
     pub release_url: String,
     pub arch: Arch,
+    /// Binary hashes the operator pinned, which outrank the release's hash file.
+    pub pins: Pins,
+}
+
+/// SHA-256 pins of the binary, by version, for one architecture (`[k3s.sha256]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pins {
+    pub by_version: std::collections::BTreeMap<String, Sha256Digest>,
+    /// Only pinned versions may be installed: the URLs are plain `http://`, so the
+    /// hash file is no better than the binary it vouches for.
+    pub required: bool,
 }
 
 impl K3sRelease {
@@ -108,6 +119,7 @@ impl K3sRelease {
     pub fn new(arch: Arch) -> Self {
         K3sRelease {
             version: VersionSelector::Channel(DEFAULT_CHANNEL.to_string()),
+            pins: Pins::default(),
             channel_url: DEFAULT_CHANNEL_URL.to_string(),
             release_url: DEFAULT_RELEASE_URL.to_string(),
             arch,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use elysium_host::RootFs;
 use elysium_installer::download::{DownloadError, Fetcher, HttpOptions, Progress, part_path};
 use elysium_installer::k3s_binary::{BinaryOutcome, K3sArtifactError, ensure_k3s_binary, resolve_version};
-use elysium_installer::k3s_release::{Arch, HashFileError, K3sRelease, Sha256Digest, VersionSelector};
+use elysium_installer::k3s_release::{Arch, HashFileError, K3sRelease, Pins, Sha256Digest, VersionSelector};
 use elysium_installer::k3s_version::K3sVersion;
 use sha2::{Digest, Sha256};
 use support::mirror::{Mirror, Seen};
@@ -81,6 +81,7 @@ fn release(release_url: String) -> K3sRelease {
         channel_url: "http://127.0.0.1:9/unused".into(),
         release_url,
         arch: Arch::Amd64,
+        pins: Pins::default(),
     }
 }
 
@@ -172,6 +173,46 @@ async fn installed_binary_with_the_published_hash_is_not_downloaded_again() {
     assert!(progress.is_empty());
     assert_eq!(node.fs.mode(K3S).unwrap(), 0o755);
     assert!(!node.fs.exists("/usr/local/bin/k3s.previous"));
+}
+
+/// Over plain http:// the hash file is no better than the binary: with pins required,
+/// an unpinned version is refused before anything is fetched, and a pinned one is
+/// checked against the pin, never against the mirror's hash file (which here lies to
+/// match a tampered binary).
+#[tokio::test]
+async fn over_http_only_pinned_binaries_are_installed_and_the_pin_outranks_the_hash_file() {
+    let site = tempfile::tempdir().unwrap();
+    let good = artifact(200_000);
+    let mut tampered = good.clone();
+    tampered[1000] ^= 0x01;
+    publish(site.path(), &tampered, sha(&tampered));
+    let mirror = Mirror::start(site.path()).await;
+    let node = node();
+    let before = snapshot(&node.fs);
+
+    let mut unpinned = release(mirror.url());
+    unpinned.pins.required = true;
+    let (result, _) = install(&fetcher(), &node, &unpinned).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, K3sArtifactError::Unpinned { .. }), "{err:?}");
+    assert!(err.to_string().contains("[k3s.sha256.\"v1.31.4+k3s1\"] amd64"), "{err}");
+    assert!(mirror.seen().is_empty(), "nothing may be fetched for an unpinned version: {:?}", mirror.seen());
+    assert_eq!(snapshot(&node.fs), before);
+
+    let mut pinned = unpinned.clone();
+    pinned.pins.by_version.insert(version().to_string(), sha(&good));
+    let (result, _) = install(&fetcher(), &node, &pinned).await;
+    let err = result.unwrap_err();
+    let K3sArtifactError::Download(DownloadError::HashMismatch { expected, actual, .. }) = &err else {
+        panic!("expected the pin to refuse the tampered binary, got {err:?}");
+    };
+    assert_eq!((*expected, *actual), (sha(&good), sha(&tampered)));
+    assert!(
+        mirror.seen().iter().all(|s| s.path != HASH_PATH),
+        "the hash file is not asked for: {:?}",
+        mirror.seen()
+    );
+    assert_eq!(snapshot(&node.fs), before);
 }
 
 #[tokio::test]

@@ -101,6 +101,29 @@ pub struct K3sSection {
     /// Further `config.yaml` keys, passed through unchanged.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub extra_config: std::collections::BTreeMap<String, toml::Value>,
+    /// The SHA-256 of each release's binary, by version and architecture
+    /// (`[k3s.sha256."v1.31.4+k3s1"] amd64 = "…"`). Required when `release_url` or
+    /// `channel_url` is `http://`: a hash file fetched over the same unauthenticated
+    /// channel as the binary proves nothing. With a pin, the pin is checked instead of
+    /// the published hash file, whatever the scheme.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sha256: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+/// The architectures a pin may name (K3s's release names, `uname -m` mapped).
+pub const K3S_ARCHES: &[&str] = &["amd64", "arm64", "arm", "s390x"];
+
+impl K3sSection {
+    /// Whether a download from this section's URLs is unauthenticated (plain
+    /// `http://`), so that only pinned binaries may be installed.
+    pub fn needs_pins(&self) -> bool {
+        [&self.release_url, &self.channel_url].iter().any(|u| u.starts_with("http://"))
+    }
+
+    /// The pinned SHA-256 of `version`'s binary for `arch`, if any.
+    pub fn pinned_sha256(&self, version: &str, arch: &str) -> Option<&str> {
+        self.sha256.get(version)?.get(arch).map(String::as_str)
+    }
 }
 
 fn default_channel_url() -> String {
@@ -311,6 +334,39 @@ impl K3sSection {
                 });
             }
         }
+        for (version, arches) in &self.sha256 {
+            if !looks_like_k3s_version(version) {
+                return Err(SpecError::Invalid {
+                    field: "k3s.sha256",
+                    problem: format!("keys must be K3s versions like v1.31.4+k3s1, got {version:?}"),
+                });
+            }
+            for (arch, hex) in arches {
+                if !K3S_ARCHES.contains(&arch.as_str()) {
+                    return Err(SpecError::Invalid {
+                        field: "k3s.sha256",
+                        problem: format!("{version}: architecture {arch:?} is not one of {K3S_ARCHES:?}"),
+                    });
+                }
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(SpecError::Invalid {
+                        field: "k3s.sha256",
+                        problem: format!("{version} {arch}: must be 64 hex digits (sha256sum's output)"),
+                    });
+                }
+            }
+        }
+        if self.needs_pins() && self.sha256.is_empty() {
+            let field =
+                if self.release_url.starts_with("http://") { "k3s.release_url" } else { "k3s.channel_url" };
+            return Err(SpecError::Invalid {
+                field,
+                problem: "is http://, so the binary and the hash file that vouches for it would come over \
+                          the same unauthenticated channel: use https:// (or a file:// mirror), or pin each \
+                          release in [k3s.sha256.\"VERSION\"] (ARCH = \"<sha256>\")"
+                    .into(),
+            });
+        }
         if let Some(url) = &self.server_url
             && !url.starts_with("https://")
         {
@@ -409,6 +465,36 @@ mod tests {
         }
         let err = ClusterSpec::parse("[k3s]\nchannel = \"stable\"\nversoin = \"x\"\n").expect_err("typo");
         assert!(std::error::Error::source(&err).expect("source").to_string().contains("versoin"));
+    }
+
+    /// Over plain http:// the hash file vouches for nothing: such a mirror needs pins.
+    #[test]
+    fn an_http_mirror_needs_pinned_hashes() {
+        let http = "[k3s]\nversion = \"v1.31.4+k3s1\"\nrelease_url = \"http://mirror.lan/k3s\"\n";
+        let err = ClusterSpec::parse(http).expect_err("unpinned http");
+        assert!(
+            err.to_string().contains("k3s.release_url") && err.to_string().contains("[k3s.sha256"),
+            "{err}"
+        );
+        let err = ClusterSpec::parse("[k3s]\nchannel = \"stable\"\nchannel_url = \"http://c.lan\"\n")
+            .expect_err("http channel");
+        assert!(err.to_string().contains("k3s.channel_url"), "{err}");
+        let pin = format!("{http}[k3s.sha256.\"v1.31.4+k3s1\"]\namd64 = \"{}\"\n", "ab".repeat(32));
+        let k3s = ClusterSpec::parse(&pin).expect("pinned http").k3s.expect("k3s");
+        assert!(k3s.needs_pins());
+        assert_eq!(k3s.pinned_sha256("v1.31.4+k3s1", "amd64"), Some("ab".repeat(32).as_str()));
+        for bad in [
+            pin.replace("amd64", "mips"),
+            pin.replace(&"ab".repeat(32), "abc"),
+            pin.replace("[k3s.sha256.\"v1.31.4+k3s1\"]", "[k3s.sha256.\"latest\"]"),
+        ] {
+            let err = ClusterSpec::parse(&bad).expect_err(&bad);
+            assert!(err.to_string().contains("k3s.sha256"), "{err}");
+        }
+        // https:// and file:// need none.
+        for url in ["https://m.lan/k3s", "file:///srv/k3s"] {
+            ClusterSpec::parse(&http.replace("http://mirror.lan/k3s", url)).expect(url);
+        }
     }
 
     #[test]

@@ -852,9 +852,10 @@ impl Fixture {
     fn set_spec(&self, version: &str) -> Result<u64> {
         let text = format!(
             "[cluster]\nname = \"e2e-k3s\"\n\n[agent]\nheartbeat_seconds = 5\nreconcile_seconds = {RECONCILE_SECONDS}\n\n\
-             [k3s]\nversion = \"{version}\"\nrelease_url = \"{}\"\nhealth_timeout_seconds = {}\n",
+             [k3s]\nversion = \"{version}\"\nrelease_url = \"{}\"\nhealth_timeout_seconds = {}\n{}",
             self.mirror.url(),
-            HEALTH_TIMEOUT.as_secs()
+            HEALTH_TIMEOUT.as_secs(),
+            k3s_standin::pins_toml(&self.mirror_dir)?
         );
         let file = self.dir.path().join("cluster.toml");
         fs::write(&file, text)?;

@@ -68,8 +68,9 @@ impl Fixture {
             "[cluster]\nname = \"e2e-upgrade\"\n\n[agent]\nheartbeat_seconds = 5\nreconcile_seconds = 10\n\n\
              [k3s]\nversion = \"{V1}\"\nrelease_url = \"{}\"\nhealth_timeout_seconds = 30\n\n\
              [upgrade]\nversion = \"{V2}\"\nserver_concurrency = 1\nagent_concurrency = 1\nnode_timeout_minutes = 5\n\n\
-             [upgrade.drain]\nenabled = false\n",
-            self.mirror.url()
+             [upgrade.drain]\nenabled = false\n{}",
+            self.mirror.url(),
+            k3s_standin::pins_toml(&self.dir.path().join("mirror"))?
         );
         let file = self.dir.path().join("cluster.toml");
         fs::write(&file, text)?;

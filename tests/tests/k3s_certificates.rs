@@ -90,10 +90,11 @@ fn standin_server(root: &Path, cert_days: u32) {
     drop(child);
 }
 
-fn desired(mirror: &MirrorServer) -> Desired {
+fn desired(mirror: &MirrorServer, mirror_dir: &std::path::Path) -> Desired {
     let toml = format!(
-        "[k3s]\nversion = \"v1.31.4+k3s1\"\nrelease_url = \"{}\"\nhealth_timeout_seconds = 30\n",
-        mirror.url()
+        "[k3s]\nversion = \"v1.31.4+k3s1\"\nrelease_url = \"{}\"\nhealth_timeout_seconds = 30\n{}",
+        mirror.url(),
+        k3s_standin::pins_toml(mirror_dir).unwrap()
     );
     Desired::from_held(&HeldSpec {
         generation: 1,
@@ -143,7 +144,7 @@ async fn a_server_reports_the_k3s_certificates_soonest_expiry_by_its_clock() {
     let (step_link, _session) = link::link();
     let step = K3sStep::new("s1", step_link).unwrap().with_probes(probes).with_clock(Arc::new(clock.clone()));
     let reconciler = Reconciler::default().with_step(step);
-    let desired = desired(&mirror);
+    let desired = desired(&mirror, mirror_dir.path());
 
     // 30-day certificates: inside K3s's 90-day renewal window, a warning.
     let r = reconciler.reconcile(&host, &desired, false).await;

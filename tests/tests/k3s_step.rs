@@ -111,8 +111,9 @@ impl Fixture {
 
     fn desired(&self, version: &str, generation: u64) -> Desired {
         let toml = format!(
-            "[k3s]\nversion = \"{version}\"\nrelease_url = \"{}\"\nhealth_timeout_seconds = 30\n",
-            self.mirror.url()
+            "[k3s]\nversion = \"{version}\"\nrelease_url = \"{}\"\nhealth_timeout_seconds = 30\n{}",
+            self.mirror.url(),
+            k3s_standin::pins_toml(self._mirror_dir.path()).unwrap()
         );
         Desired::from_held(&HeldSpec {
             generation,

@@ -532,6 +532,7 @@ async fn resolve_channel(channel: &str, channel_url: &str) -> Result<String, Sta
         channel_url: channel_url.to_owned(),
         release_url: String::new(),
         arch: Arch::host().unwrap_or(Arch::Amd64),
+        pins: Default::default(),
     };
     elysium_installer::k3s_binary::resolve_version(&fetcher, &release).await.map(|v| v.to_string()).map_err(
         |e| Status::unavailable(format!("could not resolve channel {channel:?} at {channel_url}: {e}")),

@@ -4,7 +4,7 @@
 
 use elysium_installer::download::DownloadError;
 use elysium_installer::k3s_binary::{self, K3sArtifactError};
-use elysium_installer::k3s_release::{K3sRelease, UrlError, VersionSelector};
+use elysium_installer::k3s_release::{Arch, K3sRelease, Pins, UrlError, VersionSelector};
 use elysium_installer::k3s_version::{K3sVersion, VersionError};
 
 use super::K3sStep;
@@ -45,6 +45,7 @@ impl K3sStep {
             channel_url: section.channel_url.clone(),
             release_url: section.release_url.clone(),
             arch: self.arch,
+            pins: pins(section, self.arch),
         };
         if let (VersionSelector::Pinned(v), Some(installed)) = (&selector, &state.installed)
             && installed.version == v.to_string()
@@ -58,4 +59,18 @@ impl K3sStep {
         let url = release.binary_url(&version)?;
         Ok((Installed { version: version.to_string(), sha256: sha.to_string() }, url.to_string()))
     }
+}
+
+/// The spec's `[k3s.sha256]` pins for this node's architecture. A pin that does not
+/// parse cannot be there (the spec is validated), and is skipped if it were.
+fn pins(section: &elysium_spec::K3sSection, arch: Arch) -> Pins {
+    let by_version = section
+        .sha256
+        .iter()
+        .filter_map(|(version, arches)| {
+            let hex = arches.get(arch.hash_file_arch())?;
+            Some((version.clone(), hex.parse().ok()?))
+        })
+        .collect();
+    Pins { by_version, required: section.needs_pins() }
 }

@@ -62,7 +62,7 @@ pub mod token;
 use std::path::PathBuf;
 
 pub use artifact::{Behaviour, Stamp, stamp, stamp_with};
-pub use mirror::{MirrorServer, build_mirror};
+pub use mirror::{MirrorServer, build_mirror, pins_toml};
 
 /// Variable that points other crates' tests at a built stand-in binary.
 pub const BIN_ENV: &str = "K3S_STANDIN_BIN";

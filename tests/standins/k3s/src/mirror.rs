@@ -46,6 +46,26 @@ pub fn build_mirror(dir: &Path, base_binary: &Path, releases: &[(&str, Behaviour
     Ok(())
 }
 
+/// `[k3s.sha256]` pins for every release under `dir`, read from each release's
+/// published hash file, as an operator copies them from the release page. The mirrors
+/// of the tests are plain `http://`, which a cluster spec accepts only with pins.
+pub fn pins_toml(dir: &Path) -> io::Result<String> {
+    let mut out = String::new();
+    let mut versions: Vec<_> = fs::read_dir(dir.join("download"))?.filter_map(Result::ok).collect();
+    versions.sort_by_key(|e| e.file_name());
+    for entry in versions {
+        let text = fs::read_to_string(entry.path().join(HASH_ASSET))?;
+        let hash = text.lines().find_map(|l| l.strip_suffix(&format!("  {BINARY_ASSET}")).map(str::to_owned));
+        if let Some(hash) = hash {
+            out.push_str(&format!(
+                "\n[k3s.sha256.\"{}\"]\namd64 = \"{hash}\"\n",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// Writes a small fake asset and returns its `sha256sum` line.
 fn decoy(rel: &Path, name: &str, version: &str) -> io::Result<String> {
     let content = format!("stand-in {name} for {version}\n");
