@@ -77,8 +77,10 @@ pub async fn run(
         .client_ca_root(Certificate::from_pem(&tls.ca_pem))
         .client_auth_optional(true);
 
-    let enrollment =
-        pb::enrollment_server::EnrollmentServer::new(EnrollmentService::new(coordinator.clone()))
+    let enrollment = pb::enrollment_server::EnrollmentServer::new(EnrollmentService::with_limits(
+        coordinator.clone(),
+        crate::services::EnrollLimits::default(),
+    ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let session = pb::node_session_server::NodeSessionServer::new(SessionService::new(coordinator.clone()))

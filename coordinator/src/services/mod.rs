@@ -5,11 +5,13 @@
 
 mod admin;
 mod auth;
+mod enroll_limit;
 mod enrollment;
 mod session;
 mod status;
 mod vault;
 
 pub(crate) use admin::AdminService;
+pub use enroll_limit::EnrollLimits;
 pub(crate) use enrollment::EnrollmentService;
 pub(crate) use session::SessionService;
