@@ -15,14 +15,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use elysium_proto::{MAX_MESSAGE_BYTES, v1 as pb};
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tokio_rustls::TlsAcceptor;
+use tonic::transport::Server;
 
+pub use crate::services::EnrollLimits;
 pub use crate::state::Coordinator;
 pub use elysium_host::{Clock, SystemClock};
+pub use listener::ConnectionLimits;
 
 use crate::datadir::DataDir;
 use crate::services::{AdminService, EnrollmentService, SessionService};
+
+mod listener;
+
+/// Everything an unauthenticated caller could otherwise use up: connections,
+/// their time, and failed enrollments.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    pub connections: ConnectionLimits,
+    pub enroll: EnrollLimits,
+}
 
 /// The coordinator's clock outside tests: the operating system's.
 pub fn system_clock() -> Arc<dyn Clock> {
@@ -58,10 +73,64 @@ impl ServerTls {
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("the coordinator's certificate, key or CA in the data directory is not valid PEM")]
+    TlsPem(#[source] std::io::Error),
+    #[error("the coordinator's key file in the data directory holds no private key")]
+    NoKey,
     #[error("could not configure TLS for the coordinator")]
-    Tls(#[source] tonic::transport::Error),
+    Tls(#[source] rustls::Error),
+    #[error("could not configure the verifier of client certificates (is the CA certificate valid?)")]
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
     #[error("the gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
+}
+
+/// The rustls configuration tonic would build from the same material: the
+/// server chain, client certificates verified against the CA but optional (a
+/// joining node has none), HTTP/2 only.
+fn tls_acceptor(tls: &ServerTls) -> Result<TlsAcceptor, ServeError> {
+    let certs = |pem: &str| {
+        rustls_pemfile::certs(&mut pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(ServeError::TlsPem)
+    };
+    let chain = certs(&tls.chain_pem)?;
+    let key = rustls_pemfile::private_key(&mut tls.key_pem.as_bytes())
+        .map_err(ServeError::TlsPem)?
+        .ok_or(ServeError::NoKey)?;
+    let mut roots = RootCertStore::empty();
+    for ca in certs(&tls.ca_pem)? {
+        roots.add(ca).map_err(ServeError::Tls)?;
+    }
+    // ring, as everywhere in the workspace, named rather than left to the
+    // process default, which a second provider in the tree would make ambiguous.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(ServeError::ClientVerifier)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(ServeError::Tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(ServeError::Tls)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Connections the kernel queues for the accept loop (it caps this at
+/// `net.core.somaxconn`, 4096 on current kernels). tokio's default of 1,024
+/// overflows when a few thousand nodes reconnect at once after a restart; an
+/// overflowed connection is retried by the client's kernel after a second.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the coordinator's listener (with `SO_REUSEADDR`, so a restart binds
+/// the same port while old connections linger in TIME_WAIT).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves the coordinator on `listener` until `shutdown` completes, then stops
@@ -72,17 +141,25 @@ pub async fn run(
     tls: ServerTls,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let tls_config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&tls.chain_pem, &tls.key_pem))
-        .client_ca_root(Certificate::from_pem(&tls.ca_pem))
-        .client_auth_optional(true);
+    run_with_limits(coordinator, listener, tls, Limits::default(), shutdown).await
+}
+
+/// [`run`] with other limits than the defaults.
+pub async fn run_with_limits(
+    coordinator: Arc<Coordinator>,
+    listener: TcpListener,
+    tls: ServerTls,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let acceptor = tls_acceptor(&tls)?;
 
     let enrollment = pb::enrollment_server::EnrollmentServer::new(EnrollmentService::with_limits(
         coordinator.clone(),
-        crate::services::EnrollLimits::default(),
+        limits.enroll,
     ))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let session = pb::node_session_server::NodeSessionServer::new(SessionService::new(coordinator.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -105,22 +182,16 @@ pub async fn run(
         }
     };
 
-    // `Server::tcp_nodelay` does not apply to connections handed in through
-    // `serve_with_incoming`: set it on each accepted socket, or every small
-    // response waits ~40 ms for a delayed ACK.
-    let incoming =
-        tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
-            conn.inspect(|s| {
-                if let Err(e) = s.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                }
-            })
-        });
+    // TLS is done by the accept loop, which bounds what a connection may cost
+    // before and after its handshake (`listener`).
+    let (incoming, accepting) = listener::incoming(listener, acceptor, limits.connections);
+    let mut accepting = AbortOnDrop(accepting);
     let serve = Server::builder()
-        .tls_config(tls_config)
-        .map_err(ServeError::Tls)?
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .http2_keepalive_interval(Some(limits.connections.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.connections.keepalive_timeout))
+        // Bounds each call until its response head: all of a unary call, only
+        // the setup of a stream (the session stream lives on).
+        .timeout(limits.connections.request_timeout)
         .max_concurrent_streams(Some(64))
         .add_service(enrollment)
         .add_service(session)
@@ -154,6 +225,10 @@ pub async fn run(
             Ok(())
         }
     };
+    // Stop accepting, and wait until the listener is closed: a restart binds
+    // the same port.
+    accepting.0.abort();
+    let _ = (&mut accepting.0).await;
     let _ = driver_stop.send(());
     let _ = drill_stop.send(());
     let _ = driver.await;
@@ -163,3 +238,12 @@ pub async fn run(
 
 /// How long shutdown waits for open connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Aborts the accept loop when the server stops, however it stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -13,5 +13,6 @@ mod vault;
 
 pub(crate) use admin::AdminService;
 pub use enroll_limit::EnrollLimits;
+pub(crate) use enroll_limit::source_key;
 pub(crate) use enrollment::EnrollmentService;
 pub(crate) use session::SessionService;
