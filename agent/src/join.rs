@@ -3,10 +3,13 @@
 //!
 //! Order matters for the promises we make: nothing is sent before the coordinator
 //! proved it holds the CA the token pins; nothing is written before enrollment
-//! succeeded; the identity files are staged and renamed together, `agent.toml`
-//! last, so a crash leaves either no enrollment or a complete one; and the service
-//! is driven through systemd's D-Bus API. Re-running on an enrolled node only
-//! converges the service and says that nothing else changed.
+//! succeeded, except when the coordinator's answer was lost: then the key is
+//! kept (`node.key.pending`, 0600) so that join, run again, asks with the same
+//! key, and the coordinator answers with the enrollment it made; the identity files
+//! are staged and renamed together, `agent.toml` last, so a crash leaves either
+//! no enrollment or a complete one; and the service is driven through systemd's
+//! D-Bus API. Re-running on an enrolled node only converges the service and says
+//! that nothing else changed.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -58,6 +61,10 @@ pub enum JoinError {
     Transport(#[from] TransportError),
     #[error("the coordinator refused the enrollment: {message}")]
     Refused { code: Code, message: String },
+    #[error(
+        "the coordinator's answer to the enrollment was lost ({message}); run join again with the same token: it asks again with the same key (kept in /etc/elysium/node.key.pending) and gets the enrollment the coordinator made"
+    )]
+    AnswerLost { code: Code, message: String },
     #[error("the coordinator answered with an incomplete enrollment (missing {0})")]
     BadResponse(&'static str),
     #[error(
@@ -175,7 +182,7 @@ pub async fn join(
     }
 
     progress(&actions[1]);
-    let (key_pem, csr_der) = elysium_identity::node_key_and_csr().map_err(JoinError::Key)?;
+    let (key_pem, csr_der, pending) = node_key(host)?;
     progress(&actions[2]);
     let channel =
         transport::channel(&target, tls).await.map_err(|e| explain_pin(e, &pin, &target, &token))?;
@@ -188,11 +195,17 @@ pub async fn join(
         // Sent once here; sessions then carry only its hash.
         hardware_json: crate::hardware::document(&host.fs),
     };
-    let response = client
-        .enroll(request)
-        .await
-        .map_err(|s| JoinError::Refused { code: s.code(), message: s.message().to_owned() })?
-        .into_inner();
+    let response = match enroll_retrying(&mut client, request).await {
+        Ok(response) => response,
+        Err(lost @ JoinError::AnswerLost { .. }) => {
+            if !pending {
+                host.fs.create_dir_all(paths::CONFIG_DIR, 0o755)?;
+                host.fs.write_atomic(paths::NODE_KEY_PENDING, key_pem.as_bytes(), 0o600)?;
+            }
+            return Err(lost);
+        }
+        Err(e) => return Err(e),
+    };
     if response.certificate_pem.is_empty() {
         return Err(JoinError::BadResponse("certificate"));
     }
@@ -222,6 +235,9 @@ pub async fn join(
         progress(action);
         file.commit()?;
     }
+    if pending {
+        host.fs.remove_file(paths::NODE_KEY_PENDING)?;
+    }
     if let Some(spec) = response.spec {
         crate::state::save_spec(&host.fs, &spec)?;
     }
@@ -230,6 +246,65 @@ pub async fn join(
     apply_service(host, &service, progress).await?;
     actions.extend(service);
     Ok(JoinOutcome::Enrolled { name: response.node_name, id: response.node_id, actions })
+}
+
+/// The key of an earlier join whose answer was lost (and whether it is that
+/// one), or a new one.
+fn node_key(host: &Host) -> Result<(String, Vec<u8>, bool), JoinError> {
+    if let Some(bytes) = host.fs.read_optional(paths::NODE_KEY_PENDING)? {
+        match String::from_utf8(bytes).ok().map(|pem| (elysium_identity::cert::csr_for_key(&pem), pem)) {
+            Some((Ok(csr), pem)) => {
+                tracing::info!(
+                    path = paths::NODE_KEY_PENDING,
+                    "asking again with the key of the unfinished join"
+                );
+                return Ok((pem, csr, true));
+            }
+            // Torn by a crash while it was written.
+            _ => {
+                tracing::warn!(path = paths::NODE_KEY_PENDING, "unreadable pending key; generating a new one")
+            }
+        }
+    }
+    let (key_pem, csr_der) = elysium_identity::node_key_and_csr().map_err(JoinError::Key)?;
+    Ok((key_pem, csr_der, false))
+}
+
+/// Attempts at `Enroll` when the answer is lost on the way (the connection
+/// broke, a deadline passed): the coordinator recognises the same key and token
+/// and answers with the enrollment it made, so asking again is safe.
+const ENROLL_ATTEMPTS: u32 = 3;
+
+async fn enroll_retrying(
+    client: &mut pb::enrollment_client::EnrollmentClient<tonic::transport::Channel>,
+    request: pb::EnrollRequest,
+) -> Result<pb::EnrollResponse, JoinError> {
+    let mut attempt = 1;
+    loop {
+        match client.enroll(request.clone()).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(s) if attempt < ENROLL_ATTEMPTS && lost(s.code()) => {
+                let delay = std::time::Duration::from_secs(u64::from(attempt));
+                tracing::warn!(code = ?s.code(), message = s.message(), retry_in = ?delay, "enrollment answer lost; asking again with the same key");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            Err(s) if lost(s.code()) => {
+                return Err(JoinError::AnswerLost { code: s.code(), message: s.message().to_owned() });
+            }
+            Err(s) => return Err(JoinError::Refused { code: s.code(), message: s.message().to_owned() }),
+        }
+    }
+}
+
+/// Codes that leave open whether the coordinator enrolled the node: the
+/// connection broke or a deadline passed (an internal error may come after the
+/// commit, too).
+fn lost(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled | Code::Internal
+    )
 }
 
 fn identity_files() -> [(&'static str, u32); 4] {

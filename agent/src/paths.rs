@@ -8,6 +8,10 @@ pub const CA_CERT: &str = "/etc/elysium/ca.crt";
 pub const NODE_CERT: &str = "/etc/elysium/node.crt";
 /// The node's private key: 0600, generated on the node, never sent anywhere.
 pub const NODE_KEY: &str = "/etc/elysium/node.key";
+/// The key of a join whose enrollment answer was lost (0600): running join
+/// again asks with the same key and the coordinator recognises the enrollment
+/// it already made. Removed once the identity files are in place.
+pub const NODE_KEY_PENDING: &str = "/etc/elysium/node.key.pending";
 
 /// Agent state (systemd's `StateDirectory=elysium`).
 pub const STATE_DIR: &str = "/var/lib/elysium";

@@ -12,13 +12,13 @@ use elysium_coordinator::pki::Lifetimes;
 use elysium_coordinator::server::{self, Coordinator, ServerTls};
 use elysium_coordinator::tokens::Role;
 
-use super::{CoordinatorCommand, InitArgs};
+use super::{CoordinatorCommand, InitArgs, LimitArgs};
 use elysium_host::notify;
 
 pub async fn run(cmd: CoordinatorCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         CoordinatorCommand::Init(args) => init(args),
-        CoordinatorCommand::Serve(args) => serve(&args.data_dir, args.listen, None).await,
+        CoordinatorCommand::Serve(args) => serve(&args.data_dir, args.listen, &args.limits, None).await,
         CoordinatorCommand::Certs(cmd) => super::certs::run(cmd).await,
         CoordinatorCommand::Quickstart(args) => {
             if !args.data_dir.join(datadir::CONFIG_FILE).exists() {
@@ -35,7 +35,7 @@ pub async fn run(cmd: CoordinatorCommand) -> anyhow::Result<ExitCode> {
                     server_cert_ttl: Lifetimes::DEFAULT_SERVER,
                 })?;
             }
-            serve(&args.data_dir, args.listen, Some(())).await
+            serve(&args.data_dir, args.listen, &args.limits, Some(())).await
         }
         CoordinatorCommand::Admin(cmd) => super::admins::run(cmd).await,
     }
@@ -82,7 +82,34 @@ fn join_address(sans: &[String], listen: SocketAddr) -> String {
     format!("https://{host}:{}", listen.port())
 }
 
-async fn serve(data_dir: &Path, listen: SocketAddr, quickstart: Option<()>) -> anyhow::Result<ExitCode> {
+fn limits(args: &LimitArgs) -> anyhow::Result<server::Limits> {
+    anyhow::ensure!(
+        args.enroll_failures_per_second.is_finite() && args.enroll_failures_per_second > 0.0,
+        "--enroll-failures-per-second must be a positive number"
+    );
+    let connections = server::ConnectionLimits {
+        handshake_timeout: args.handshake_timeout,
+        max_connections: args.max_connections as usize,
+        max_connections_per_source: args.max_connections_per_source as usize,
+        idle_timeout: args.idle_timeout,
+        request_timeout: args.request_timeout,
+        ..Default::default()
+    };
+    let enroll = server::EnrollLimits {
+        burst: args.enroll_failure_burst,
+        per_second: args.enroll_failures_per_second,
+        ..Default::default()
+    };
+    Ok(server::Limits { connections, enroll })
+}
+
+async fn serve(
+    data_dir: &Path,
+    listen: SocketAddr,
+    limit_args: &LimitArgs,
+    quickstart: Option<()>,
+) -> anyhow::Result<ExitCode> {
+    let limits = limits(limit_args)?;
     let dir = datadir::load(data_dir)?;
     let vault = dir.vault_key()?;
     // Secret-bearing records are sealed to the vault key (store/sealed.rs); a data
@@ -94,8 +121,7 @@ async fn serve(data_dir: &Path, listen: SocketAddr, quickstart: Option<()>) -> a
     let name = dir.config.name.clone();
     let clock = server::system_clock();
     let coordinator = Coordinator::new(Arc::new(store), dir.ca.with_clock(clock.clone()), vault, clock)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = server::bind(listen)
         .with_context(|| format!("could not listen on {listen} (is another coordinator running?)"))?;
     let bound = listener.local_addr().unwrap_or(listen);
     tracing::info!(%bound, coordinator = %name, "listening");
@@ -124,7 +150,7 @@ async fn serve(data_dir: &Path, listen: SocketAddr, quickstart: Option<()>) -> a
         println!("Press Ctrl-C to stop.");
     }
     notify::ready(&format!("listening on {bound}"));
-    server::run(coordinator, listener, tls, super::shutdown_signal()).await?;
+    server::run_with_limits(coordinator, listener, tls, limits, super::shutdown_signal()).await?;
     tracing::info!("coordinator stopped");
     Ok(ExitCode::SUCCESS)
 }

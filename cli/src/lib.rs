@@ -261,6 +261,45 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:7443")]
     pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What a connection or a failed enrollment may cost the coordinator (see
+/// README, "Connection limits").
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Time from accepting a connection to a finished TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: std::time::Duration,
+    /// Open connections in all.
+    #[arg(long, default_value_t = 32_768, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Open connections from one source address (an IPv6 /64 counts as one);
+    /// leave room for every node behind your largest NAT.
+    #[arg(long, default_value_t = 8_192, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_source: u32,
+    /// Close a connection that carried no request in either direction for
+    /// this long (at least 10m: agents heartbeat at most every 300 s).
+    #[arg(long, default_value = "15m", value_parser = parse_idle_timeout)]
+    pub idle_timeout: std::time::Duration,
+    /// Time a unary call may take to answer (streams are not bounded).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: std::time::Duration,
+    /// Failed enrollments one source address may make in a burst...
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub enroll_failure_burst: u32,
+    /// ...and regains per second.
+    #[arg(long, default_value_t = 2.0)]
+    pub enroll_failures_per_second: f64,
+}
+
+fn parse_idle_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(600) {
+        return Err("must be at least 10m: agents heartbeat as rarely as every 300 s".into());
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +312,8 @@ pub struct QuickstartArgs {
     /// hostname and addresses are always included.
     #[arg(long = "san")]
     pub sans: Vec<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Where admin commands find their credentials.

@@ -7,6 +7,7 @@
 //! and whatever subject the CSR asks for is ignored; the coordinator names the node.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use elysium_host::{Clock, SystemClock};
@@ -17,7 +18,7 @@ use elysium_identity::cert::distinguished_name as dn;
 pub use elysium_identity::cert::{ADMIN_CN_PREFIX, NODE_CN_PREFIX, fingerprint, key_matches, pem_to_der};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKey, PublicKeyData, SerialNumber,
 };
 
 /// Validity of the CA. Rotation of the CA is not automated; ten years is what K3s
@@ -127,6 +128,33 @@ pub struct Ca {
     /// Dates every certificate it signs: the coordinator's clock (a fake in tests).
     clock: Arc<dyn Clock>,
     lifetimes: Lifetimes,
+    /// Certificates signed since this CA was loaded. Signing is the one costly
+    /// thing an unauthenticated caller could make the coordinator do; tests
+    /// count it to prove a refused enrollment never gets that far.
+    signatures: AtomicU64,
+}
+
+/// A node's certificate signing request, parsed and its self-signature
+/// verified, but not yet signed: the enrollment checks the token between the two.
+#[derive(Debug)]
+pub struct NodeCsr {
+    public_key: PublicKey,
+    key_sha256: String,
+}
+
+impl NodeCsr {
+    pub fn parse(csr_der: &[u8]) -> Result<Self, PkiError> {
+        let csr =
+            CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).map_err(PkiError::BadCsr)?;
+        let key_sha256 = fingerprint(&csr.public_key.subject_public_key_info());
+        Ok(Self { public_key: csr.public_key, key_sha256 })
+    }
+
+    /// Hex SHA-256 of the DER SubjectPublicKeyInfo: what a repeated enrollment
+    /// is recognised by.
+    pub fn key_sha256(&self) -> &str {
+        &self.key_sha256
+    }
 }
 
 impl std::fmt::Debug for Ca {
@@ -170,6 +198,7 @@ impl Ca {
             issuer,
             clock: Arc::new(SystemClock),
             lifetimes: Lifetimes::default(),
+            signatures: AtomicU64::new(0),
         })
     }
 
@@ -192,6 +221,11 @@ impl Ca {
     /// The time by the CA's clock, Unix seconds.
     pub fn now_unix(&self) -> i64 {
         unix(self.clock.now())
+    }
+
+    /// How many certificates this CA signed since it was loaded.
+    pub fn signatures(&self) -> u64 {
+        self.signatures.load(Ordering::Relaxed)
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -242,14 +276,18 @@ impl Ca {
     /// Signs a node's CSR. Only the CSR's public key is used: the subject is set by
     /// the coordinator so a node cannot name itself after another node or an admin.
     pub fn sign_node_csr(&self, csr_der: &[u8], node_id: &str) -> Result<(String, Vec<u8>), PkiError> {
-        let csr =
-            CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).map_err(PkiError::BadCsr)?;
+        self.sign_node(&NodeCsr::parse(csr_der)?, node_id)
+    }
+
+    /// Signs a parsed node CSR (see [`Ca::sign_node_csr`]).
+    pub fn sign_node(&self, csr: &NodeCsr, node_id: &str) -> Result<(String, Vec<u8>), PkiError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(&format!("{NODE_CN_PREFIX}{node_id}"));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(random_serial());
         set_validity(&mut params, self.clock.now(), self.lifetimes.node);
+        self.signatures.fetch_add(1, Ordering::Relaxed);
         let cert = params.signed_by(&csr.public_key, &self.issuer).map_err(PkiError::Sign)?;
         Ok((cert.pem(), cert.der().to_vec()))
     }
@@ -262,6 +300,7 @@ impl Ca {
         let key = KeyPair::generate().map_err(PkiError::Sign)?;
         params.serial_number = Some(random_serial());
         set_validity(&mut params, self.clock.now(), validity);
+        self.signatures.fetch_add(1, Ordering::Relaxed);
         let cert = params.signed_by(&key, &self.issuer).map_err(PkiError::Sign)?;
         Ok(Issued { cert_pem: cert.pem(), cert_der: cert.der().to_vec(), key_pem: key.serialize_pem() })
     }
@@ -338,6 +377,25 @@ mod tests {
         let csr = params.serialize_request(&key).unwrap();
         let (_, der) = ca.sign_node_csr(csr.der(), "n-123").unwrap();
         assert_eq!(identify(&der).unwrap(), PeerIdentity::Node("n-123".into()));
+        assert_eq!(ca.signatures(), 1);
+    }
+
+    #[test]
+    fn a_csr_is_known_by_its_key() {
+        let key = KeyPair::generate().unwrap();
+        let a = CertificateParams::default().serialize_request(&key).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn("another subject");
+        let b = params.serialize_request(&key).unwrap();
+        let other = CertificateParams::default().serialize_request(&KeyPair::generate().unwrap()).unwrap();
+        let (a, b, other) = (
+            NodeCsr::parse(a.der()).unwrap(),
+            NodeCsr::parse(b.der()).unwrap(),
+            NodeCsr::parse(other.der()).unwrap(),
+        );
+        assert_eq!(a.key_sha256(), b.key_sha256(), "the same key in two CSRs");
+        assert_ne!(a.key_sha256(), other.key_sha256());
+        assert_eq!(a.key_sha256(), fingerprint(&key.subject_public_key_info()));
     }
 
     #[test]
@@ -382,6 +440,7 @@ mod tests {
         let (ca, _) = Ca::generate("test").unwrap();
         let err = ca.sign_node_csr(b"not a csr", "n-1").unwrap_err();
         assert!(matches!(err, PkiError::BadCsr(_)), "{err}");
+        assert_eq!(ca.signatures(), 0);
     }
 
     #[test]

@@ -18,10 +18,22 @@ use elysium_proto::{MAX_MESSAGE_BYTES, v1 as pb};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
+pub use crate::services::EnrollLimits;
 pub use crate::state::Coordinator;
 pub use elysium_host::{Clock, SystemClock};
+pub use listener::ConnectionLimits;
 
 use crate::services::{AdminGate, AdminService, EnrollmentService, SessionService};
+
+mod listener;
+
+/// Everything an unauthenticated caller could otherwise use up: connections,
+/// their time, and failed enrollments.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    pub connections: ConnectionLimits,
+    pub enroll: EnrollLimits,
+}
 
 /// The coordinator's clock outside tests: the operating system's.
 pub fn system_clock() -> Arc<dyn Clock> {
@@ -39,6 +51,22 @@ pub enum ServeError {
     Serve(#[source] tonic::transport::Error),
 }
 
+/// Connections the kernel queues for the accept loop (it caps this at
+/// `net.core.somaxconn`, 4096 on current kernels). tokio's default of 1,024
+/// overflows when a few thousand nodes reconnect at once after a restart; an
+/// overflowed connection is retried by the client's kernel after a second.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the coordinator's listener (with `SO_REUSEADDR`, so a restart binds
+/// the same port while old connections linger in TIME_WAIT).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves the coordinator on `listener` until `shutdown` completes, then stops
 /// accepting, closes sessions and returns.
 pub async fn run(
@@ -47,14 +75,28 @@ pub async fn run(
     tls: ServerTls,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    // TLS is done by `tls::Incoming` rather than tonic, so that a renewed server
-    // certificate takes effect for new handshakes without a restart.
+    run_with_limits(coordinator, listener, tls, Limits::default(), shutdown).await
+}
+
+/// [`run`] with other limits than the defaults.
+pub async fn run_with_limits(
+    coordinator: Arc<Coordinator>,
+    listener: TcpListener,
+    tls: ServerTls,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    // TLS is done by the accept loop (`listener`) rather than tonic: it bounds what a
+    // connection may cost, and each handshake takes the acceptor's configuration of
+    // the moment, so a renewed server certificate applies without a restart.
     let acceptor = crate::tls::Acceptor::new(tls).map_err(ServeError::Tls)?;
 
-    let enrollment =
-        pb::enrollment_server::EnrollmentServer::new(EnrollmentService::new(coordinator.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let enrollment = pb::enrollment_server::EnrollmentServer::new(EnrollmentService::with_limits(
+        coordinator.clone(),
+        limits.enroll,
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let session = pb::node_session_server::NodeSessionServer::new(SessionService::new(coordinator.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -80,10 +122,16 @@ pub async fn run(
         }
     };
 
-    let incoming = crate::tls::Incoming::new(listener, acceptor.clone());
+    // TLS is done by the accept loop, which bounds what a connection may cost
+    // before and after its handshake (`listener`).
+    let (incoming, accepting) = listener::incoming(listener, acceptor.clone(), limits.connections);
+    let mut accepting = AbortOnDrop(accepting);
     let serve = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .http2_keepalive_interval(Some(limits.connections.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.connections.keepalive_timeout))
+        // Bounds each call until its response head: all of a unary call, only
+        // the setup of a stream (the session stream lives on).
+        .timeout(limits.connections.request_timeout)
         .max_concurrent_streams(Some(64))
         // Status messages quote what callers sent: bound them (services/status.rs).
         .layer(tower::util::MapResponseLayer::new(crate::services::bound_status_message))
@@ -124,6 +172,10 @@ pub async fn run(
             Ok(())
         }
     };
+    // Stop accepting, and wait until the listener is closed: a restart binds
+    // the same port.
+    accepting.0.abort();
+    let _ = (&mut accepting.0).await;
     let _ = driver_stop.send(());
     let _ = drill_stop.send(());
     let _ = certs_stop.send(());
@@ -135,3 +187,12 @@ pub async fn run(
 
 /// How long shutdown waits for open connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Aborts the accept loop when the server stops, however it stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -18,18 +18,12 @@ use elysium_host::{FsError, RootFs};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
 
 use crate::datadir::{self, DataDir};
 use crate::pki::{self, Ca, PkiError};
 
 /// How often the serving coordinator looks at its server certificate.
 pub const CHECK_PERIOD: Duration = Duration::from_secs(60);
-
-/// How long a client has to complete the TLS handshake. A connection that never
-/// finishes one otherwise holds a task and a socket forever.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// TLS material of the server.
 #[derive(Clone)]
@@ -257,81 +251,6 @@ fn read_pair(fs: &RootFs, dir: &Path) -> Result<Option<(String, String)>, TlsErr
         (String::from_utf8_lossy(&cert).into_owned(), String::from_utf8_lossy(&key).into_owned());
     let matches = pki::pem_to_der(&cert).is_some_and(|der| pki::key_matches(&der, &key));
     Ok(matches.then_some((cert, key)))
-}
-
-/// Accepts TCP connections and completes their TLS handshakes concurrently (a
-/// slow client delays only itself), yielding the finished streams. Each
-/// handshake uses the acceptor's configuration at the moment it starts.
-///
-/// A stream polled by the server rather than a task of its own: when the server
-/// drops it, the listening socket closes at once (a restart can bind the port
-/// again) and handshakes under way are aborted.
-pub struct Incoming {
-    listener: TcpListener,
-    acceptor: Acceptor,
-    handshakes: tokio::task::JoinSet<Option<TlsStream<TcpStream>>>,
-}
-
-impl std::fmt::Debug for Incoming {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Incoming").field("handshakes", &self.handshakes.len()).finish_non_exhaustive()
-    }
-}
-
-impl Incoming {
-    pub fn new(listener: TcpListener, acceptor: Acceptor) -> Self {
-        Self { listener, acceptor, handshakes: tokio::task::JoinSet::new() }
-    }
-}
-
-impl tokio_stream::Stream for Incoming {
-    type Item = Result<TlsStream<TcpStream>, std::io::Error>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        while let Poll::Ready(accepted) = this.listener.poll_accept(cx) {
-            let (tcp, peer) = match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and the like: reported, and tried again on the next
-                    // turn of the runtime (an error registers no wake-up).
-                    tracing::warn!(error = %e, "accept failed");
-                    cx.waker().wake_by_ref();
-                    break;
-                }
-            };
-            // `Server::tcp_nodelay` does not apply to connections handed in
-            // through `serve_with_incoming`: set it on each accepted socket, or
-            // every small response waits ~40 ms for a delayed ACK.
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-            let tls = tokio_rustls::TlsAcceptor::from(this.acceptor.config());
-            this.handshakes.spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-                    Ok(Ok(stream)) => Some(stream),
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        None
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        None
-                    }
-                }
-            });
-        }
-        while let Poll::Ready(Some(done)) = this.handshakes.poll_join_next(cx) {
-            if let Ok(Some(stream)) = done {
-                return Poll::Ready(Some(Ok(stream)));
-            }
-        }
-        Poll::Pending
-    }
 }
 
 #[cfg(test)]

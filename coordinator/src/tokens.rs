@@ -68,6 +68,17 @@ impl TokenRecord {
     /// Decides whether `token` may enroll one more node at `now_unix`. A wrong
     /// secret is reported as unknown so the id alone reveals nothing.
     pub fn check(&self, token: &JoinToken, now_unix: i64) -> Result<(), TokenRejection> {
+        self.check_life(token, now_unix)?;
+        if self.uses_consumed >= self.uses_allowed {
+            return Err(TokenRejection::UsedUp { uses: self.uses_consumed });
+        }
+        Ok(())
+    }
+
+    /// [`TokenRecord::check`] without the count of uses: whether `token` is this
+    /// one's secret and still alive. A repeat of an enrollment that already
+    /// consumed a use (its reply was lost) needs no more than that.
+    pub fn check_life(&self, token: &JoinToken, now_unix: i64) -> Result<(), TokenRejection> {
         // Compare hashes, not secrets: equal-length hex, and the timing of a
         // comparison of hashes reveals nothing useful about the secret.
         if token.id != self.id || token.secret_hash() != self.secret_sha256 {
@@ -78,9 +89,6 @@ impl TokenRecord {
         }
         if now_unix >= self.expires_unix {
             return Err(TokenRejection::Expired { ago_seconds: now_unix - self.expires_unix });
-        }
-        if self.uses_consumed >= self.uses_allowed {
-            return Err(TokenRejection::UsedUp { uses: self.uses_consumed });
         }
         Ok(())
     }

@@ -65,6 +65,15 @@ pub fn key_matches(cert_der: &[u8], key_pem: &str) -> bool {
     !spki.is_empty() && cert_der.windows(spki.len()).any(|w| w == spki.as_slice())
 }
 
+/// A CSR for a key made earlier by [`node_key_and_csr`] (PEM): a join that
+/// repeats an enrollment whose answer was lost asks with the same key.
+pub fn csr_for_key(key_pem: &str) -> Result<Vec<u8>, CsrError> {
+    let key = KeyPair::from_pem(key_pem).map_err(CsrError)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name("elysium-node");
+    Ok(params.serialize_request(&key).map_err(CsrError)?.der().to_vec())
+}
+
 /// First certificate of a PEM document, as DER.
 pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     let mut reader = std::io::BufReader::new(pem.as_bytes());

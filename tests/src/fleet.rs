@@ -69,6 +69,14 @@ impl std::fmt::Debug for Identity {
     }
 }
 
+impl Identity {
+    /// The credentials an enrollment's answer and the key behind its CSR make.
+    pub fn from_enrollment(role: pb::NodeRole, resp: &pb::EnrollResponse, key_pem: &str) -> Result<Self> {
+        let tls = transport::mtls(&resp.ca_certificate_pem, &resp.certificate_pem, key_pem)?;
+        Ok(Identity { name: resp.node_name.clone(), role, tls })
+    }
+}
+
 /// Enrolls `names` with `token` (which must allow that many uses) from
 /// `concurrency` clients, each with one reused connection. Keys and CSRs are
 /// generated first, on the blocking pool, as each real node does on its own CPU.

@@ -36,6 +36,7 @@ pub struct TestCoordinator {
     pub clock_offset: Arc<AtomicI64>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), server::ServeError>>>,
+    limits: server::Limits,
 }
 
 impl TestCoordinator {
@@ -49,19 +50,36 @@ impl TestCoordinator {
 
     /// Initialises a data directory and serves it on an ephemeral port.
     pub async fn start() -> Self {
-        Self::start_with(Lifetimes::default()).await
+        Self::start_with_options(Lifetimes::default(), server::Limits::default()).await
     }
 
     /// [`TestCoordinator::start`] with these certificate lifetimes.
     pub async fn start_with(lifetimes: Lifetimes) -> Self {
+        Self::start_with_options(lifetimes, server::Limits::default()).await
+    }
+
+    /// [`TestCoordinator::start`] with other connection and enrollment limits.
+    pub async fn start_with_limits(limits: server::Limits) -> Self {
+        Self::start_with_options(Lifetimes::default(), limits).await
+    }
+
+    async fn start_with_options(lifetimes: Lifetimes, limits: server::Limits) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("coordinator");
         let opts = InitOptions { name: "test".into(), sans: vec!["127.0.0.1".into()], port: 0, lifetimes };
         datadir::init(&dir, &opts).expect("coordinator init");
         let clock_offset = Arc::new(AtomicI64::new(0));
         let (coordinator, addr, stop, task) =
-            serve(&dir, "127.0.0.1:0".parse().unwrap(), clock_offset.clone()).await;
-        Self { tmp, addr, coordinator: Some(coordinator), clock_offset, stop: Some(stop), task: Some(task) }
+            serve(&dir, "127.0.0.1:0".parse().unwrap(), clock_offset.clone(), limits).await;
+        Self {
+            tmp,
+            addr,
+            coordinator: Some(coordinator),
+            clock_offset,
+            stop: Some(stop),
+            task: Some(task),
+            limits,
+        }
     }
 
     pub fn coordinator(&self) -> &Arc<Coordinator> {
@@ -92,7 +110,7 @@ impl TestCoordinator {
         }
         drop(old);
         let (coordinator, addr, stop, task) =
-            serve(&self.data_dir(), self.addr, self.clock_offset.clone()).await;
+            serve(&self.data_dir(), self.addr, self.clock_offset.clone(), self.limits).await;
         assert_eq!(addr, self.addr);
         self.coordinator = Some(coordinator);
         self.stop = Some(stop);
@@ -186,6 +204,7 @@ async fn serve(
     dir: &Path,
     addr: SocketAddr,
     offset: Arc<AtomicI64>,
+    limits: server::Limits,
 ) -> (Arc<Coordinator>, SocketAddr, oneshot::Sender<()>, JoinHandle<Result<(), server::ServeError>>) {
     let data = datadir::load(dir).expect("load data dir");
     let tls = ServerTls::from_data_dir(&data);
@@ -194,12 +213,13 @@ async fn serve(
     let clock: Arc<dyn Clock> = Arc::new(OffsetClock(offset));
     let ca = data.ca.with_clock(clock.clone());
     let coordinator = Coordinator::new(Arc::new(store), ca, vault, clock).expect("coordinator");
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    let listener = server::bind(addr).expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(server::run(coordinator.clone(), listener, tls, async move {
-        let _ = stopped.await;
-    }));
+    let task =
+        tokio::spawn(server::run_with_limits(coordinator.clone(), listener, tls, limits, async move {
+            let _ = stopped.await;
+        }));
     (coordinator, addr, stop, task)
 }
 

@@ -3,6 +3,7 @@ pub mod bench;
 pub mod child;
 pub mod e2e;
 pub mod fleet;
+pub mod flood;
 pub mod gitops;
 pub mod harness;
 pub mod logs;

@@ -2,15 +2,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use elysium_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use super::enroll_limit::{EnrollLimits, FailureLimiter};
 use super::status::{blocking, internal};
 use crate::convert;
-use crate::pki;
+use crate::pki::{self, NodeCsr};
 use crate::state::Coordinator;
-use crate::store::{EnrollRefusal, NodeRecord};
+use crate::store::{EnrollRefusal, Enrolled, NodeRecord, SignedCertificate};
 use crate::tokens::{JoinToken, TokenRejection};
 
 /// Largest CSR we accept. A P-256 or RSA-4096 CSR is well under this.
@@ -18,11 +20,17 @@ const MAX_CSR_BYTES: usize = 8 * 1024;
 
 pub(crate) struct EnrollmentService {
     coordinator: Arc<Coordinator>,
+    failures: FailureLimiter,
 }
 
 impl EnrollmentService {
+    #[cfg(test)]
     pub fn new(coordinator: Arc<Coordinator>) -> Self {
-        Self { coordinator }
+        Self::with_limits(coordinator, EnrollLimits::default())
+    }
+
+    pub fn with_limits(coordinator: Arc<Coordinator>, limits: EnrollLimits) -> Self {
+        Self { coordinator, failures: FailureLimiter::new(limits) }
     }
 }
 
@@ -54,6 +62,9 @@ fn rejection_status(r: TokenRejection) -> Status {
     }
 }
 
+/// Metadata key of the seconds a rate-limited caller should wait.
+const RETRY_AFTER: &str = "retry-after";
+
 #[tonic::async_trait]
 impl pb::enrollment_server::Enrollment for EnrollmentService {
     #[tracing::instrument(skip_all, fields(node))]
@@ -61,8 +72,57 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
         &self,
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
+        // Unknown only for in-process callers without a socket (unit tests).
+        let source = request.remote_addr().map(|a| a.ip());
+        if let Some(ip) = source
+            && let Err(wait) = self.failures.check(ip, Instant::now())
+        {
+            return Err(limited(wait));
+        }
+        let result = self.enroll_checked(request.into_inner()).await;
+        if let (Err(refusal), Some(ip)) = (&result, source)
+            && counts_as_failure(refusal)
+        {
+            self.failures.failed(ip, Instant::now());
+        }
+        result.map(Response::new)
+    }
+}
+
+/// A limited caller is told when to try again, in the message for people and in
+/// the `retry-after` metadata (whole seconds) for programs.
+fn limited(wait: Duration) -> Status {
+    // Rounded up: retrying on the hint must not be refused again.
+    let seconds = (wait.as_secs_f64().ceil() as u64).max(1);
+    let mut status = Status::resource_exhausted(format!(
+        "too many failed enrollments from this address; retry in {seconds} s with a valid token"
+    ));
+    if let Ok(v) = seconds.to_string().parse() {
+        status.metadata_mut().insert(RETRY_AFTER, v);
+    }
+    status
+}
+
+/// Refusals a guessing caller provokes; a taken name or an internal error is
+/// not the caller guessing.
+fn counts_as_failure(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::InvalidArgument
+            | tonic::Code::Unauthenticated
+            | tonic::Code::PermissionDenied
+            | tonic::Code::FailedPrecondition
+    )
+}
+
+impl EnrollmentService {
+    /// The enrollment, cheapest checks first: the token's form and CA, the
+    /// name, then the token in a read transaction (no write lock for an unknown
+    /// id), then the CSR's self-signature; the CA signs last, inside the
+    /// transaction that consumes the token, so a refused token costs no
+    /// signature.
+    async fn enroll_checked(&self, req: pb::EnrollRequest) -> Result<pb::EnrollResponse, Status> {
         let c = &self.coordinator;
-        let req = request.into_inner();
         let token = JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if token.ca_fingerprint != c.ca.fingerprint() {
             return Err(Status::failed_precondition(
@@ -79,14 +139,28 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
                 "the CSR must be 1..={MAX_CSR_BYTES} bytes of DER"
             )));
         }
-
-        let node_id = format!("n-{}", hex::encode(rand::random::<[u8; 8]>()));
-        let (cert_pem, cert_der) =
-            c.ca.sign_node_csr(&req.csr_der, &node_id)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let now = c.now();
+
+        // A read transaction, on this worker: it takes no lock a writer holds
+        // and does not fsync, so a flood of unknown ids neither queues behind
+        // enrollments nor fills the blocking pool.
+        let known = c.store.get_token(&token.id).map_err(internal)?;
+        let refused = |r: TokenRejection| {
+            tracing::info!(reason = %r, "enrollment refused");
+            rejection_status(r)
+        };
+        let Some(record) = known else { return Err(refused(TokenRejection::Unknown)) };
+        record.check_life(&token, now).map_err(refused)?;
+        let csr = NodeCsr::parse(&req.csr_der).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Err(used_up) = record.check(&token, now) {
+            // Spent, unless this key enrolled with it before and is asking again.
+            if c.store.node_by_key(csr.key_sha256()).map_err(internal)?.is_none() {
+                return Err(refused(used_up));
+            }
+        }
+
         let node = NodeRecord {
-            id: node_id,
+            id: format!("n-{}", hex::encode(rand::random::<[u8; 8]>())),
             name: name.clone(),
             role: Default::default(),
             labels: BTreeMap::new(),
@@ -97,7 +171,8 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             applied_generation: 0,
             reconcile_state: String::new(),
             reconcile_error: String::new(),
-            certificate_sha256: pki::fingerprint(&cert_der),
+            // Set by the store from the certificate it has signed.
+            certificate_sha256: String::new(),
             token_id: token.id.clone(),
             conditions: Vec::new(),
             // Stored apart by the store, which also sets the hash.
@@ -107,42 +182,59 @@ impl pb::enrollment_server::Enrollment for EnrollmentService {
             k3s_failed_version: String::new(),
             k3s_failure: String::new(),
             pending_certificate_sha256: String::new(),
-            certificate_not_after_unix: pki::validity(&cert_der).map(|v| v.not_after_unix).unwrap_or(0),
+            // Set by the store too, with the fingerprint.
+            certificate_not_after_unix: 0,
         };
 
         // The token decides the role and labels; the store applies them in the same
         // transaction that consumes the token.
-        let store = c.store.clone();
+        let c2 = c.clone();
         let result = blocking(move || {
-            let check = |rec: &crate::tokens::TokenRecord| rec.check(&token, now);
-            store.enroll(&token.id, &check, &node)
+            let sign = |node_id: &str| {
+                let (pem, der) =
+                    c2.ca.sign_node(&csr, node_id).map_err(|e| EnrollRefusal::Sign(e.to_string()))?;
+                let not_after_unix = pki::validity(&der).map(|v| v.not_after_unix).unwrap_or(0);
+                Ok(SignedCertificate { pem, sha256: pki::fingerprint(&der), not_after_unix })
+            };
+            c2.store.enroll(&token, now, csr.key_sha256(), &node, &sign)
         })
         .await?;
-        let (token_rec, node) = match result {
+        let Enrolled { token: token_rec, node, certificate_pem, repeated } = match result {
             Ok(stored) => stored,
-            Err(EnrollRefusal::Token(r)) => {
-                tracing::info!(reason = %r, "enrollment refused");
-                return Err(rejection_status(r));
+            Err(EnrollRefusal::Token(r)) => return Err(refused(r)),
+            Err(e @ (EnrollRefusal::NameTaken(_) | EnrollRefusal::KeyEnrolled(_))) => {
+                return Err(Status::already_exists(e.to_string()));
             }
-            Err(EnrollRefusal::NameTaken(n)) => {
-                return Err(Status::already_exists(EnrollRefusal::NameTaken(n).to_string()));
-            }
+            Err(EnrollRefusal::Sign(e)) => return Err(Status::internal(e)),
             Err(EnrollRefusal::Store(e)) => return Err(internal(e)),
         };
-        c.event("node.enrolled", &name, &format!("role {} with token {}", node.role.as_str(), token_rec.id));
+        if repeated {
+            tracing::info!(node = %node.name, "enrollment repeated with the same key: certificate issued again");
+            c.event(
+                "node.reenrolled",
+                &node.name,
+                &format!("same key and token {} (the reply was lost)", token_rec.id),
+            );
+        } else {
+            c.event(
+                "node.enrolled",
+                &name,
+                &format!("role {} with token {}", node.role.as_str(), token_rec.id),
+            );
+        }
         let claim = {
             let (c, node) = (c.clone(), node.clone());
             blocking(move || c.claim_first_server(&node)).await?
         };
         claim.map_err(internal)?;
         let spec = c.cluster.borrow().node_spec(&node);
-        Ok(Response::new(pb::EnrollResponse {
+        Ok(pb::EnrollResponse {
             node_id: node.id.clone(),
-            node_name: name,
-            certificate_pem: cert_pem,
+            node_name: node.name.clone(),
+            certificate_pem,
             ca_certificate_pem: c.ca.cert_pem().to_owned(),
             spec: Some(spec),
-        }))
+        })
     }
 }
 
@@ -198,6 +290,73 @@ mod tests {
         let refused = service.enroll(request(&second, "node2")).await.expect_err("the token has expired");
         assert_eq!(refused.code(), Code::PermissionDenied);
         assert!(refused.message().contains("expired 1 s ago"), "{}", refused.message());
+    }
+
+    fn coordinator() -> (tempfile::TempDir, Arc<Coordinator>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&tmp.path().join("state.redb")).unwrap();
+        let (ca, _) = Ca::generate("test").unwrap();
+        let clock = FakeClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000));
+        let c = Coordinator::new(Arc::new(store), ca, VaultKey::generate(), Arc::new(clock)).unwrap();
+        (tmp, c)
+    }
+
+    fn from(mut request: Request<pb::EnrollRequest>, ip: &str) -> Request<pb::EnrollRequest> {
+        let remote_addr = Some(std::net::SocketAddr::new(ip.parse().unwrap(), 40_000));
+        request
+            .extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo { local_addr: None, remote_addr });
+        request
+    }
+
+    /// Every refusal comes before the CA signs: an unknown id, a wrong secret,
+    /// a spent token with another key, a taken name. Only the enrollment that
+    /// succeeds costs a signature.
+    #[tokio::test]
+    async fn refusals_cost_no_signature() {
+        let (_tmp, c) = coordinator();
+        let service = EnrollmentService::new(c.clone());
+        let (token, _) = c.issue_token(60, 1, Role::Agent, BTreeMap::new()).unwrap();
+        let unknown = JoinToken::generate(&c.ca().fingerprint());
+        let refused = service.enroll(request(&unknown, "node1")).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        let other = JoinToken::generate(&c.ca().fingerprint());
+        let forged = JoinToken::parse(&other.expose().replace(&other.id, &token.id)).unwrap();
+        assert_eq!(
+            service.enroll(request(&forged, "node1")).await.unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(c.ca().signatures(), 0);
+
+        service.enroll(request(&token, "node1")).await.expect("enrolls");
+        assert_eq!(c.ca().signatures(), 1);
+        let spent = service.enroll(request(&token, "node2")).await.unwrap_err();
+        assert_eq!(spent.code(), Code::PermissionDenied, "{}", spent.message());
+        let (fresh, _) = c.issue_token(60, 1, Role::Agent, BTreeMap::new()).unwrap();
+        let taken = service.enroll(request(&fresh, "node1")).await.unwrap_err();
+        assert_eq!(taken.code(), Code::AlreadyExists);
+        assert_eq!(c.ca().signatures(), 1);
+    }
+
+    /// Failures from one address use up its burst; then it is told to wait,
+    /// before its token is even looked at. Other addresses are not affected.
+    #[tokio::test]
+    async fn failures_are_limited_per_source() {
+        let (_tmp, c) = coordinator();
+        let limits = EnrollLimits { burst: 2, per_second: 0.5, max_sources: 16 };
+        let service = EnrollmentService::with_limits(c.clone(), limits);
+        let unknown = JoinToken::generate(&c.ca().fingerprint());
+        for _ in 0..2 {
+            let r = service.enroll(from(request(&unknown, "node1"), "10.0.0.1")).await.unwrap_err();
+            assert_eq!(r.code(), Code::Unauthenticated);
+        }
+        let (token, _) = c.issue_token(60, 1, Role::Agent, BTreeMap::new()).unwrap();
+        let limited = service.enroll(from(request(&token, "node1"), "10.0.0.1")).await.unwrap_err();
+        assert_eq!(limited.code(), Code::ResourceExhausted);
+        assert!(limited.message().contains("retry in 2 s"), "{}", limited.message());
+        assert_eq!(limited.metadata().get("retry-after").unwrap(), "2");
+        service.enroll(from(request(&token, "node1"), "10.0.0.2")).await.expect("another source enrolls");
+        assert_eq!(c.ca().signatures(), 1);
     }
 
     #[test]

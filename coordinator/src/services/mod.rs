@@ -6,6 +6,7 @@
 mod admin;
 mod admins;
 mod auth;
+mod enroll_limit;
 mod enrollment;
 mod pace;
 mod renewal;
@@ -15,6 +16,8 @@ mod vault;
 
 pub(crate) use admin::AdminService;
 pub(crate) use auth::AdminGate;
+pub use enroll_limit::EnrollLimits;
+pub(crate) use enroll_limit::source_key;
 pub(crate) use enrollment::EnrollmentService;
 pub(crate) use session::SessionService;
 pub(crate) use status::bound_status_message;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use redb_store::{HARDWARE_DIR, RedbStore};
 pub use sealed::Sealer;
 
-use crate::tokens::{Role, TokenRecord, TokenRejection};
+use crate::tokens::{JoinToken, Role, TokenRecord, TokenRejection};
 
 /// What a node reported about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -421,8 +421,36 @@ pub enum EnrollRefusal {
         "a node named {0:?} is already enrolled; pick another name with --name, or remove the old one with `elysium-node nodes remove {0}`"
     )]
     NameTaken(String),
+    #[error(
+        "this node's key is already enrolled as node {0:?} with another token; join with a new key (delete /etc/elysium/node.key.pending), or remove the old node with `elysium-node nodes remove {0}`"
+    )]
+    KeyEnrolled(String),
+    /// The CA could not sign the certificate (the CSR was checked before).
+    #[error("could not sign the node certificate: {0}")]
+    Sign(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A node certificate signed during [`Store::enroll`].
+#[derive(Debug, Clone)]
+pub struct SignedCertificate {
+    pub pem: String,
+    /// Hex SHA-256 of its DER, kept in the node's record.
+    pub sha256: String,
+    /// Its NotAfter (Unix seconds), kept in the node's record for `certs status`.
+    pub not_after_unix: i64,
+}
+
+/// What [`Store::enroll`] stored.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    pub token: TokenRecord,
+    pub node: NodeRecord,
+    pub certificate_pem: String,
+    /// The key had enrolled with this token before: the node is the one that
+    /// enrollment created, with a new certificate; no use was consumed.
+    pub repeated: bool,
 }
 
 /// Refused because the expected generation is stale.
@@ -443,16 +471,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Marks a token revoked; `None` when there is no such token.
     fn revoke_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
 
-    /// In one transaction: look the token up, let `check` decide, consume one use,
-    /// and insert `node` (whose name must be free) with the token's role and labels.
-    /// Either all of it happens or none. A `hardware_json` on `node` is stored
-    /// as its hardware document. Returns the token and the node as stored.
+    /// The token with this id, if any (a read: no write lock).
+    fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// The id of the node that enrolled with this public key (hex SHA-256 of
+    /// its SubjectPublicKeyInfo), if any.
+    fn node_by_key(&self, key_sha256: &str) -> Result<Option<String>, StoreError>;
+
+    /// In one transaction: look the token up and check it at `now_unix`; if a
+    /// node enrolled with this token and key before (the reply was lost), `sign`
+    /// a new certificate for that node and return it, consuming nothing;
+    /// otherwise consume one use, `sign` a certificate for `node` (whose name
+    /// must be free) and insert it with the token's role and labels. `sign`
+    /// runs last, only once every check passed. Either all of it happens or
+    /// none. A `hardware_json` on `node` is stored as its hardware document.
     fn enroll(
         &self,
-        token_id: &str,
-        check: &dyn Fn(&TokenRecord) -> Result<(), TokenRejection>,
+        token: &JoinToken,
+        now_unix: i64,
+        key_sha256: &str,
         node: &NodeRecord,
-    ) -> Result<(TokenRecord, NodeRecord), EnrollRefusal>;
+        sign: &dyn Fn(&str) -> Result<SignedCertificate, EnrollRefusal>,
+    ) -> Result<Enrolled, EnrollRefusal>;
 
     fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError>;
     /// [`Store::get_node`] without the hardware document: what a session needs.

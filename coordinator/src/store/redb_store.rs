@@ -23,6 +23,9 @@ const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const NODE_HARDWARE: TableDefinition<&str, &str> = TableDefinition::new("node_hardware");
 /// name → id, the uniqueness index for node names.
 const NODE_NAMES: TableDefinition<&str, &str> = TableDefinition::new("node_names");
+/// Hex SHA-256 of the public key a node enrolled with → its id: how a repeated
+/// enrollment (the reply to the first was lost) finds the node it created.
+const NODE_KEYS: TableDefinition<&str, &str> = TableDefinition::new("node_keys");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
@@ -95,6 +98,7 @@ impl RedbStore {
             txn.open_table(TOKENS).map_err(engine)?;
             txn.open_table(NODES).map_err(engine)?;
             txn.open_table(NODE_NAMES).map_err(engine)?;
+            txn.open_table(NODE_KEYS).map_err(engine)?;
             txn.open_table(META).map_err(engine)?;
             txn.open_table(EVENTS).map_err(engine)?;
             txn.open_table(SECRETS).map_err(engine)?;
@@ -348,50 +352,96 @@ impl Store for RedbStore {
         Ok(updated)
     }
 
+    fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.read_one(TOKENS, id)
+    }
+
+    fn node_by_key(&self, key_sha256: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let keys = txn.open_table(NODE_KEYS).map_err(engine)?;
+        Ok(keys.get(key_sha256).map_err(engine)?.map(|id| id.value().to_owned()))
+    }
+
     fn enroll(
         &self,
-        token_id: &str,
-        check: &dyn Fn(&TokenRecord) -> Result<(), TokenRejection>,
+        token: &JoinToken,
+        now_unix: i64,
+        key_sha256: &str,
         node: &NodeRecord,
-    ) -> Result<(TokenRecord, NodeRecord), EnrollRefusal> {
+        sign: &dyn Fn(&str) -> Result<SignedCertificate, EnrollRefusal>,
+    ) -> Result<Enrolled, EnrollRefusal> {
         let txn = self.db.begin_write().map_err(engine)?;
         let mut node = node.clone();
         // Written once the enrollment is committed: the token decides whether
         // anything is stored, and the file is not worth holding the lock for.
         let doc = std::mem::take(&mut node.hardware_json);
-        let token = {
+        let (token_rec, certificate, repeated) = {
             let mut tokens = txn.open_table(TOKENS).map_err(engine)?;
-            let mut token: TokenRecord = match tokens.get(token_id).map_err(engine)? {
-                Some(v) => decode(token_id, v.value())?,
+            let mut token_rec: TokenRecord = match tokens.get(token.id.as_str()).map_err(engine)? {
+                Some(v) => decode(&token.id, v.value())?,
                 None => return Err(TokenRejection::Unknown.into()),
             };
-            check(&token)?;
-            let mut names = txn.open_table(NODE_NAMES).map_err(engine)?;
-            if names.get(node.name.as_str()).map_err(engine)?.is_some() {
-                return Err(EnrollRefusal::NameTaken(node.name.clone()));
-            }
-            token.uses_consumed += 1;
-            node.role = token.role;
-            node.labels = token.labels.clone();
-            if !doc.is_empty() {
-                node.hardware_sha256 = hardware_sha256(&doc);
-            }
-            tokens.insert(token_id, encode(&token).as_slice()).map_err(engine)?;
-            names.insert(node.name.as_str(), node.id.as_str()).map_err(engine)?;
+            token_rec.check_life(token, now_unix)?;
+            let mut keys = txn.open_table(NODE_KEYS).map_err(engine)?;
             let mut nodes = txn.open_table(NODES).map_err(engine)?;
-            nodes.insert(node.id.as_str(), encode(&node).as_slice()).map_err(engine)?;
-            token
+            let earlier = keys.get(key_sha256).map_err(engine)?.map(|id| id.value().to_owned());
+            let earlier = match earlier {
+                Some(id) => match nodes.get(id.as_str()).map_err(engine)? {
+                    Some(v) => Some(decode::<NodeRecord>(&id, v.value())?),
+                    None => None,
+                },
+                None => None,
+            };
+            if let Some(mut enrolled) = earlier {
+                // The same key again. With the same token, it is the same node
+                // asking again because it never got the answer: give it a
+                // certificate for its key under the id it already has. Any other
+                // token: a key is one node's, whichever token comes with it.
+                if enrolled.token_id != token.id {
+                    return Err(EnrollRefusal::KeyEnrolled(enrolled.name));
+                }
+                let certificate = sign(&enrolled.id)?;
+                enrolled.certificate_sha256 = certificate.sha256.clone();
+                enrolled.certificate_not_after_unix = certificate.not_after_unix;
+                enrolled.pending_certificate_sha256 = String::new();
+                nodes.insert(enrolled.id.as_str(), encode(&enrolled).as_slice()).map_err(engine)?;
+                node = enrolled;
+                (token_rec, certificate, true)
+            } else {
+                token_rec.check(token, now_unix)?;
+                let mut names = txn.open_table(NODE_NAMES).map_err(engine)?;
+                if names.get(node.name.as_str()).map_err(engine)?.is_some() {
+                    return Err(EnrollRefusal::NameTaken(node.name.clone()));
+                }
+                // Last, after every check: a refused enrollment costs no signature.
+                let certificate = sign(&node.id)?;
+                node.certificate_sha256 = certificate.sha256.clone();
+                node.certificate_not_after_unix = certificate.not_after_unix;
+                token_rec.uses_consumed += 1;
+                node.token_id = token_rec.id.clone();
+                node.role = token_rec.role;
+                node.labels = token_rec.labels.clone();
+                if !doc.is_empty() {
+                    node.hardware_sha256 = hardware_sha256(&doc);
+                }
+                tokens.insert(token.id.as_str(), encode(&token_rec).as_slice()).map_err(engine)?;
+                names.insert(node.name.as_str(), node.id.as_str()).map_err(engine)?;
+                keys.insert(key_sha256, node.id.as_str()).map_err(engine)?;
+                nodes.insert(node.id.as_str(), encode(&node).as_slice()).map_err(engine)?;
+                (token_rec, certificate, false)
+            }
         };
         // Dropping `txn` without commit (any early return above) aborts it.
         txn.commit().map_err(engine)?;
-        if !doc.is_empty()
+        if !repeated
+            && !doc.is_empty()
             && let Err(e) = self.hardware.write(&node.id, &doc)
         {
             // The node is enrolled; its first session finds no matching file
             // and asks the agent for the document again.
             tracing::warn!(node = %node.name, error = %e, "could not store the hardware document");
         }
-        Ok((token, node))
+        Ok(Enrolled { token: token_rec, node, certificate_pem: certificate.pem, repeated })
     }
 
     fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
@@ -465,6 +515,9 @@ impl Store for RedbStore {
             };
             let mut nodes = txn.open_table(NODES).map_err(engine)?;
             let removed = nodes.remove(id.as_str()).map_err(engine)?;
+            // A removed node cannot come back by repeating its enrollment. One
+            // entry per node: a scan on a rare operation beats a second index.
+            txn.open_table(NODE_KEYS).map_err(engine)?.retain(|_, node_id| node_id != id).map_err(engine)?;
             match removed {
                 Some(v) => Some(decode::<NodeRecord>(&id, v.value())?),
                 None => None,

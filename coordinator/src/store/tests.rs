@@ -23,6 +23,85 @@ fn node(id: &str, name: &str) -> NodeRecord {
     NodeRecord::for_test(id, name, Role::Agent)
 }
 
+/// Signatures made by [`enroll`]'s signer, across tests.
+static SIGNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Enrolls `node` at time 1 with a key named after its id and a signer that
+/// names the certificate after the node it is for.
+fn enroll(store: &RedbStore, token: &JoinToken, node: &NodeRecord) -> Result<Enrolled, EnrollRefusal> {
+    enroll_key(store, token, &format!("key-{}", node.id), node)
+}
+
+fn enroll_key(
+    store: &RedbStore,
+    token: &JoinToken,
+    key: &str,
+    node: &NodeRecord,
+) -> Result<Enrolled, EnrollRefusal> {
+    let sign = |id: &str| {
+        let n = SIGNED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(SignedCertificate {
+            pem: format!("cert {n} for {id}"),
+            sha256: format!("sha-{n}"),
+            not_after_unix: 0,
+        })
+    };
+    store.enroll(token, 1, key, node, &sign)
+}
+
+#[test]
+fn a_repeated_enrollment_returns_the_node_it_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+    let token = JoinToken::generate(&"ab".repeat(32));
+    store.create_token(&token_record(&token, 1)).unwrap();
+    let first = enroll_key(&store, &token, "key-a", &node("n1", "alpha")).unwrap();
+    assert!(!first.repeated);
+    assert_eq!(store.node_by_key("key-a").unwrap().as_deref(), Some("n1"));
+
+    // The reply was lost; the node asks again with the same key (and a fresh
+    // id and even another name from its second run): the same node, a new
+    // certificate for it, no use consumed.
+    let again = enroll_key(&store, &token, "key-a", &node("n2", "other")).unwrap();
+    assert!(again.repeated);
+    assert_eq!((again.node.id.as_str(), again.node.name.as_str()), ("n1", "alpha"));
+    assert!(again.certificate_pem.ends_with("for n1"), "{}", again.certificate_pem);
+    let stored = store.get_node("n1").unwrap().unwrap();
+    assert_eq!(stored.certificate_sha256, again.node.certificate_sha256);
+    assert_ne!(stored.certificate_sha256, first.node.certificate_sha256);
+    assert_eq!(store.get_token(&token.id).unwrap().unwrap().uses_consumed, 1);
+    assert_eq!(store.list_nodes().unwrap().len(), 1);
+
+    // Another key with the spent token: refused as before.
+    let err = enroll_key(&store, &token, "key-b", &node("n3", "beta")).unwrap_err();
+    assert!(matches!(err, EnrollRefusal::Token(TokenRejection::UsedUp { uses: 1 })), "{err}");
+    // The same key with another token: refused, it belongs to alpha.
+    let other = JoinToken::generate(&"ab".repeat(32));
+    store.create_token(&token_record(&other, 1)).unwrap();
+    let err = enroll_key(&store, &other, "key-a", &node("n4", "gamma")).unwrap_err();
+    assert!(matches!(err, EnrollRefusal::KeyEnrolled(ref n) if n == "alpha"), "{err}");
+    // A removed node does not come back by repeating.
+    store.remove_node("alpha").unwrap().unwrap();
+    assert_eq!(store.node_by_key("key-a").unwrap(), None);
+    let err = enroll_key(&store, &token, "key-a", &node("n5", "alpha")).unwrap_err();
+    assert!(matches!(err, EnrollRefusal::Token(TokenRejection::UsedUp { uses: 1 })), "{err}");
+}
+
+#[test]
+fn a_repeat_needs_the_token_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+    let token = JoinToken::generate(&"ab".repeat(32));
+    let mut record = token_record(&token, 1);
+    record.expires_unix = 2;
+    store.create_token(&record).unwrap();
+    enroll_key(&store, &token, "key-a", &node("n1", "alpha")).unwrap();
+    let sign =
+        |_: &str| -> Result<SignedCertificate, EnrollRefusal> { panic!("no signature for a dead token") };
+    let err = store.enroll(&token, 2, "key-a", &node("n2", "alpha"), &sign).unwrap_err();
+    assert!(matches!(err, EnrollRefusal::Token(TokenRejection::Expired { .. })), "{err}");
+}
+
 #[test]
 fn enrollment_is_atomic_and_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -31,18 +110,17 @@ fn enrollment_is_atomic_and_survives_reopen() {
     {
         let store = RedbStore::open(&path).unwrap();
         store.create_token(&token_record(&token, 2)).unwrap();
-        let check = |r: &TokenRecord| r.check(&token, 1);
-        store.enroll(&token.id, &check, &node("n1", "alpha")).unwrap();
+        enroll(&store, &token, &node("n1", "alpha")).unwrap();
         // Same name again: refused, the token use is NOT consumed, and its
         // hardware document is not kept.
         let mut again = node("n2", "alpha");
         again.hardware_json = "{}".into();
-        let err = store.enroll(&token.id, &check, &again).unwrap_err();
+        let err = enroll(&store, &token, &again).unwrap_err();
         assert!(matches!(err, EnrollRefusal::NameTaken(ref n) if n == "alpha"), "{err}");
         assert_eq!(store.list_tokens().unwrap()[0].uses_consumed, 1);
         assert!(!dir.path().join(HARDWARE_DIR).join("n2.json").exists());
-        store.enroll(&token.id, &check, &node("n3", "beta")).unwrap();
-        let err = store.enroll(&token.id, &check, &node("n4", "gamma")).unwrap_err();
+        enroll(&store, &token, &node("n3", "beta")).unwrap();
+        let err = enroll(&store, &token, &node("n4", "gamma")).unwrap_err();
         assert!(matches!(err, EnrollRefusal::Token(TokenRejection::UsedUp { uses: 2 })), "{err}");
         store.set_spec("[cluster]\nname = \"x\"\n", None).unwrap();
     }
@@ -59,12 +137,11 @@ fn removed_nodes_free_their_name_and_cannot_be_updated() {
     let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
     let token = JoinToken::generate(&"ab".repeat(32));
     store.create_token(&token_record(&token, 5)).unwrap();
-    let check = |r: &TokenRecord| r.check(&token, 1);
-    store.enroll(&token.id, &check, &node("n1", "alpha")).unwrap();
+    enroll(&store, &token, &node("n1", "alpha")).unwrap();
     assert_eq!(store.remove_node("alpha").unwrap().unwrap().id, "n1");
     assert!(!store.update_node(&node("n1", "alpha")).unwrap(), "a removed node must not come back");
     assert!(store.get_node("n1").unwrap().is_none());
-    store.enroll(&token.id, &check, &node("n9", "alpha")).unwrap();
+    enroll(&store, &token, &node("n9", "alpha")).unwrap();
 }
 
 #[test]
@@ -73,7 +150,7 @@ fn updates_without_a_hardware_document_keep_the_stored_one() {
     let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
     let token = JoinToken::generate(&"ab".repeat(32));
     store.create_token(&token_record(&token, 1)).unwrap();
-    store.enroll(&token.id, &|r: &TokenRecord| r.check(&token, 1), &node("n1", "alpha")).unwrap();
+    enroll(&store, &token, &node("n1", "alpha")).unwrap();
 
     let mut n = node("n1", "alpha");
     n.hardware_json = r#"{"gpus":[]}"#.into();
@@ -155,7 +232,7 @@ fn hardware_files_heal_after_crashes_and_hand_edits() {
         store.create_token(&token_record(&token, 1)).unwrap();
         let mut n = node("n1", "alpha");
         n.hardware_json = r#"{"gpus":[]}"#.into();
-        store.enroll(&token.id, &|r: &TokenRecord| r.check(&token, 1), &n).unwrap();
+        enroll(&store, &token, &n).unwrap();
     }
     // What a crash can leave: the file of a node removed meanwhile, and a
     // temporary file of an interrupted write.
@@ -189,7 +266,7 @@ fn enrollment_stores_the_hardware_document_apart_with_its_hash() {
     store.create_token(&token_record(&token, 1)).unwrap();
     let mut n = node("n1", "alpha");
     n.hardware_json = r#"{"gpus":[]}"#.into();
-    let (_, stored) = store.enroll(&token.id, &|r: &TokenRecord| r.check(&token, 1), &n).unwrap();
+    let stored = enroll(&store, &token, &n).unwrap().node;
     assert_eq!(stored.hardware_sha256, hardware_sha256(r#"{"gpus":[]}"#));
     assert_eq!(store.get_node("n1").unwrap().unwrap().hardware_json, r#"{"gpus":[]}"#);
     let file = dir.path().join(HARDWARE_DIR).join("n1.json");

@@ -3,7 +3,7 @@ use std::time::SystemTime;
 use elysium_host::FakeClock;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_stream::StreamExt;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
 use crate::datadir::InitOptions;
@@ -24,14 +24,16 @@ fn setup() -> (tempfile::TempDir, Ca, FakeClock, ServerTls) {
     (tmp, loaded.ca.with_clock(Arc::new(clock.clone())), clock, tls)
 }
 
-/// Serves TLS on a loopback port: every connection echoes what it reads.
+/// Serves TLS on a loopback port, each handshake with the acceptor's configuration of
+/// the moment as the server's accept loop does: every connection echoes what it reads.
 async fn serve(acceptor: Acceptor) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut incoming = Incoming::new(listener, acceptor);
     tokio::spawn(async move {
-        while let Some(Ok(mut stream)) = incoming.next().await {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tls = tokio_rustls::TlsAcceptor::from(acceptor.config());
             tokio::spawn(async move {
+                let Ok(mut stream) = tls.accept(tcp).await else { return };
                 let mut buf = [0u8; 64];
                 while let Ok(n) = stream.read(&mut buf).await {
                     if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
