@@ -235,12 +235,56 @@ pub(super) fn incoming(
     (tokio_stream::wrappers::ReceiverStream::new(rx), task)
 }
 
+/// Where TLS handshakes run: a runtime of one thread of its own, apart from the
+/// workers that serve the sessions. A flood reopens thousands of connections at
+/// once, each costing the server a key exchange and a signature; on the shared
+/// workers those tasks queued ahead of every session's heartbeat (p99 of 1,000
+/// sessions 5× its unloaded value on this machine, docs/BENCHMARKS.md). On their
+/// own thread they take their share of the CPU from the operating system instead.
+/// The sockets stay on the server's reactor; only the handshake futures move.
+struct Handshakes(Option<tokio::runtime::Runtime>);
+
+impl Handshakes {
+    fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tls-handshake")
+            .enable_time()
+            .build();
+        match runtime {
+            Ok(rt) => Self(Some(rt)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no runtime of its own for TLS handshakes; they share the server's workers");
+                Self(None)
+            }
+        }
+    }
+
+    fn spawn(&self, handshake: impl std::future::Future<Output = ()> + Send + 'static) {
+        match &self.0 {
+            Some(rt) => drop(rt.spawn(handshake)),
+            None => drop(tokio::spawn(handshake)),
+        }
+    }
+}
+
+impl Drop for Handshakes {
+    /// Dropped with the accept loop, inside the server's runtime, where blocking
+    /// on the handshake thread is not allowed: handshakes still under way end with it.
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     acceptor: crate::tls::Acceptor,
     tracker: Arc<Tracker>,
     tx: mpsc::Sender<Result<Conn, io::Error>>,
 ) {
+    let handshakes = Handshakes::start();
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -279,7 +323,7 @@ async fn accept_loop(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
         let (acceptor, tracker, tx) = (acceptor.clone(), tracker.clone(), tx.clone());
-        tokio::spawn(async move {
+        handshakes.spawn(async move {
             let limits = tracker.limits;
             // The configuration of this moment: a renewed server certificate
             // applies to the next handshake (`tls::Acceptor`).
