@@ -43,7 +43,7 @@ pub fn record_for(cert_der: &[u8], created_by: &str, now: i64) -> Result<AdminRe
         name,
         fingerprint: pki::fingerprint(cert_der),
         created_unix: now,
-        expires_unix: pki::not_after_unix(cert_der)?,
+        expires_unix: pki::validity(cert_der)?.not_after_unix,
         revoked_unix: 0,
         created_by: created_by.to_owned(),
     })

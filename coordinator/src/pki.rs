@@ -263,14 +263,7 @@ impl Ca {
     pub fn sign_admin_csr(&self, csr_der: &[u8], name: &str) -> Result<(String, Vec<u8>), PkiError> {
         let csr =
             CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).map_err(PkiError::BadCsr)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(&format!("{ADMIN_CN_PREFIX}{name}"));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.serial_number = Some(random_serial());
-        set_validity(&mut params, self.clock.now(), self.lifetimes.admin);
-        let cert = params.signed_by(&csr.public_key, &self.issuer).map_err(PkiError::Sign)?;
-        Ok((cert.pem(), cert.der().to_vec()))
+        self.sign_client_key(&csr.public_key, &format!("{ADMIN_CN_PREFIX}{name}"), self.lifetimes.admin)
     }
 
     /// Signs a node's CSR. Only the CSR's public key is used: the subject is set by
@@ -281,14 +274,25 @@ impl Ca {
 
     /// Signs a parsed node CSR (see [`Ca::sign_node_csr`]).
     pub fn sign_node(&self, csr: &NodeCsr, node_id: &str) -> Result<(String, Vec<u8>), PkiError> {
+        self.sign_client_key(&csr.public_key, &format!("{NODE_CN_PREFIX}{node_id}"), self.lifetimes.node)
+    }
+
+    /// A client certificate for someone else's key (from a CSR), named `cn` by
+    /// the coordinator. Every such signature is counted ([`Self::signatures`]).
+    fn sign_client_key(
+        &self,
+        public_key: &PublicKey,
+        cn: &str,
+        lifetime: Duration,
+    ) -> Result<(String, Vec<u8>), PkiError> {
         let mut params = CertificateParams::default();
-        params.distinguished_name = dn(&format!("{NODE_CN_PREFIX}{node_id}"));
+        params.distinguished_name = dn(cn);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(random_serial());
-        set_validity(&mut params, self.clock.now(), self.lifetimes.node);
+        set_validity(&mut params, self.clock.now(), lifetime);
         self.signatures.fetch_add(1, Ordering::Relaxed);
-        let cert = params.signed_by(&csr.public_key, &self.issuer).map_err(PkiError::Sign)?;
+        let cert = params.signed_by(public_key, &self.issuer).map_err(PkiError::Sign)?;
         Ok((cert.pem(), cert.der().to_vec()))
     }
 
@@ -331,12 +335,6 @@ pub fn identify(cert_der: &[u8]) -> Result<PeerIdentity, PkiError> {
     } else {
         Err(PkiError::UnknownSubject(cn))
     }
-}
-
-/// A certificate's NotAfter, in Unix seconds.
-pub fn not_after_unix(cert_der: &[u8]) -> Result<i64, PkiError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|_| PkiError::BadCertificate)?;
-    Ok(cert.validity().not_after.timestamp())
 }
 
 fn set_validity(params: &mut CertificateParams, now: SystemTime, validity: Duration) {
