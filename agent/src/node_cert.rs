@@ -46,6 +46,11 @@ pub enum NodeCertError {
     },
     #[error("the coordinator sent a certificate that does not match the key made for it")]
     Mismatch,
+    #[error(
+        "the coordinator sent a CA bundle that is not one or more CA certificates; keeping {}",
+        paths::CA_CERT
+    )]
+    BadBundle,
     #[error(transparent)]
     Csr(#[from] elysium_identity::CsrError),
 }
@@ -121,6 +126,32 @@ pub fn stage(fs: &RootFs, key_pem: &str, cert_pem: &str, ca_bundle_pem: &str) ->
         fs.write_atomic(paths::CA_CERT, ca_bundle_pem.as_bytes(), 0o644)?;
     }
     Ok(())
+}
+
+/// Largest CA bundle taken: a handful of CA certificates.
+const MAX_BUNDLE_BYTES: usize = 64 * 1024;
+
+/// Trusts the CAs the coordinator sent (a CA rotation's steps): replaces the CA
+/// file when the bundle differs from it. Refuses anything but one or more CA
+/// certificates, so a bad message cannot leave the node trusting nothing.
+/// Returns whether the file changed.
+pub fn trust(fs: &RootFs, bundle_pem: &str) -> Result<bool, NodeCertError> {
+    if bundle_pem.len() > MAX_BUNDLE_BYTES {
+        return Err(NodeCertError::BadBundle);
+    }
+    let certs: Vec<_> = rustls_pemfile::certs(&mut bundle_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|_| NodeCertError::BadBundle)?;
+    let all_cas = !certs.is_empty()
+        && certs.iter().all(|der| x509_parser::parse_x509_certificate(der).is_ok_and(|(_, c)| c.is_ca()));
+    if !all_cas {
+        return Err(NodeCertError::BadBundle);
+    }
+    if fs.read_optional(paths::CA_CERT)?.is_some_and(|held| held == bundle_pem.as_bytes()) {
+        return Ok(false);
+    }
+    fs.write_atomic(paths::CA_CERT, bundle_pem.as_bytes(), 0o644)?;
+    Ok(true)
 }
 
 /// Moves a staged pair into place once a session opened with it: key first,

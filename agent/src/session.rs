@@ -233,6 +233,14 @@ async fn session_inner(ctx: &mut SessionContext) -> Result<(), SessionEnd> {
                         crate::node_cert::stage(&ctx.host.fs, &key, &cert.certificate_pem, &cert.ca_bundle_pem)?;
                         return Err(SessionEnd::Renewed);
                     }
+                    Some(pb::coordinator_message::Msg::TrustBundle(bundle)) => {
+                        // Read at the next connection; this one stays as verified.
+                        match crate::node_cert::trust(&ctx.host.fs, &bundle.ca_bundle_pem) {
+                            Ok(true) => tracing::info!(cas = bundle.ca_bundle_pem.matches("BEGIN CERTIFICATE").count(), "the coordinator's CA bundle changed; trusting it from the next connection"),
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(error = %e, "ignoring the coordinator's CA bundle"),
+                        }
+                    }
                     Some(pb::coordinator_message::Msg::HeartbeatAck(ack)) => {
                         if let Some((s, at)) = sent_at.take() && s == ack.seq {
                             tracing::debug!(seq = s, rtt_ms = at.elapsed().as_secs_f64() * 1e3, "heartbeat acknowledged");

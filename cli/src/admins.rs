@@ -28,6 +28,7 @@ Examples:
   elysium-node coordinator admin create alice --out alice.toml
   elysium-node coordinator admin list
   elysium-node coordinator admin revoke operator
+  elysium-node coordinator admin renew --config alice.toml
   # Locked out (every admin revoked or lost): on the coordinator's machine, stopped
   elysium-node coordinator admin create rescue --data-dir /var/lib/elysium-coordinator --out rescue.toml";
 
@@ -55,6 +56,13 @@ pub enum AdminCommand {
     List {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Renew your own credentials: a new key and certificate (signed by the
+    /// coordinator's current CA) replace those in the --config file, and the old
+    /// certificate is revoked. Before the old one expires, and during a CA rotation.
+    Renew {
         #[command(flatten)]
         conn: AdminConn,
     },
@@ -182,6 +190,39 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
                     .collect();
                 print_table(&["NAME", "CERTIFICATE", "CREATED", "EXPIRES", "STATE", "CREATED BY"], &rows);
             }
+        }
+        AdminCommand::Renew { conn } => {
+            let (path, mine) = credentials(&conn)?;
+            // The old certificate is revoked as the new one is issued: make sure the
+            // file can be replaced before asking (rewriting it as it is).
+            datadir::replace_admin_config(&path, &mine).map_err(|e| {
+                anyhow::anyhow!("cannot replace {}: {e}; nothing was renewed", path.display())
+            })?;
+            let (key_pem, csr) = elysium_identity::cert::admin_key_and_csr()?;
+            let reply = client_with(&path, &mine)
+                .await?
+                .renew_admin(pb::RenewAdminRequest { csr_der: csr })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            let info = reply.info.unwrap_or_default();
+            let ca_pem =
+                if reply.ca_bundle_pem.is_empty() { mine.ca_pem.clone() } else { reply.ca_bundle_pem };
+            let cfg = AdminConfig {
+                coordinator: mine.coordinator.clone(),
+                ca_pem,
+                cert_pem: reply.certificate_pem,
+                key_pem,
+            };
+            datadir::replace_admin_config(&path, &cfg)?;
+            eprintln!(
+                "Admin {:?} renewed: certificate {}, issued by {}, expires {}; the previous one is revoked.",
+                info.name,
+                info.fingerprint,
+                info.issuer,
+                date(info.expires_unix)
+            );
+            eprintln!("Credentials in {} replaced (0600).", path.display());
         }
         AdminCommand::Revoke { name, force, conn } => {
             let (path, cfg) = credentials(&conn)?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use elysium_coordinator::datadir;
+use elysium_coordinator::datadir::{self, ca_rotation};
 use elysium_coordinator::pki;
 use elysium_coordinator::store::{RedbStore, Store};
 use elysium_proto::v1 as pb;
@@ -18,6 +18,13 @@ pub async fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         CertsCommand::Status { data_dir, within, output } => status(&data_dir, within, output).await,
         CertsCommand::Rotate { data_dir, sans } => rotate(&data_dir, &sans),
+        CertsCommand::RotateCa { data_dir, finish, force, dry_run } => {
+            if finish {
+                rotate_ca_finish(&data_dir, force, dry_run).await
+            } else {
+                rotate_ca_begin(&data_dir, dry_run)
+            }
+        }
     }
 }
 
@@ -129,6 +136,7 @@ async fn nodes(dir: &datadir::DataDir) -> anyhow::Result<Vec<pb::NodeRecord>> {
                     name: n.name,
                     certificate_sha256: n.certificate_sha256,
                     certificate_not_after_unix: n.certificate_not_after_unix,
+                    certificate_issuer: n.certificate_issuer,
                     ..Default::default()
                 })
                 .collect())
@@ -163,6 +171,110 @@ fn rotate(data_dir: &Path, sans: &[String]) -> anyhow::Result<ExitCode> {
         humantime::format_duration(elysium_coordinator::tls::CHECK_PERIOD)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Step 1 of a CA rotation (`ca_rotation::begin`).
+fn rotate_ca_begin(data_dir: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let dir = datadir::load(data_dir)?;
+    if dry_run {
+        if dir.rotation.is_some() {
+            eprintln!("A CA rotation is already under way: `certs rotate-ca --finish` comes next.");
+            return Ok(ExitCode::from(1));
+        }
+        eprintln!(
+            "Would make a new CA for {:?} in {}, keep trusting {} until --finish, re-issue the server certificate and ask every node to renew. Nothing changed.",
+            dir.config.name,
+            dir.path.display(),
+            dir.ca.subject()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let begun = ca_rotation::begin(&dir)?;
+    eprintln!("New CA {} ({}) signs from now on.", begun.ca.subject(), begun.ca.fingerprint());
+    eprintln!(
+        "The previous CA ({}) stays trusted until `certs rotate-ca --finish`.",
+        begun.previous_fingerprint
+    );
+    eprintln!(
+        "A running coordinator takes it up within {} (at once: `systemctl reload elysium-coordinator`), sends every node both CAs and asks it to renew its certificate.",
+        humantime::format_duration(elysium_coordinator::tls::CHECK_PERIOD)
+    );
+    eprintln!("Next:");
+    eprintln!(
+        "  elysium-node coordinator certs status --data-dir {}   # who is still on the previous CA",
+        dir.path.display()
+    );
+    eprintln!("  elysium-node coordinator admin renew --config FILE   # each admin's credentials");
+    eprintln!("  elysium-node coordinator certs rotate-ca --finish --data-dir {}", dir.path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Step 2 of a CA rotation: refused while nodes or admins would be locked out.
+async fn rotate_ca_finish(data_dir: &Path, force: bool, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let dir = datadir::load(data_dir)?;
+    if dir.rotation.is_none() {
+        return Err(ca_rotation::RotationError::NotUnderWay.into());
+    }
+    let current = dir.ca.subject();
+    let mut behind: Vec<String> = nodes(&dir)
+        .await?
+        .into_iter()
+        .filter(|n| n.certificate_issuer != current)
+        .map(|n| format!("node {}", n.name))
+        .collect();
+    behind.extend(admins(&dir).await?.into_iter().map(|name| format!("admin {name}")));
+    if !behind.is_empty() {
+        let list = behind.join(", ");
+        if !force {
+            anyhow::bail!(
+                "not finishing the CA rotation: {list} still hold a certificate of the previous CA and would be locked out. Nodes renew over their session once they are online (see `certs status`); admins run `elysium-node coordinator admin renew`. Or pass --force to lock them out (nodes then join again)"
+            );
+        }
+        eprintln!("warning: locking out {list} (--force)");
+    }
+    if dry_run {
+        eprintln!("Would stop trusting the previous CA; {current} would be the only one. Nothing changed.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    ca_rotation::finish(&dir)?;
+    eprintln!("The previous CA is no longer trusted: {current} is the only CA.");
+    eprintln!(
+        "A running coordinator takes it up within {} (at once: `systemctl reload elysium-coordinator`) and sends every node the new bundle.",
+        humantime::format_duration(elysium_coordinator::tls::CHECK_PERIOD)
+    );
+    eprintln!(
+        "Join tokens made before the rotation pin the previous CA and no longer work: create new ones."
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The valid admins whose certificate the previous CA issued: from the running
+/// coordinator, else from its store.
+async fn admins(dir: &datadir::DataDir) -> anyhow::Result<Vec<String>> {
+    let current = dir.ca.subject();
+    let conn = super::AdminConn { config: Some(dir.path.join(datadir::ADMIN_FILE)) };
+    let from_coordinator = async {
+        let mut client = super::admin::client(&conn).await?;
+        let response = client.list_admins(pb::ListAdminsRequest {}).await.map_err(super::admin::rpc)?;
+        anyhow::Ok(
+            response
+                .into_inner()
+                .admins
+                .into_iter()
+                .filter(|a| a.revoked_unix == 0)
+                .map(|a| (a.name, a.issuer))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let all = match from_coordinator.await {
+        Ok(all) => all,
+        Err(served) => {
+            let store = RedbStore::open(&dir.store_path())
+                .with_context(|| format!("could not ask the coordinator ({served:#}) nor open its store"))?;
+            store.list_admins()?.into_iter().filter(|a| !a.is_revoked()).map(|a| (a.name, a.issuer)).collect()
+        }
+    };
+    Ok(all.into_iter().filter(|(_, issuer)| *issuer != current).map(|(name, _)| name).collect())
 }
 
 #[cfg(test)]

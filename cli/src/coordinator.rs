@@ -150,6 +150,21 @@ async fn serve(
         println!("Press Ctrl-C to stop.");
     }
     notify::ready(&format!("listening on {bound}"));
+    // SIGHUP (`systemctl reload`): look at the certificates and the CA in the
+    // data directory now rather than within the minute (`certs rotate`, `rotate-ca`).
+    let reload = {
+        let coordinator = coordinator.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: checking the certificates in the data directory");
+                coordinator.check_certificates_now();
+            }
+        })
+    };
+    let _reload = AbortOnDrop(reload);
     server::run_with_limits(coordinator, listener, tls, limits, super::shutdown_signal()).await?;
     tracing::info!("coordinator stopped");
     Ok(ExitCode::SUCCESS)
@@ -166,5 +181,14 @@ mod tests {
         assert_eq!(join_address(&sans, any), "https://10.1.2.3:7443");
         assert_eq!(join_address(&["localhost".into(), "host".into()], any), "https://host:7443");
         assert_eq!(join_address(&sans, "192.168.1.4:9".parse().unwrap()), "https://192.168.1.4:9");
+    }
+}
+
+/// Stops a background task when the serving function returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -219,8 +219,8 @@ pub enum CertsCommand {
         output: Output,
     },
     /// Issue a new server certificate now (with extra names given by --san). A
-    /// running coordinator takes it up for new connections within a minute; open
-    /// sessions are kept.
+    /// running coordinator takes it up for new connections within a minute (at
+    /// once on SIGHUP: `systemctl reload elysium-coordinator`); open sessions are kept.
     Rotate {
         #[arg(long)]
         data_dir: PathBuf,
@@ -228,7 +228,39 @@ pub enum CertsCommand {
         #[arg(long = "san")]
         sans: Vec<String>,
     },
+    /// Replace the CA without rejoining any node, in two steps. Without --finish:
+    /// a new CA signs from now on, the old one stays trusted, every node is sent
+    /// both and renews its certificate. With --finish, once every node and admin
+    /// holds a certificate of the new CA: the old CA is no longer trusted.
+    #[command(after_help = ROTATE_CA_HELP)]
+    RotateCa {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Drop the old CA (step 2).
+        #[arg(long)]
+        finish: bool,
+        /// With --finish: also while nodes or admins still hold certificates of
+        /// the old CA (they are locked out and must join again / be re-created).
+        #[arg(long, requires = "finish")]
+        force: bool,
+        /// Say what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
+
+const ROTATE_CA_HELP: &str =
+    "While the rotation is under way the server presents the new CA's certificate with
+the new CA signed by the old one (a cross certificate): agents, admin files and join
+tokens that know only the old CA keep working. A running coordinator takes up each
+step within a minute, at once on `systemctl reload elysium-coordinator` (SIGHUP).
+
+Example:
+  elysium-node coordinator certs rotate-ca --data-dir /var/lib/elysium-coordinator
+  systemctl reload elysium-coordinator
+  elysium-node coordinator certs status --data-dir /var/lib/elysium-coordinator
+  elysium-node coordinator admin renew          # each admin, with their own file
+  elysium-node coordinator certs rotate-ca --data-dir /var/lib/elysium-coordinator --finish";
 
 #[derive(Debug, Args)]
 pub struct InitArgs {

@@ -46,6 +46,7 @@ pub fn record_for(cert_der: &[u8], created_by: &str, now: i64) -> Result<AdminRe
         expires_unix: pki::validity(cert_der)?.not_after_unix,
         revoked_unix: 0,
         created_by: created_by.to_owned(),
+        issuer: pki::issuer_text(cert_der).unwrap_or_default(),
     })
 }
 

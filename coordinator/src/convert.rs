@@ -90,6 +90,7 @@ pub fn node_to_pb(n: &NodeRecord, online: bool) -> pb::NodeRecord {
         k3s_version: n.k3s_version.clone(),
         certificate_not_after_unix: n.certificate_not_after_unix,
         pending_certificate_sha256: n.pending_certificate_sha256.clone(),
+        certificate_issuer: n.certificate_issuer.clone(),
     }
 }
 

@@ -4,6 +4,8 @@
 //! ```text
 //! DIR/coordinator.toml   name, certificate names (SANs) and certificate lifetimes
 //! DIR/ca.crt, ca.key     the CA (key 0600)
+//! DIR/ca-previous.crt    while a CA rotation is under way: the old CA, still
+//! DIR/ca-cross.crt       trusted, and the new CA signed by it (ca_rotation)
 //! DIR/server.crt, .key   the TLS server certificate (key 0600)
 //! DIR/admin.toml         the first admin's credentials, like a kubeconfig (0600)
 //! DIR/state.redb         tokens, nodes, spec, events, the key vault (encrypted),
@@ -12,6 +14,8 @@
 //! DIR/vault.key          the key vault's age identity (0600); not in state.redb,
 //!                        so a copy of the store alone reveals no sealing key
 //! ```
+
+pub mod ca_rotation;
 
 use std::path::{Path, PathBuf};
 
@@ -153,6 +157,8 @@ pub struct DataDir {
     pub path: PathBuf,
     pub config: CoordinatorConfig,
     pub ca: Ca,
+    /// Set while a CA rotation is under way (`ca_rotation`).
+    pub rotation: Option<crate::datadir::ca_rotation::Rotation>,
     pub server_cert_pem: String,
     /// The server's private key: never in `Debug`.
     pub server_key_pem: String,
@@ -164,6 +170,7 @@ impl std::fmt::Debug for DataDir {
             .field("path", &self.path)
             .field("config", &self.config)
             .field("ca", &self.ca)
+            .field("rotation", &self.rotation.is_some())
             .field("server_cert_pem", &self.server_cert_pem)
             .field("server_key_pem", &"<redacted>")
             .finish()
@@ -271,19 +278,25 @@ pub fn load(dir: &Path) -> Result<DataDir, DataDirError> {
     let config_path = path.join(CONFIG_FILE);
     let config: CoordinatorConfig = toml::from_str(&read(CONFIG_FILE)?)
         .map_err(|source| DataDirError::BadConfig { path: config_path, source })?;
-    let ca = Ca::load(&read(CA_CERT)?, &read(CA_KEY)?)?.with_lifetimes(config.lifetimes());
+    let ca_files = crate::datadir::ca_rotation::load(&fs, &path, |file| DataDirError::NotInitialised {
+        dir: path.clone(),
+        file,
+    })?;
+    let ca = Ca::load(&ca_files.cert_pem, &ca_files.key_pem)?.with_lifetimes(config.lifetimes());
     let (mut server_cert_pem, mut server_key_pem) = (read(SERVER_CERT)?, read(SERVER_KEY)?);
     // The server certificate and key are replaced as two files (key first); a
     // crash between the two leaves a key that does not match the certificate.
     // The CA is here: issue a new pair rather than fail to start.
+    // A CA rotation that crashed before the server certificate was re-issued
+    // left one of the old CA: issue one from the new CA as well.
     if !crate::pki::pem_to_der(&server_cert_pem)
-        .is_some_and(|der| crate::pki::key_matches(&der, &server_key_pem))
+        .is_some_and(|der| crate::pki::key_matches(&der, &server_key_pem) && ca.issued(&der))
     {
-        tracing::warn!(dir = %path.display(), "the server certificate and key do not match (interrupted renewal?); issuing a new server certificate");
+        tracing::warn!(dir = %path.display(), "the server certificate and key do not match, or the certificate is not of the current CA (interrupted renewal or CA rotation?); issuing a new server certificate");
         let issued = reissue_server(&path, &ca, &config)?;
         (server_cert_pem, server_key_pem) = (issued.cert_pem, issued.key_pem);
     }
-    Ok(DataDir { config, ca, server_cert_pem, server_key_pem, path })
+    Ok(DataDir { config, ca, rotation: ca_files.rotation, server_cert_pem, server_key_pem, path })
 }
 
 /// Reads `coordinator.toml` alone (the serving coordinator re-reads the SANs
@@ -399,6 +412,13 @@ pub fn write_admin_config(path: &Path, cfg: &AdminConfig) -> Result<(), DataDirE
         return Err(DataDirError::OutExists(path));
     }
     fs.write_atomic(&path, toml_string(ADMIN_FILE, cfg)?.as_bytes(), 0o600)?;
+    Ok(())
+}
+
+/// Replaces an existing admin credentials file, 0600 (its CA bundle or
+/// certificate renewed).
+pub fn replace_admin_config(path: &Path, cfg: &AdminConfig) -> Result<(), DataDirError> {
+    RootFs::new("/").write_atomic(path, toml_string(ADMIN_FILE, cfg)?.as_bytes(), 0o600)?;
     Ok(())
 }
 

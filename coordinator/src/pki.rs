@@ -21,8 +21,8 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, PublicKey, PublicKeyData, SerialNumber,
 };
 
-/// Validity of the CA. Rotation of the CA is not automated; ten years is what K3s
-/// uses for its own CAs.
+/// Validity of the CA: ten years, what K3s uses for its own CAs. Replacing it
+/// (`coordinator certs rotate-ca`) is the operator's decision, see [`Ca::successor`].
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const DAY: u64 = 24 * 3600;
 
@@ -186,6 +186,48 @@ impl Ca {
         Ok((ca, issued))
     }
 
+    /// A new CA to replace this one, and the new CA's certificate signed by this one
+    /// (the *cross* certificate: same subject and key as the new CA, issued by the
+    /// old). A client that trusts only the old CA verifies a certificate the new CA
+    /// signed through the cross certificate; one that trusts the new CA needs
+    /// nothing else. That is what lets a fleet move to a new CA without rejoining.
+    ///
+    /// The new CA's subject carries the moment it was made: certificate paths are
+    /// built by subject, so two CAs of one coordinator must not share one.
+    pub fn successor(&self, name: &str) -> Result<(Self, Issued, String), PkiError> {
+        let key = KeyPair::generate().map_err(PkiError::Sign)?;
+        let now = self.clock.now();
+        let mut params = CertificateParams::default();
+        let stamp = stamp(unix(now));
+        params.distinguished_name = dn(&format!("elysium-ca@{name} {stamp}"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        set_validity(&mut params, now, CA_VALIDITY);
+        params.serial_number = Some(random_serial());
+        let cert = params.self_signed(&key).map_err(PkiError::Sign)?;
+        params.serial_number = Some(random_serial());
+        self.signatures.fetch_add(1, Ordering::Relaxed);
+        let cross = params.signed_by(&key, &self.issuer).map_err(PkiError::Sign)?;
+        let issued =
+            Issued { cert_pem: cert.pem(), cert_der: cert.der().to_vec(), key_pem: key.serialize_pem() };
+        let next = Self::load(&issued.cert_pem, &issued.key_pem)?
+            .with_clock(self.clock.clone())
+            .with_lifetimes(self.lifetimes);
+        Ok((next, issued, cross.pem()))
+    }
+
+    /// Whether this CA signed `cert_der` (its issuer is this CA's subject; CAs of
+    /// one coordinator have distinct subjects, see [`Ca::successor`]).
+    pub fn issued(&self, cert_der: &[u8]) -> bool {
+        issuer_raw(cert_der).is_some_and(|issuer| subject_raw(&self.cert_der) == Some(issuer))
+    }
+
+    /// The CA's subject, as text (`elysium-ca@NAME …`).
+    pub fn subject(&self) -> String {
+        subject_text(&self.cert_der).unwrap_or_default()
+    }
+
     /// Loads a CA from its certificate and key (PEM).
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
         let key = KeyPair::from_pem(key_pem).map_err(PkiError::LoadCa)?;
@@ -206,6 +248,11 @@ impl Ca {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// The clock it dates certificates by.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
     }
 
     /// Issues certificates with these lifetimes.
@@ -308,6 +355,37 @@ impl Ca {
         let cert = params.signed_by(&key, &self.issuer).map_err(PkiError::Sign)?;
         Ok(Issued { cert_pem: cert.pem(), cert_der: cert.der().to_vec(), key_pem: key.serialize_pem() })
     }
+}
+
+/// The raw issuer name of a certificate.
+fn issuer_raw(cert_der: &[u8]) -> Option<Vec<u8>> {
+    x509_parser::parse_x509_certificate(cert_der).ok().map(|(_, c)| c.issuer().as_raw().to_vec())
+}
+
+/// The raw subject name of a certificate.
+fn subject_raw(cert_der: &[u8]) -> Option<Vec<u8>> {
+    x509_parser::parse_x509_certificate(cert_der).ok().map(|(_, c)| c.subject().as_raw().to_vec())
+}
+
+/// The issuer of a certificate, as text: which CA signed a node's or an admin's
+/// certificate, shown while a CA rotation is under way.
+pub fn issuer_text(cert_der: &[u8]) -> Option<String> {
+    x509_parser::parse_x509_certificate(cert_der).ok().map(|(_, c)| common_name(c.issuer()))
+}
+
+fn subject_text(cert_der: &[u8]) -> Option<String> {
+    x509_parser::parse_x509_certificate(cert_der).ok().map(|(_, c)| common_name(c.subject()))
+}
+
+fn common_name(name: &x509_parser::x509::X509Name<'_>) -> String {
+    name.iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or_default().to_owned()
+}
+
+/// `YYYYMMDDTHHMMSSZ` for a Unix time (UTC), for CA subjects.
+fn stamp(unix: i64) -> String {
+    jiff::Timestamp::from_second(unix)
+        .map(|t| t.strftime("%Y%m%dT%H%M%SZ").to_string())
+        .unwrap_or_else(|_| unix.to_string())
 }
 
 /// Who is on the other end of a mutually authenticated connection.

@@ -5,10 +5,13 @@
 //! Every accepted connection takes the [`rustls::ServerConfig`] current at that
 //! moment ([`Acceptor::config`]); replacing it changes what new handshakes see and
 //! leaves established connections (every open node session) as they are. The
-//! certificate is replaced by [`Acceptor::check`], which the server runs at start
-//! and every [`CHECK_PERIOD`]: it re-issues the certificate when a third of its
-//! lifetime remains (by the coordinator's clock), and picks up a certificate that
-//! `coordinator certs rotate` wrote into the data directory.
+//! certificate is replaced by [`Acceptor::check`], which the server runs at start,
+//! every [`CHECK_PERIOD`] and when asked (`Coordinator::check_certificates_now`,
+//! SIGHUP): it re-issues the certificate when a third of its lifetime remains (by
+//! the coordinator's clock) or when another CA signed it, and picks up a
+//! certificate that `coordinator certs rotate` wrote into the data directory.
+//! Before that, [`reload_ca`] takes up the steps of a CA rotation
+//! (`coordinator certs rotate-ca`, `crate::datadir::ca_rotation`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -19,6 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
+use crate::datadir::ca_rotation::{self, Rotation};
 use crate::datadir::{self, DataDir};
 use crate::pki::{self, Ca, PkiError};
 
@@ -29,7 +33,9 @@ pub const CHECK_PERIOD: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct ServerTls {
     /// Server certificate followed by the CA certificate: joining nodes find the
-    /// CA they pinned in the chain.
+    /// CA they pinned in the chain. During a CA rotation also the cross
+    /// certificate and the previous CA, so that a client trusting only the
+    /// previous CA (or a join token pinning it) still verifies the server.
     pub chain_pem: String,
     pub key_pem: String,
     /// The CA(s) client certificates must chain to.
@@ -47,14 +53,31 @@ impl std::fmt::Debug for ServerTls {
 
 impl ServerTls {
     pub fn from_data_dir(dir: &DataDir) -> Self {
-        Self::new(&dir.server_cert_pem, &dir.server_key_pem, dir.ca.cert_pem(), Some(dir.path.clone()))
+        Self::new(
+            &dir.server_cert_pem,
+            &dir.server_key_pem,
+            dir.ca.cert_pem(),
+            dir.rotation.as_ref(),
+            Some(dir.path.clone()),
+        )
     }
 
-    fn new(cert_pem: &str, key_pem: &str, ca_pem: &str, data_dir: Option<PathBuf>) -> Self {
+    fn new(
+        cert_pem: &str,
+        key_pem: &str,
+        ca_pem: &str,
+        rotation: Option<&Rotation>,
+        data_dir: Option<PathBuf>,
+    ) -> Self {
+        let mut chain_pem = format!("{cert_pem}{ca_pem}");
+        if let Some(r) = rotation {
+            chain_pem =
+                format!("{}{}{}", ca_rotation::bundle(&chain_pem, None), r.cross_pem, r.previous_ca_pem);
+        }
         Self {
-            chain_pem: format!("{cert_pem}{ca_pem}"),
+            chain_pem,
             key_pem: key_pem.to_owned(),
-            ca_pem: ca_pem.to_owned(),
+            ca_pem: ca_rotation::bundle(ca_pem, rotation),
             data_dir,
         }
     }
@@ -159,10 +182,17 @@ impl Acceptor {
         Ok(())
     }
 
+    /// The data directory the material comes from, if any.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).tls.data_dir.clone()
+    }
+
     /// Keeps the server certificate current: takes up one the data directory holds
     /// that differs from the one in use, and re-issues it from `ca` once a third of
-    /// its lifetime remains by `ca`'s clock. Without a data directory, nothing.
-    pub fn check(&self, ca: &Ca) -> Result<CheckOutcome, TlsError> {
+    /// its lifetime remains by `ca`'s clock, or at once when `ca` did not sign it.
+    /// `rotation`: the CA rotation under way, if one is (what else the chain and
+    /// the client verifier carry). Without a data directory, nothing.
+    pub fn check(&self, ca: &Ca, rotation: Option<&Rotation>) -> Result<CheckOutcome, TlsError> {
         let (tls, dir) = {
             let current = self.inner.read().unwrap_or_else(|p| p.into_inner());
             let Some(dir) = current.tls.data_dir.clone() else { return Ok(CheckOutcome::Unchanged) };
@@ -173,7 +203,7 @@ impl Acceptor {
         let on_disk = read_pair(&fs, &dir)?;
         let mut in_use = tls;
         if let Some((cert_pem, key_pem)) = on_disk {
-            let candidate = ServerTls::new(&cert_pem, &key_pem, ca.cert_pem(), Some(dir.clone()));
+            let candidate = ServerTls::new(&cert_pem, &key_pem, ca.cert_pem(), rotation, Some(dir.clone()));
             if candidate.chain_pem != in_use.chain_pem || candidate.key_pem != in_use.key_pem {
                 self.replace(candidate.clone())?;
                 let fingerprint = candidate.leaf_der().map(|d| pki::fingerprint(&d)).unwrap_or_default();
@@ -184,20 +214,45 @@ impl Acceptor {
         }
         let leaf = in_use.leaf_der().ok_or_else(|| TlsError::Material("no server certificate".into()))?;
         let validity = pki::validity(&leaf)?;
-        if ca.now_unix() < pki::renew_after(validity) {
+        if ca.now_unix() < pki::renew_after(validity) && ca.issued(&leaf) {
             return Ok(outcome);
         }
         let config = datadir::load_config(&dir)?;
         let issued = datadir::reissue_server(&dir, ca, &config)?;
         let fingerprint = pki::fingerprint(&issued.cert_der);
         let not_after_unix = pki::validity(&issued.cert_der)?.not_after_unix;
-        self.replace(ServerTls::new(&issued.cert_pem, &issued.key_pem, ca.cert_pem(), Some(dir)))?;
+        self.replace(ServerTls::new(&issued.cert_pem, &issued.key_pem, ca.cert_pem(), rotation, Some(dir)))?;
         tracing::info!(%fingerprint, not_after_unix, "server certificate renewed");
         Ok(CheckOutcome::Renewed { fingerprint, not_after_unix })
     }
 }
 
-/// Runs [`Acceptor::check`] at once and every [`CHECK_PERIOD`] until `stop`.
+/// Takes up a CA rotation's step from the data directory: when its CA files
+/// differ from what `coordinator` uses, the CA they hold signs from now on and
+/// the trust bundle changes (`Coordinator::set_trust` tells every session).
+/// Returns whether anything changed.
+pub fn reload_ca(coordinator: &crate::state::Coordinator, dir: &Path) -> Result<bool, TlsError> {
+    let fs = RootFs::new("/");
+    let files = ca_rotation::load(&fs, dir, |file| datadir::DataDirError::NotInitialised {
+        dir: dir.to_path_buf(),
+        file,
+    })?;
+    let current = coordinator.ca();
+    if files.cert_pem == current.cert_pem() && files.rotation == coordinator.rotation() {
+        return Ok(false);
+    }
+    let ca = Ca::load(&files.cert_pem, &files.key_pem)?
+        .with_clock(current.clock())
+        .with_lifetimes(current.lifetimes());
+    let fingerprint = ca.fingerprint();
+    let rotating = files.rotation.is_some();
+    coordinator.set_trust(ca, files.rotation);
+    tracing::info!(ca = %fingerprint, rotating, "trust reloaded from the data directory");
+    Ok(true)
+}
+
+/// Runs [`reload_ca`] and [`Acceptor::check`] at once, every [`CHECK_PERIOD`] and
+/// when asked to, until `stop`.
 pub async fn keep_current(
     coordinator: Arc<crate::state::Coordinator>,
     acceptor: Acceptor,
@@ -210,10 +265,30 @@ pub async fn keep_current(
         tokio::select! {
             () = &mut stop => return,
             _ = tick.tick() => {}
+            () = coordinator.certs_kick.notified() => {}
         }
         // Signing and file writes: off the async workers.
         let (c, a) = (coordinator.clone(), acceptor.clone());
-        match tokio::task::spawn_blocking(move || a.check(c.ca())).await {
+        let checked = tokio::task::spawn_blocking(move || {
+            let reloaded = match a.data_dir() {
+                Some(dir) => reload_ca(&c, &dir)?,
+                None => false,
+            };
+            let outcome = a.check(&c.ca(), c.rotation().as_ref())?;
+            Ok::<_, TlsError>((reloaded, outcome))
+        })
+        .await;
+        if let Ok(Ok((true, _))) = &checked {
+            let message = match coordinator.rotation() {
+                Some(_) => format!(
+                    "CA rotation under way: {} signs, the previous CA is still trusted",
+                    coordinator.ca().subject()
+                ),
+                None => format!("{} is the only CA trusted", coordinator.ca().subject()),
+            };
+            coordinator.event("certs.ca_changed", "coordinator", &message);
+        }
+        match checked.map(|r| r.map(|(_, outcome)| outcome)) {
             Ok(Ok(CheckOutcome::Unchanged)) => {}
             Ok(Ok(CheckOutcome::Reloaded { fingerprint })) => {
                 coordinator.event(
@@ -253,5 +328,7 @@ fn read_pair(fs: &RootFs, dir: &Path) -> Result<Option<(String, String)>, TlsErr
     Ok(matches.then_some((cert, key)))
 }
 
+#[cfg(test)]
+mod ca_rotation_tests;
 #[cfg(test)]
 mod tests;

@@ -705,7 +705,8 @@ impl Agent {
                         // Simulated nodes live far shorter than a certificate: no renewal.
                         Some(
                             pb::coordinator_message::Msg::RenewCertificate(_)
-                            | pb::coordinator_message::Msg::NodeCertificate(_),
+                            | pb::coordinator_message::Msg::NodeCertificate(_)
+                            | pb::coordinator_message::Msg::TrustBundle(_),
                         ) => {}
                         None => {}
                     }

@@ -513,6 +513,15 @@ impl pb::admin_server::Admin for AdminService {
         admins::revoke(&self.coordinator, &admin, request.into_inner()).await.map(Response::new)
     }
 
+    async fn renew_admin(
+        &self,
+        request: Request<pb::RenewAdminRequest>,
+    ) -> Result<Response<pb::RenewAdminResponse>, Status> {
+        let admin = require_admin(&request)?;
+        let leaf = crate::services::auth::presented_leaf(&request)?;
+        admins::renew(&self.coordinator, &admin, leaf, request.into_inner()).await.map(Response::new)
+    }
+
     async fn drop_vault_item(
         &self,
         request: Request<pb::DropVaultItemRequest>,

@@ -22,6 +22,7 @@ pub(crate) fn info(a: &AdminRecord) -> pb::AdminInfo {
         expires_unix: a.expires_unix,
         revoked_unix: a.revoked_unix,
         created_by: a.created_by.clone(),
+        issuer: a.issuer.clone(),
     }
 }
 
@@ -46,6 +47,44 @@ pub(crate) async fn create(
         })?;
     c.event("admin.created", &record.name, &format!("by {by}, certificate {}", record.fingerprint));
     Ok(pb::CreateAdminResponse { info: Some(info(&record)), certificate_pem: pem })
+}
+
+/// `RenewAdmin`: a new certificate for the caller's own name, the one it called
+/// with revoked in the same transaction.
+pub(crate) async fn renew(
+    c: &Arc<Coordinator>,
+    by: &str,
+    leaf: Vec<u8>,
+    req: pb::RenewAdminRequest,
+) -> Result<pb::RenewAdminResponse, Status> {
+    if req.csr_der.len() > MAX_CSR_BYTES {
+        return Err(Status::invalid_argument(format!("the CSR is larger than {MAX_CSR_BYTES} bytes")));
+    }
+    let old = crate::pki::fingerprint(&leaf);
+    let (cc, name, old_fp) = (c.clone(), by.to_owned(), old.clone());
+    let renewed =
+        blocking(move || cc.renew_admin(&name, &old_fp, &req.csr_der)).await?.map_err(|e| match e {
+            CreateAdminError::BadName(e) => Status::invalid_argument(e.to_string()),
+            CreateAdminError::Pki(e) => Status::invalid_argument(e.to_string()),
+            CreateAdminError::Record(e) => Status::internal(e.to_string()),
+            CreateAdminError::Write(AdminWriteError::NameTaken(n)) => {
+                Status::already_exists(AdminWriteError::NameTaken(n).to_string())
+            }
+            CreateAdminError::Write(AdminWriteError::Store(e)) => internal(e),
+        })?;
+    let Some((record, pem)) = renewed else {
+        return Err(Status::permission_denied("this admin certificate was revoked meanwhile"));
+    };
+    c.event(
+        "admin.renewed",
+        &record.name,
+        &format!("certificate {} (issuer {}) replaces {old}", record.fingerprint, record.issuer),
+    );
+    Ok(pb::RenewAdminResponse {
+        info: Some(info(&record)),
+        certificate_pem: pem,
+        ca_bundle_pem: c.trust_bundle(),
+    })
 }
 
 pub(crate) fn list(c: &Coordinator) -> pb::ListAdminsResponse {

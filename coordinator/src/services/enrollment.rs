@@ -124,7 +124,9 @@ impl EnrollmentService {
     async fn enroll_checked(&self, req: pb::EnrollRequest) -> Result<pb::EnrollResponse, Status> {
         let c = &self.coordinator;
         let token = JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if token.ca_fingerprint != c.ca.fingerprint() {
+        // A token made before a CA rotation pins the previous CA, which is
+        // trusted (and presented to joiners) until the rotation finishes.
+        if token.ca_fingerprint != c.ca().fingerprint() && !c.pins_previous_ca(&token.ca_fingerprint) {
             return Err(Status::failed_precondition(
                 "the join token was issued by another coordinator (its CA fingerprint is not this coordinator's)",
             ));
@@ -184,6 +186,7 @@ impl EnrollmentService {
             pending_certificate_sha256: String::new(),
             // Set by the store too, with the fingerprint.
             certificate_not_after_unix: 0,
+            certificate_issuer: String::new(),
         };
 
         // The token decides the role and labels; the store applies them in the same
@@ -192,9 +195,10 @@ impl EnrollmentService {
         let result = blocking(move || {
             let sign = |node_id: &str| {
                 let (pem, der) =
-                    c2.ca.sign_node(&csr, node_id).map_err(|e| EnrollRefusal::Sign(e.to_string()))?;
+                    c2.ca().sign_node(&csr, node_id).map_err(|e| EnrollRefusal::Sign(e.to_string()))?;
                 let not_after_unix = pki::validity(&der).map(|v| v.not_after_unix).unwrap_or(0);
-                Ok(SignedCertificate { pem, sha256: pki::fingerprint(&der), not_after_unix })
+                let issuer = pki::issuer_text(&der).unwrap_or_default();
+                Ok(SignedCertificate { pem, sha256: pki::fingerprint(&der), not_after_unix, issuer })
             };
             c2.store.enroll(&token, now, csr.key_sha256(), &node, &sign)
         })
@@ -232,7 +236,7 @@ impl EnrollmentService {
             node_id: node.id.clone(),
             node_name: node.name.clone(),
             certificate_pem,
-            ca_certificate_pem: c.ca.cert_pem().to_owned(),
+            ca_certificate_pem: c.trust_bundle(),
             spec: Some(spec),
         })
     }

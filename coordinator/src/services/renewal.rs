@@ -49,10 +49,16 @@ pub(crate) async fn admit(c: &Arc<Coordinator>, node: &mut NodeRecord, leaf: &[u
     let presented = pki::fingerprint(leaf);
     let admission = admission(node, &presented);
     let not_after = pki::validity(leaf).map(|v| v.not_after_unix).unwrap_or(0);
+    let issuer = pki::issuer_text(leaf).unwrap_or_default();
     match admission {
-        // A record from before expiries were kept learns it now (for `certs status`).
-        Admission::Current if node.certificate_not_after_unix == 0 && not_after != 0 => {
+        // A record from before expiries and issuers were kept learns them now
+        // (for `certs status` and a CA rotation's progress).
+        Admission::Current
+            if (node.certificate_not_after_unix == 0 && not_after != 0)
+                || node.certificate_issuer != issuer =>
+        {
             node.certificate_not_after_unix = not_after;
+            node.certificate_issuer = issuer;
             let (store, n) = (c.store.clone(), node.clone());
             blocking(move || store.update_node(&n)).await?.map_err(internal)?;
             return Ok(());
@@ -70,6 +76,7 @@ pub(crate) async fn admit(c: &Arc<Coordinator>, node: &mut NodeRecord, leaf: &[u
     let previous = std::mem::replace(&mut node.certificate_sha256, presented.clone());
     node.pending_certificate_sha256 = String::new();
     node.certificate_not_after_unix = not_after;
+    node.certificate_issuer = issuer;
     let (store, n) = (c.store.clone(), node.clone());
     blocking(move || store.update_node(&n)).await?.map_err(internal)?;
     if admission == Admission::Promote {
@@ -88,11 +95,7 @@ pub(crate) async fn admit(c: &Arc<Coordinator>, node: &mut NodeRecord, leaf: &[u
 /// When the node holding `leaf` should be asked to renew, Unix seconds: once a
 /// third of its lifetime remains, at once if it was not issued by the current CA.
 pub(crate) fn renew_at(c: &Coordinator, leaf: &[u8]) -> i64 {
-    let issued_by_current = x509_parser::parse_x509_certificate(leaf).ok().is_some_and(|(_, cert)| {
-        x509_parser::parse_x509_certificate(c.ca().cert_der())
-            .ok()
-            .is_some_and(|(_, ca)| cert.issuer().as_raw() == ca.subject().as_raw())
-    });
+    let issued_by_current = c.ca().issued(leaf);
     match pki::validity(leaf) {
         Ok(v) if issued_by_current => pki::renew_after(v),
         Ok(_) => 0,
@@ -147,7 +150,7 @@ pub(crate) async fn sign(
     Some(pb::CoordinatorMessage {
         msg: Some(pb::coordinator_message::Msg::NodeCertificate(pb::NodeCertificate {
             certificate_pem: cert_pem,
-            ca_bundle_pem: c.ca().cert_pem().to_owned(),
+            ca_bundle_pem: c.trust_bundle(),
         })),
     })
 }

@@ -95,6 +95,14 @@ impl pb::node_session_server::NodeSession for SessionService {
     }
 }
 
+fn trust_message(c: &Coordinator) -> Result<pb::CoordinatorMessage, Status> {
+    Ok(pb::CoordinatorMessage {
+        msg: Some(pb::coordinator_message::Msg::TrustBundle(pb::TrustBundle {
+            ca_bundle_pem: c.trust_bundle(),
+        })),
+    })
+}
+
 fn spec_message(spec: pb::NodeSpec) -> Result<pb::CoordinatorMessage, Status> {
     Ok(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Spec(spec)) })
 }
@@ -111,10 +119,15 @@ async fn drive(
     renew_at: i64,
 ) {
     let mut spec_rx = c.cluster.subscribe();
-    let mut sent = spec_rx.borrow_and_update().node_spec(&node);
+    let (mut sent, mut trust_seen, mut ca_seen) = {
+        let state = spec_rx.borrow_and_update();
+        (state.node_spec(&node), state.trust_generation, state.ca_generation)
+    };
     let mut pace = Pace::new(Instant::now());
-    // `finish` is boxed for the same reason as `handle` below.
-    if tx.send(spec_message(sent.clone())).await.is_err() {
+    // The CAs to trust, on every session: a node that was offline during a step
+    // of a CA rotation learns it here. `finish` is boxed for the same reason as
+    // `handle` below.
+    if tx.send(spec_message(sent.clone())).await.is_err() || tx.send(trust_message(&c)).await.is_err() {
         return Box::pin(finish(&c, &mut node, session_id, &mut pace)).await;
     }
     // What this session last sent, minus the cluster spec's TOML: that follows
@@ -164,6 +177,26 @@ async fn drive(
             changed = spec_rx.changed() => {
                 if changed.is_err() {
                     break;
+                }
+                // A CA rotation's step: the new bundle, and a renewal when the
+                // CA that signed this session's certificate no longer signs.
+                let (trust, ca) = {
+                    let state = spec_rx.borrow();
+                    (state.trust_generation, state.ca_generation)
+                };
+                if trust != trust_seen {
+                    trust_seen = trust;
+                    if tx.send(trust_message(&c)).await.is_err() {
+                        break;
+                    }
+                }
+                if ca != ca_seen {
+                    ca_seen = ca;
+                    renewal_asked = true;
+                    tracing::info!(node = %node.name, "the CA changed: asking the node to renew its certificate");
+                    if tx.send(Ok(renewal::renew_message())).await.is_err() {
+                        break;
+                    }
                 }
                 // Most changes (another node's rollout phase, a secret this
                 // node does not use) leave this node's spec as it was.

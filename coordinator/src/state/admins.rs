@@ -100,11 +100,36 @@ impl Coordinator {
         if self.admins.all().iter().any(|a| a.name == name && !a.is_revoked()) {
             return Err(AdminWriteError::NameTaken(name.to_owned()).into());
         }
-        let (pem, der) = self.ca.sign_admin_csr(csr_der, name)?;
+        let (pem, der) = self.ca().sign_admin_csr(csr_der, name)?;
         let record = admins::record_for(&der, by, self.now())?;
         self.store.create_admin(&record)?;
         self.admins.put(record.clone());
         Ok((record, pem))
+    }
+
+    /// Signs `csr_der` as `name`'s next certificate (by the current CA) and
+    /// registers it in place of the valid certificate `old`. `None` when `old`
+    /// is no longer valid. Blocking (store write).
+    pub(crate) fn renew_admin(
+        &self,
+        name: &str,
+        old: &str,
+        csr_der: &[u8],
+    ) -> Result<Option<(AdminRecord, String)>, CreateAdminError> {
+        let _guard = self.admins.write.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.admins.all().iter().any(|a| a.fingerprint == old && a.name == name && !a.is_revoked()) {
+            return Ok(None);
+        }
+        let (pem, der) = self.ca().sign_admin_csr(csr_der, name)?;
+        let record = admins::record_for(&der, name, self.now())?;
+        let Some(revoked) =
+            self.store.replace_admin(old, &record, self.now()).map_err(AdminWriteError::Store)?
+        else {
+            return Ok(None);
+        };
+        self.admins.put(revoked);
+        self.admins.put(record.clone());
+        Ok(Some((record, pem)))
     }
 
     /// Revokes the admin `name`: from the next request on, its certificate is

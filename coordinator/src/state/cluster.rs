@@ -70,6 +70,12 @@ pub struct ClusterState {
     pub secrets: Arc<BTreeMap<String, SecretRecord>>,
     /// The latest rollout; it pins each node's K3s version.
     pub rollout: Option<Arc<Published>>,
+    /// Bumped when the CAs nodes should trust change (a CA rotation's steps):
+    /// every session sends the new bundle.
+    pub trust_generation: u64,
+    /// Bumped when the signing CA changes: every session whose certificate the
+    /// old CA signed asks its node to renew.
+    pub ca_generation: u64,
 }
 
 impl ClusterState {

@@ -41,7 +41,8 @@ use sessions::Sessions;
 /// Shared state of a running coordinator.
 pub struct Coordinator {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) ca: Ca,
+    /// The signing CA and what else is trusted; replaced by a CA rotation.
+    trust: std::sync::RwLock<Arc<Trust>>,
     /// Wall-clock time for every decision that depends on the date: token
     /// expiry, the key vault's last-seen times, rollout timeouts and windows.
     clock: Arc<dyn Clock>,
@@ -61,6 +62,8 @@ pub struct Coordinator {
     pub(crate) drains: DrainBook,
     /// Sealing keys and the K3s token, encrypted at rest.
     pub(crate) vault: Vault,
+    /// Wakes the certificate keeper (`tls::keep_current`).
+    pub(crate) certs_kick: Notify,
     /// Wakes the recovery drill (a new key reached the vault).
     pub(crate) drill_kick: Notify,
     /// Where the drill writes the deploy key for git, for the moment git runs.
@@ -69,10 +72,37 @@ pub struct Coordinator {
     admins: admins::Admins,
 }
 
+/// The signing CA with the rest of what is trusted, swapped as one.
+#[derive(Debug)]
+struct Trust {
+    ca: Ca,
+    rotation: Option<crate::datadir::ca_rotation::Rotation>,
+    bundle_pem: String,
+}
+
+impl Trust {
+    fn new(ca: Ca, rotation: Option<crate::datadir::ca_rotation::Rotation>) -> Self {
+        let bundle_pem = crate::datadir::ca_rotation::bundle(ca.cert_pem(), rotation.as_ref());
+        Self { ca, rotation, bundle_pem }
+    }
+}
+
+/// The CA in use at the moment [`Coordinator::ca`] was called; a rotation
+/// replaces it for later callers.
+#[derive(Debug, Clone)]
+pub struct CaRef(Arc<Trust>);
+
+impl std::ops::Deref for CaRef {
+    type Target = Ca;
+    fn deref(&self) -> &Ca {
+        &self.0.ca
+    }
+}
+
 impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Coordinator")
-            .field("ca", &self.ca)
+            .field("ca", &*self.ca())
             .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
@@ -136,13 +166,15 @@ impl Coordinator {
         }
         Ok(Arc::new(Self {
             store,
-            ca,
+            trust: std::sync::RwLock::new(Arc::new(Trust::new(ca, None))),
             clock,
             cluster: watch::Sender::new(ClusterState {
                 spec: Arc::new(spec),
                 k3s,
                 secrets: Arc::new(secrets),
                 rollout,
+                trust_generation: 0,
+                ca_generation: 0,
             }),
             k3s_lock: Mutex::new(()),
             sessions: Sessions::default(),
@@ -152,13 +184,62 @@ impl Coordinator {
             drains: DrainBook::default(),
             vault,
             drill_kick: Notify::new(),
+            certs_kick: Notify::new(),
             drill_scratch: Mutex::new(std::env::temp_dir()),
             admins,
         }))
     }
 
-    pub fn ca(&self) -> &Ca {
-        &self.ca
+    /// The CA that signs now.
+    pub fn ca(&self) -> CaRef {
+        CaRef(self.trust.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// The CA certificates nodes and admins should trust (PEM), the signing CA first.
+    pub fn trust_bundle(&self) -> String {
+        self.trust.read().unwrap_or_else(|p| p.into_inner()).bundle_pem.clone()
+    }
+
+    /// Looks at the data directory's certificates and CA now instead of at the
+    /// next minute (SIGHUP; after `certs rotate` or `certs rotate-ca`).
+    pub fn check_certificates_now(&self) {
+        self.certs_kick.notify_one();
+    }
+
+    /// Whether `fingerprint` is the previous CA's, during a CA rotation.
+    pub fn pins_previous_ca(&self, fingerprint: &str) -> bool {
+        self.rotation().is_some_and(|r| {
+            crate::pki::pem_to_der(&r.previous_ca_pem)
+                .is_some_and(|d| crate::pki::fingerprint(&d) == fingerprint)
+        })
+    }
+
+    /// The CA rotation under way, if one is.
+    pub fn rotation(&self) -> Option<crate::datadir::ca_rotation::Rotation> {
+        self.trust.read().unwrap_or_else(|p| p.into_inner()).rotation.clone()
+    }
+
+    /// Puts a CA (and rotation state) read from the data directory in use: a new
+    /// signing CA makes every session of a node on the old CA ask for a renewal,
+    /// a changed bundle is sent to every session. Nothing when both are as they were.
+    pub fn set_trust(&self, ca: Ca, rotation: Option<crate::datadir::ca_rotation::Rotation>) -> bool {
+        let next = Trust::new(ca, rotation);
+        let (ca_changed, bundle_changed) = {
+            let mut current = self.trust.write().unwrap_or_else(|p| p.into_inner());
+            let ca_changed = current.ca.cert_pem() != next.ca.cert_pem();
+            let bundle_changed = current.bundle_pem != next.bundle_pem || current.rotation != next.rotation;
+            if ca_changed || bundle_changed {
+                *current = Arc::new(next);
+            }
+            (ca_changed, bundle_changed)
+        };
+        if ca_changed || bundle_changed {
+            self.cluster.send_modify(|s| {
+                s.trust_generation += 1;
+                s.ca_generation += u64::from(ca_changed);
+            });
+        }
+        ca_changed || bundle_changed
     }
 
     /// Where the recovery drill puts the deploy key while git runs (a fresh 0700
@@ -284,7 +365,7 @@ impl Coordinator {
         role: Role,
         labels: BTreeMap<String, String>,
     ) -> Result<(JoinToken, TokenRecord), StoreError> {
-        let token = JoinToken::generate(&self.ca.fingerprint());
+        let token = JoinToken::generate(&self.ca().fingerprint());
         let now = self.now();
         let record = TokenRecord {
             id: token.id.clone(),

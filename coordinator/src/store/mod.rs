@@ -91,6 +91,10 @@ pub struct NodeRecord {
     /// (records from before it was kept, until the node's next session).
     #[serde(default)]
     pub certificate_not_after_unix: i64,
+    /// Common name of the CA that issued the current certificate; empty when not
+    /// known (records from before CA rotation, until the node's next session).
+    #[serde(default)]
+    pub certificate_issuer: String,
 }
 
 #[cfg(test)]
@@ -119,6 +123,7 @@ impl NodeRecord {
             k3s_failure: String::new(),
             pending_certificate_sha256: String::new(),
             certificate_not_after_unix: 0,
+            certificate_issuer: String::new(),
         }
     }
 }
@@ -346,6 +351,10 @@ pub struct AdminRecord {
     /// `data-dir` for one made with `coordinator admin create --data-dir`.
     #[serde(default)]
     pub created_by: String,
+    /// Common name of the CA that issued it; empty in records from before CA
+    /// rotation (the first CA issued those).
+    #[serde(default)]
+    pub issuer: String,
 }
 
 impl AdminRecord {
@@ -440,6 +449,8 @@ pub struct SignedCertificate {
     pub sha256: String,
     /// Its NotAfter (Unix seconds), kept in the node's record for `certs status`.
     pub not_after_unix: i64,
+    /// The CA that signed it (common name).
+    pub issuer: String,
 }
 
 /// What [`Store::enroll`] stored.
@@ -552,6 +563,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// `allow_last`, refuses when no other valid admin would remain. One
     /// transaction, so two revocations at once cannot remove the last two admins.
     fn revoke_admin(&self, name: &str, now: i64, allow_last: bool) -> Result<AdminRevocation, StoreError>;
+    /// Registers `new` and revokes the valid admin with fingerprint `old` (of
+    /// the same name) at `now`, in one transaction: an admin's renewal never
+    /// leaves two valid certificates of one name, nor none. `None` when `old` is
+    /// not a valid admin (revoked meanwhile).
+    fn replace_admin(
+        &self,
+        old: &str,
+        new: &AdminRecord,
+        now: i64,
+    ) -> Result<Option<AdminRecord>, StoreError>;
 
     fn append_event(&self, unix: i64, kind: &str, subject: &str, message: &str) -> Result<u64, StoreError> {
         self.append_events(&[NewEvent {

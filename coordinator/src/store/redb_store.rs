@@ -403,6 +403,7 @@ impl Store for RedbStore {
                 let certificate = sign(&enrolled.id)?;
                 enrolled.certificate_sha256 = certificate.sha256.clone();
                 enrolled.certificate_not_after_unix = certificate.not_after_unix;
+                enrolled.certificate_issuer = certificate.issuer.clone();
                 enrolled.pending_certificate_sha256 = String::new();
                 nodes.insert(enrolled.id.as_str(), encode(&enrolled).as_slice()).map_err(engine)?;
                 node = enrolled;
@@ -417,6 +418,7 @@ impl Store for RedbStore {
                 let certificate = sign(&node.id)?;
                 node.certificate_sha256 = certificate.sha256.clone();
                 node.certificate_not_after_unix = certificate.not_after_unix;
+                node.certificate_issuer = certificate.issuer.clone();
                 token_rec.uses_consumed += 1;
                 node.token_id = token_rec.id.clone();
                 node.role = token_rec.role;
@@ -675,6 +677,15 @@ impl Store for RedbStore {
 
     fn revoke_admin(&self, name: &str, now: i64, allow_last: bool) -> Result<AdminRevocation, StoreError> {
         self.revoke_admin_named(name, now, allow_last)
+    }
+
+    fn replace_admin(
+        &self,
+        old: &str,
+        new: &AdminRecord,
+        now: i64,
+    ) -> Result<Option<AdminRecord>, StoreError> {
+        self.replace_admin_record(old, new, now)
     }
 
     fn remove_vault_item(&self, id: &str, keep: Option<&VaultRecord>) -> Result<(), StoreError> {

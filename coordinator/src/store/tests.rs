@@ -44,6 +44,7 @@ fn enroll_key(
             pem: format!("cert {n} for {id}"),
             sha256: format!("sha-{n}"),
             not_after_unix: 0,
+            issuer: String::new(),
         })
     };
     store.enroll(token, 1, key, node, &sign)

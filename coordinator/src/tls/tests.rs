@@ -90,9 +90,9 @@ async fn the_server_certificate_is_renewed_when_a_third_remains_and_open_connect
 
     // Valid for an hour: renewed once 20 minutes remain, 40 minutes from issue.
     clock.advance(Duration::from_secs(40 * 60 - 60));
-    assert_eq!(acceptor.check(&ca).unwrap(), CheckOutcome::Unchanged);
+    assert_eq!(acceptor.check(&ca, None).unwrap(), CheckOutcome::Unchanged);
     clock.advance(Duration::from_secs(120));
-    let CheckOutcome::Renewed { fingerprint, not_after_unix } = acceptor.check(&ca).unwrap() else {
+    let CheckOutcome::Renewed { fingerprint, not_after_unix } = acceptor.check(&ca, None).unwrap() else {
         panic!("not renewed")
     };
     assert_ne!(fingerprint, first);
@@ -108,7 +108,11 @@ async fn the_server_certificate_is_renewed_when_a_third_remains_and_open_connect
     let (_new, seen) = connect(addr, ca.cert_pem()).await;
     assert_eq!(seen, fingerprint);
     assert_eq!(echo(&mut open, b"still here").await, b"still here");
-    assert_eq!(acceptor.check(&ca).unwrap(), CheckOutcome::Unchanged, "renewed once, not at every check");
+    assert_eq!(
+        acceptor.check(&ca, None).unwrap(),
+        CheckOutcome::Unchanged,
+        "renewed once, not at every check"
+    );
 }
 
 #[tokio::test]
@@ -123,11 +127,14 @@ async fn a_certificate_rotated_on_disk_is_taken_up_and_a_half_written_pair_is_no
     let config = datadir::load_config(&dir).unwrap();
     let next = ca.issue_server(&config.name, &config.sans).unwrap();
     std::fs::write(dir.join(datadir::SERVER_KEY), &next.key_pem).unwrap();
-    assert_eq!(acceptor.check(&ca).unwrap(), CheckOutcome::Unchanged);
+    assert_eq!(acceptor.check(&ca, None).unwrap(), CheckOutcome::Unchanged);
     assert_eq!(connect(addr, ca.cert_pem()).await.1, first);
 
     std::fs::write(dir.join(datadir::SERVER_CERT), &next.cert_pem).unwrap();
     let fingerprint = pki::fingerprint(&next.cert_der);
-    assert_eq!(acceptor.check(&ca).unwrap(), CheckOutcome::Reloaded { fingerprint: fingerprint.clone() });
+    assert_eq!(
+        acceptor.check(&ca, None).unwrap(),
+        CheckOutcome::Reloaded { fingerprint: fingerprint.clone() }
+    );
     assert_eq!(connect(addr, ca.cert_pem()).await.1, fingerprint);
 }

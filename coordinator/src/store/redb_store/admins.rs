@@ -44,6 +44,37 @@ impl RedbStore {
         Ok(inserted)
     }
 
+    pub(super) fn replace_admin_record(
+        &self,
+        old: &str,
+        new: &AdminRecord,
+        now: i64,
+    ) -> Result<Option<AdminRecord>, StoreError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        let revoked = {
+            let mut table = txn.open_table(ADMINS).map_err(engine)?;
+            let current = match table.get(old).map_err(engine)? {
+                Some(v) => Some(decode::<AdminRecord>(old, v.value())?),
+                None => None,
+            };
+            match current {
+                Some(mut record) if !record.is_revoked() && record.name == new.name => {
+                    record.revoked_unix = now.max(1);
+                    table.insert(old, encode(&record).as_slice()).map_err(engine)?;
+                    table.insert(new.fingerprint.as_str(), encode(new).as_slice()).map_err(engine)?;
+                    Some(record)
+                }
+                _ => None,
+            }
+        };
+        if revoked.is_some() {
+            txn.commit().map_err(engine)?;
+        } else {
+            txn.abort().map_err(engine)?;
+        }
+        Ok(revoked)
+    }
+
     pub(super) fn revoke_admin_named(
         &self,
         name: &str,
@@ -89,6 +120,7 @@ mod tests {
             expires_unix: created + 1000,
             revoked_unix: 0,
             created_by: String::new(),
+            issuer: String::new(),
         }
     }
 
