@@ -38,6 +38,8 @@ struct CertView {
     not_after: String,
     /// `ok`, `expiring` (within `--within`), `expired` or `unknown`.
     state: &'static str,
+    /// The CA that issued it (common name); empty when not known.
+    issuer: String,
 }
 
 fn view(kind: &'static str, name: String, fingerprint: String, not_after_unix: i64) -> CertView {
@@ -48,13 +50,16 @@ fn view(kind: &'static str, name: String, fingerprint: String, not_after_unix: i
         not_after_unix,
         not_after: pki::format_unix(not_after_unix),
         state: "",
+        issuer: String::new(),
     }
 }
 
 fn from_pem(kind: &'static str, name: &str, pem: &str) -> anyhow::Result<CertView> {
     let der = pki::pem_to_der(pem).with_context(|| format!("the {kind} certificate is not PEM"))?;
     let validity = pki::validity(&der).with_context(|| format!("the {kind} certificate"))?;
-    Ok(view(kind, name.to_owned(), pki::fingerprint(&der), validity.not_after_unix))
+    let mut v = view(kind, name.to_owned(), pki::fingerprint(&der), validity.not_after_unix);
+    v.issuer = pki::issuer_text(&der).unwrap_or_default();
+    Ok(v)
 }
 
 fn now_unix() -> i64 {
@@ -85,10 +90,11 @@ fn judge(certs: &mut [CertView], now: i64, within: Duration) -> bool {
 
 async fn status(data_dir: &Path, within: Duration, output: Output) -> anyhow::Result<ExitCode> {
     let dir = datadir::load(data_dir)?;
-    let mut certs = vec![
-        from_pem("ca", &dir.config.name, dir.ca.cert_pem())?,
-        from_pem("server", &dir.config.sans.join(","), &dir.server_cert_pem)?,
-    ];
+    let mut certs = vec![from_pem("ca", &dir.config.name, dir.ca.cert_pem())?];
+    if let Some(r) = &dir.rotation {
+        certs.push(from_pem("previous-ca", &dir.config.name, &r.previous_ca_pem)?);
+    }
+    certs.push(from_pem("server", &dir.config.sans.join(","), &dir.server_cert_pem)?);
     let admin_path = dir.path.join(datadir::ADMIN_FILE);
     if admin_path.exists() {
         let admin = datadir::load_admin_config(&admin_path)?;
@@ -96,7 +102,17 @@ async fn status(data_dir: &Path, within: Duration, output: Output) -> anyhow::Re
     }
     for node in nodes(&dir).await? {
         let fingerprint = node.certificate_sha256.clone();
-        certs.push(view("node", node.name, fingerprint, node.certificate_not_after_unix));
+        let mut v = view("node", node.name, fingerprint, node.certificate_not_after_unix);
+        v.issuer = node.certificate_issuer;
+        certs.push(v);
+    }
+    if dir.rotation.is_some() {
+        let current = dir.ca.subject();
+        let behind =
+            certs.iter().filter(|c| matches!(c.kind, "node" | "admin") && c.issuer != current).count();
+        eprintln!(
+            "A CA rotation is under way: {current} signs; {behind} node or admin certificate(s) are still the previous CA's. `certs rotate-ca --finish` once none are."
+        );
     }
     let alarm = judge(&mut certs, now_unix(), within);
     match output {
@@ -106,10 +122,11 @@ async fn status(data_dir: &Path, within: Duration, output: Output) -> anyhow::Re
                 .iter()
                 .map(|c| {
                     let short = c.fingerprint.get(..16).unwrap_or(&c.fingerprint).to_owned();
-                    vec![c.kind.into(), c.name.clone(), c.not_after.clone(), c.state.into(), short]
+                    let issuer = if c.issuer.is_empty() { "-".to_owned() } else { c.issuer.clone() };
+                    vec![c.kind.into(), c.name.clone(), c.not_after.clone(), c.state.into(), short, issuer]
                 })
                 .collect();
-            super::admin::print_table(&["KIND", "NAME", "EXPIRES", "STATE", "FINGERPRINT"], &rows);
+            super::admin::print_table(&["KIND", "NAME", "EXPIRES", "STATE", "FINGERPRINT", "ISSUER"], &rows);
         }
     }
     Ok(if alarm { ExitCode::from(1) } else { ExitCode::SUCCESS })
