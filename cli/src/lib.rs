@@ -8,6 +8,7 @@
 mod admin;
 mod admins;
 mod certs;
+mod completions;
 mod coordinator;
 mod inventory;
 mod k3s;
@@ -121,6 +122,13 @@ pub enum Command {
     /// units that need a media mount; exits 1 with the reason on timeout.
     #[command(after_help = mount::WAIT_MOUNT_HELP)]
     WaitMount(mount::WaitMountArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...) on standard output.
+    #[command(after_help = completions::COMPLETIONS_HELP)]
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages, one per command, into a directory (what the Debian
+    /// package ships).
+    #[command(hide = true)]
+    Man(completions::ManArgs),
 }
 
 const INVENTORY_HELP: &str = "\
@@ -593,6 +601,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::WaitMount(args) => mount::wait_mount(&root, args).await,
         Command::Recover(args) => recover::run(args).await,
         Command::Keys(cmd) => keys::run(cmd).await,
+        Command::Completions(args) => completions::completions(&args),
+        Command::Man(args) => completions::man(&args),
     }
 }
 
