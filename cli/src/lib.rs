@@ -6,6 +6,7 @@
 //! tests call it too.
 
 mod admin;
+pub mod admin_errors;
 mod admins;
 mod certs;
 mod completions;
@@ -504,8 +505,8 @@ pub enum SecretCommand {
     Set {
         /// `[a-z0-9-]`, as referred to by the spec.
         name: String,
-        /// Read the value from this file (default: standard input). One trailing
-        /// newline is dropped.
+        /// Read the value from this file (`-` or nothing: standard input). One
+        /// trailing newline is dropped.
         #[arg(long)]
         from_file: Option<PathBuf>,
         #[command(flatten)]
