@@ -1,0 +1,311 @@
+//! The Debian package, end to end: `packaging/build-deb` (cargo-deb) packages the built
+//! binary; the archive is checked with `dpkg-deb` (binary, both units installed and not
+//! enabled, a man page for every command, bash/zsh/fish completions, modes and owners,
+//! maintainer scripts); then it is installed with `dpkg -i` into a real-systemd test
+//! node: no service starts, the coordinator unit starts once initialised and answers an
+//! admin command, reinstalling (an upgrade) restarts the running unit, `dpkg -r` keeps
+//! the state, `dpkg -P` deletes it.
+//!
+//! Needs root, the test-node prerequisites, a built binary (`cargo build -p elysium-node`)
+//! and cargo-deb under target/tools (tests/run installs it; or `$CARGO_DEB`). The test
+//! packages the debug binary (stripped with `--strip`) and never runs cargo's build itself:
+//! `CARGO_TARGET_DIR` points cargo-deb at a staging directory holding that binary as
+//! `release/elysium-node`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use elysium_tests::e2e::{self, describe};
+use elysium_tests::testnode::{self, NodeOptions, TestNet, TestNode};
+
+const UNITS: [&str; 2] = ["elysium-node.service", "elysium-coordinator.service"];
+const DEB_IN_NODE: &str = "/root/elysium-node.deb";
+const COORD_DIR: &str = "/var/lib/elysium-coordinator";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cargo_deb() -> Result<PathBuf> {
+    let path = match std::env::var_os("CARGO_DEB") {
+        Some(p) => PathBuf::from(p),
+        None => workspace().join("target/tools/bin/cargo-deb"),
+    };
+    ensure!(
+        path.is_file(),
+        "cargo-deb is missing at {}: run tests/run (it installs cargo-deb into target/tools) or set CARGO_DEB",
+        path.display()
+    );
+    Ok(fs::canonicalize(path)?)
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    ensure!(out.status.success(), "{cmd:?} failed: {}", describe(&out));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One line of `dpkg-deb --contents`: `-rw-r--r-- 0/0 1234 2026-01-01 00:00 ./usr/bin/x`.
+#[derive(Debug)]
+struct Entry {
+    mode: String,
+    owner: String,
+    path: String,
+}
+
+fn contents(deb: &Path) -> Result<Vec<Entry>> {
+    let text = run(Command::new("dpkg-deb").arg("--contents").arg(deb))?;
+    text.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            ensure!(f.len() >= 6, "unexpected dpkg-deb --contents line: {l:?}");
+            let path = f[5].trim_start_matches('.').to_owned();
+            Ok(Entry { mode: f[0].to_owned(), owner: f[1].to_owned(), path })
+        })
+        .collect()
+}
+
+#[test]
+fn debian_package_contents_install_remove_purge() {
+    testnode::preflight().unwrap_or_else(|e| panic!("{e:#}"));
+    let bin = e2e::node_binary().unwrap_or_else(|e| panic!("{e:#}"));
+    let cargo_deb = cargo_deb().unwrap_or_else(|e| panic!("{e:#}"));
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let started = Instant::now();
+    let step = |what: &str| println!("[{:>6.1}s] {what}", started.elapsed().as_secs_f64());
+
+    let deb = build(&bin, &cargo_deb, tmp.path()).unwrap_or_else(|e| panic!("{e:#}"));
+    step(&format!("built {}", deb.display()));
+    check_archive(&bin, &deb, tmp.path()).unwrap_or_else(|e| panic!("{e:#}"));
+    step("archive contents, modes, units and maintainer scripts checked");
+
+    let net = TestNet::new().unwrap_or_else(|e| panic!("{e:#}"));
+    let node = net.boot(NodeOptions::new("pkg1")).unwrap_or_else(|e| panic!("{e:#}"));
+    step(&format!("pkg1 booted at {}", node.addr()));
+    if let Err(e) = install_cycle(&node, &deb, &step) {
+        for unit in UNITS {
+            eprintln!("===== journal of {unit} in pkg1 =====\n{}", node.journal(unit));
+        }
+        panic!("package install cycle failed after {:.1?}: {e:#}", started.elapsed());
+    }
+}
+
+/// `packaging/build-deb --no-build` on a staging target directory holding the binary.
+fn build(bin: &Path, cargo_deb: &Path, dir: &Path) -> Result<PathBuf> {
+    let stage = dir.join("target");
+    fs::create_dir_all(stage.join("release"))?;
+    let staged = stage.join("release/elysium-node");
+    if fs::hard_link(bin, &staged).is_err() {
+        fs::copy(bin, &staged)?;
+    }
+    let out_dir = dir.join("debian");
+    let stdout = run(Command::new(workspace().join("packaging/build-deb"))
+        // --strip: the release profile strips already, the staged debug binary is not.
+        .args(["--no-build", "--fast", "--strip", "--output"])
+        .arg(&out_dir)
+        .env("CARGO_TARGET_DIR", &stage)
+        .env("CARGO_DEB", cargo_deb))?;
+    let deb = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    ensure!(
+        deb.starts_with(&out_dir) && deb.extension().is_some_and(|e| e == "deb") && deb.is_file(),
+        "build-deb did not print the .deb it wrote: {stdout:?}"
+    );
+    Ok(deb)
+}
+
+fn check_archive(bin: &Path, deb: &Path, dir: &Path) -> Result<()> {
+    let info = run(Command::new("dpkg-deb").arg("--info").arg(deb))?;
+    for field in [" Package: elysium-node", " Architecture: amd64", " Section: admin"] {
+        ensure!(info.lines().any(|l| l == field), "control lacks {field:?}:\n{info}");
+    }
+    let depends = info.lines().find(|l| l.starts_with(" Depends:")).context("no Depends")?;
+    ensure!(depends.contains("libc6") && depends.contains("systemd"), "{depends}");
+    for script in ["postinst", "prerm", "postrm"] {
+        let listed =
+            info.lines().any(|l| l.split_whitespace().any(|w| w == script) && l.contains("#!/bin/sh"));
+        ensure!(listed, "no {script} in:\n{info}");
+    }
+    ensure!(!info.contains("conffiles"), "the package ships conffiles: {info}");
+
+    let entries = contents(deb)?;
+    let find = |path: &str| entries.iter().find(|e| e.path == path);
+    for e in &entries {
+        ensure!(e.owner == "0/0" || e.owner == "root/root", "{} is owned by {}", e.path, e.owner);
+        ensure!(!e.path.starts_with("/usr/local") && !e.path.starts_with("/etc"), "{} is installed", e.path);
+        let m = e.mode.as_bytes();
+        ensure!(
+            m.len() == 10 && m[5] != b'w' && m[8] != b'w',
+            "{} is writable by group or others: {}",
+            e.path,
+            e.mode
+        );
+    }
+    let binary = find("/usr/bin/elysium-node").context("no /usr/bin/elysium-node")?;
+    ensure!(binary.mode == "-rwxr-xr-x", "/usr/bin/elysium-node is {}", binary.mode);
+    for unit in UNITS {
+        let path = format!("/usr/lib/systemd/system/{unit}");
+        let e = find(&path).with_context(|| format!("no {path}"))?;
+        ensure!(e.mode == "-rw-r--r--", "{path} is {}", e.mode);
+        // Installed, not enabled: no link into a .wants directory.
+        ensure!(
+            !entries.iter().any(|x| x.path.contains(".wants/") || x.path.contains(".requires/")),
+            "a unit is enabled"
+        );
+    }
+
+    // A man page for every command the binary has.
+    let pages = dir.join("man");
+    run(Command::new(bin).args(["man", "--out"]).arg(&pages))?;
+    let mut want: Vec<String> = fs::read_dir(&pages)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    want.sort();
+    ensure!(want.len() > 40 && want.contains(&"elysium-node-join.1".to_owned()), "{want:?}");
+    for page in &want {
+        let path = format!("/usr/share/man/man1/{page}.gz");
+        let e = find(&path).with_context(|| format!("no {path}"))?;
+        ensure!(e.mode == "-rw-r--r--", "{path} is {}", e.mode);
+    }
+    for path in [
+        "/usr/share/bash-completion/completions/elysium-node",
+        "/usr/share/zsh/vendor-completions/_elysium-node",
+        "/usr/share/fish/vendor_completions.d/elysium-node.fish",
+        "/usr/share/doc/elysium-node/copyright",
+    ] {
+        let e = find(path).with_context(|| format!("no {path}"))?;
+        ensure!(e.mode == "-rw-r--r--", "{path} is {}", e.mode);
+    }
+
+    // What is in those files.
+    let root = dir.join("extracted");
+    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root))?;
+    for unit in UNITS {
+        let text = fs::read_to_string(root.join("usr/lib/systemd/system").join(unit))?;
+        let exec = text.lines().find(|l| l.starts_with("ExecStart=")).context("no ExecStart")?;
+        ensure!(exec.starts_with("ExecStart=/usr/bin/elysium-node "), "{unit}: {exec}");
+    }
+    let gz = root.join("usr/share/man/man1/elysium-node-secret-set.1.gz");
+    let page = run(Command::new("gzip").arg("-dc").arg(&gz))?;
+    ensure!(page.lines().any(|l| l.starts_with(".TH elysium-node-secret-set 1")), "not a roff page: {page}");
+    let bash = fs::read_to_string(root.join("usr/share/bash-completion/completions/elysium-node"))?;
+    for word in ["join", "coordinator", "completions", "--token-file"] {
+        ensure!(bash.contains(word), "bash completion lacks {word}");
+    }
+    let packaged = root.join("usr/bin/elysium-node");
+    let version = run(Command::new(&packaged).arg("--version"))?;
+    ensure!(version.starts_with("elysium-node "), "{version}");
+
+    // Maintainer scripts: valid sh; nothing enables or starts a unit.
+    let control = dir.join("control");
+    run(Command::new("dpkg-deb").arg("-e").arg(deb).arg(&control))?;
+    for script in ["postinst", "prerm", "postrm"] {
+        let path = control.join(script);
+        let mode = fs::metadata(&path)?.permissions().mode() & 0o777;
+        ensure!(mode == 0o755, "{script} has mode {mode:o}");
+        run(Command::new("sh").arg("-n").arg(&path))?;
+        // Commands only: comments may name what the script does not do.
+        let text: String = fs::read_to_string(&path)?
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        for forbidden in
+            ["systemctl enable", "systemctl start", "deb-systemd-invoke start", "systemctl restart"]
+        {
+            ensure!(!text.contains(forbidden), "{script} runs `{forbidden}`");
+        }
+    }
+    Ok(())
+}
+
+fn mode(node: &TestNode, path: &str) -> Result<u32> {
+    let p = node.root().join(path.trim_start_matches('/'));
+    Ok(fs::metadata(&p).with_context(|| format!("{path} in {}", node.name()))?.permissions().mode() & 0o7777)
+}
+
+fn exists(node: &TestNode, path: &str) -> bool {
+    node.root().join(path.trim_start_matches('/')).symlink_metadata().is_ok()
+}
+
+fn main_pid(node: &TestNode, unit: &str) -> Result<u32> {
+    let out = node.exec_ok(&["systemctl", "show", "-p", "MainPID", "--value", unit])?;
+    out.trim().parse().with_context(|| format!("MainPID of {unit}: {out:?}"))
+}
+
+fn install_cycle(node: &TestNode, deb: &Path, step: &dyn Fn(&str)) -> Result<()> {
+    fs::copy(deb, node.root().join(DEB_IN_NODE.trim_start_matches('/')))?;
+    node.exec_ok(&["dpkg", "-i", DEB_IN_NODE])?;
+    step("dpkg -i");
+    ensure!(exists(node, "/usr/bin/elysium-node"), "no /usr/bin/elysium-node after install");
+    for unit in UNITS {
+        let enabled =
+            String::from_utf8_lossy(&node.exec(&["systemctl", "is-enabled", unit])?.stdout).trim().to_owned();
+        ensure!(enabled == "disabled", "{unit} is {enabled:?} after install, want disabled");
+        let active = node.systemctl_is_active(unit)?;
+        ensure!(active == "inactive", "{unit} is {active:?} after install, want inactive");
+    }
+    ensure!(
+        mode(node, "/var/lib/elysium")? == 0o700,
+        "/var/lib/elysium is {:o}",
+        mode(node, "/var/lib/elysium")?
+    );
+    ensure!(mode(node, "/etc/elysium")? == 0o755, "/etc/elysium is {:o}", mode(node, "/etc/elysium")?);
+    let status = node.exec_ok(&["dpkg-query", "-W", "-f", "${Status}", "elysium-node"])?;
+    ensure!(status == "install ok installed", "{status}");
+
+    // The coordinator, as README says: init, then the unit.
+    let addr = node.addr().to_string();
+    node.exec_ok(&["elysium-node", "coordinator", "init", "--data-dir", COORD_DIR, "--san", &addr])?;
+    node.exec_ok(&["systemctl", "start", "elysium-coordinator.service"])?;
+    let active = node.systemctl_is_active("elysium-coordinator.service")?;
+    ensure!(active == "active", "elysium-coordinator.service is {active:?} after start");
+    // DynamicUser=yes: systemd moved the state under /var/lib/private and chowned it.
+    ensure!(
+        exists(node, "/var/lib/private/elysium-coordinator/ca.key"),
+        "no coordinator state under /var/lib/private"
+    );
+    let admin = format!("{COORD_DIR}/admin.toml");
+    let nodes = node.exec_ok(&["elysium-node", "nodes", "--config", &admin])?;
+    ensure!(nodes.starts_with("NAME"), "`nodes` through the packaged coordinator: {nodes:?}");
+    step("coordinator initialised, started from its unit, answering");
+
+    // Reinstall (an upgrade): the running unit runs again, on the new binary.
+    let before = main_pid(node, "elysium-coordinator.service")?;
+    node.exec_ok(&["dpkg", "-i", DEB_IN_NODE])?;
+    let after = main_pid(node, "elysium-coordinator.service")?;
+    ensure!(after != 0 && after != before, "MainPID {before} -> {after}: not restarted on upgrade");
+    ensure!(node.systemctl_is_active("elysium-node.service")? == "inactive", "the upgrade started the agent");
+    step("upgrade restarted the running coordinator, left the agent stopped");
+
+    // Remove: services stopped, files gone, state kept.
+    node.exec_ok(&["dpkg", "-r", "elysium-node"])?;
+    ensure!(
+        node.systemctl_is_active("elysium-coordinator.service")? != "active",
+        "coordinator still running after remove"
+    );
+    ensure!(!exists(node, "/usr/bin/elysium-node"), "/usr/bin/elysium-node survived remove");
+    ensure!(!exists(node, "/usr/lib/systemd/system/elysium-coordinator.service"), "unit survived remove");
+    for kept in ["/var/lib/private/elysium-coordinator/ca.key", "/var/lib/elysium", "/etc/elysium"] {
+        ensure!(exists(node, kept), "{kept} was deleted by remove");
+    }
+    let status = node.exec_ok(&["dpkg-query", "-W", "-f", "${Status}", "elysium-node"])?;
+    ensure!(status == "deinstall ok config-files", "after remove: {status}");
+    step("dpkg -r: stopped and removed, state kept");
+
+    // Purge: the state goes.
+    node.exec_ok(&["dpkg", "-P", "elysium-node"])?;
+    for gone in ["/var/lib/private/elysium-coordinator", COORD_DIR, "/var/lib/elysium", "/etc/elysium"] {
+        ensure!(!exists(node, gone), "{gone} survived purge");
+    }
+    let out = node.exec(&["dpkg-query", "-W", "-f", "${Status}", "elysium-node"])?;
+    let status = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() && !status.trim().is_empty() && !status.contains("not-installed") {
+        bail!("after purge: {status}");
+    }
+    step("dpkg -P: state deleted");
+    Ok(())
+}
