@@ -1,10 +1,10 @@
 //! The Debian package, end to end: `packaging/build-deb` (cargo-deb) packages the built
 //! binary; the archive is checked with `dpkg-deb` (binary, both units installed and not
 //! enabled, a man page for every command, bash/zsh/fish completions, modes and owners,
-//! maintainer scripts); then it is installed with `dpkg -i` into a real-systemd test
-//! node: no service starts, the coordinator unit starts once initialised and answers an
-//! admin command, reinstalling (an upgrade) restarts the running unit, `dpkg -r` keeps
-//! the state, `dpkg -P` deletes it.
+//! maintainer scripts); then it is installed with `dpkg -i` into two real-systemd test
+//! nodes: no service starts; on one the coordinator unit starts once initialised; the
+//! other joins it and runs the packaged agent unit; reinstalling (an upgrade) restarts
+//! the running units only; `dpkg -r` keeps the state, `dpkg -P` deletes it.
 //!
 //! Needs root, the test-node prerequisites, a built binary (`cargo build -p elysium-node`)
 //! and cargo-deb under target/tools (tests/run installs it; or `$CARGO_DEB`). The test
@@ -16,15 +16,19 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use elysium_tests::e2e::{self, describe};
 use elysium_tests::testnode::{self, NodeOptions, TestNet, TestNode};
 
 const UNITS: [&str; 2] = ["elysium-node.service", "elysium-coordinator.service"];
 const DEB_IN_NODE: &str = "/root/elysium-node.deb";
 const COORD_DIR: &str = "/var/lib/elysium-coordinator";
+/// The join token inside the agent node (0600; never on a command line).
+const TOKEN_FILE: &str = "/root/join-token";
+const JOIN_TIMEOUT: Duration = Duration::from_secs(90);
+const ONLINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -84,11 +88,14 @@ fn debian_package_contents_install_remove_purge() {
     step("archive contents, modes, units and maintainer scripts checked");
 
     let net = TestNet::new().unwrap_or_else(|e| panic!("{e:#}"));
-    let node = net.boot(NodeOptions::new("pkg1")).unwrap_or_else(|e| panic!("{e:#}"));
-    step(&format!("pkg1 booted at {}", node.addr()));
-    if let Err(e) = install_cycle(&node, &deb, &step) {
-        for unit in UNITS {
-            eprintln!("===== journal of {unit} in pkg1 =====\n{}", node.journal(unit));
+    let coord = net.boot(NodeOptions::new("pkg1")).unwrap_or_else(|e| panic!("{e:#}"));
+    let agent = net.boot(NodeOptions::new("pkg2")).unwrap_or_else(|e| panic!("{e:#}"));
+    step(&format!("pkg1 (coordinator) at {}, pkg2 (agent) at {} booted", coord.addr(), agent.addr()));
+    if let Err(e) = install_cycle(&coord, &agent, &deb, &step) {
+        for node in [&coord, &agent] {
+            for unit in UNITS {
+                eprintln!("===== journal of {unit} in {} =====\n{}", node.name(), node.journal(unit));
+            }
         }
         panic!("package install cycle failed after {:.1?}: {e:#}", started.elapsed());
     }
@@ -236,76 +243,151 @@ fn main_pid(node: &TestNode, unit: &str) -> Result<u32> {
     out.trim().parse().with_context(|| format!("MainPID of {unit}: {out:?}"))
 }
 
-fn install_cycle(node: &TestNode, deb: &Path, step: &dyn Fn(&str)) -> Result<()> {
+/// `dpkg -i` on a fresh node: files in place, state directories made, nothing enabled
+/// or started.
+fn install(node: &TestNode, deb: &Path) -> Result<()> {
     fs::copy(deb, node.root().join(DEB_IN_NODE.trim_start_matches('/')))?;
     node.exec_ok(&["dpkg", "-i", DEB_IN_NODE])?;
-    step("dpkg -i");
     ensure!(exists(node, "/usr/bin/elysium-node"), "no /usr/bin/elysium-node after install");
     for unit in UNITS {
-        let enabled =
-            String::from_utf8_lossy(&node.exec(&["systemctl", "is-enabled", unit])?.stdout).trim().to_owned();
+        let out = node.exec(&["systemctl", "is-enabled", unit])?;
+        let enabled = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         ensure!(enabled == "disabled", "{unit} is {enabled:?} after install, want disabled");
         let active = node.systemctl_is_active(unit)?;
         ensure!(active == "inactive", "{unit} is {active:?} after install, want inactive");
     }
-    ensure!(
-        mode(node, "/var/lib/elysium")? == 0o700,
-        "/var/lib/elysium is {:o}",
-        mode(node, "/var/lib/elysium")?
-    );
-    ensure!(mode(node, "/etc/elysium")? == 0o755, "/etc/elysium is {:o}", mode(node, "/etc/elysium")?);
-    let status = node.exec_ok(&["dpkg-query", "-W", "-f", "${Status}", "elysium-node"])?;
-    ensure!(status == "install ok installed", "{status}");
+    for (dir, want) in [("/var/lib/elysium", 0o700), ("/etc/elysium", 0o755)] {
+        let got = mode(node, dir)?;
+        ensure!(got == want, "{dir} is {got:o} after install, want {want:o}");
+    }
+    ensure!(dpkg_status(node)? == "install ok installed", "after install: {}", dpkg_status(node)?);
+    Ok(())
+}
+
+fn dpkg_status(node: &TestNode) -> Result<String> {
+    let out = node.exec(&["dpkg-query", "-W", "-f", "${Status}", "elysium-node"])?;
+    Ok(if out.status.success() {
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    } else {
+        String::new()
+    })
+}
+
+/// Polls the packaged coordinator on `coord` until `name` is listed with `online`.
+fn wait_online(coord: &TestNode, name: &str) -> Result<()> {
+    let admin = format!("{COORD_DIR}/admin.toml");
+    e2e::poll(&format!("{name} online at the packaged coordinator"), ONLINE_TIMEOUT, || {
+        let text = coord.exec_ok(&["elysium-node", "nodes", "-o", "json", "--config", &admin])?;
+        let nodes: serde_json::Value = serde_json::from_str(&text)?;
+        let online =
+            nodes.as_array().and_then(|l| l.iter().find(|n| n["name"] == name)).map(|n| n["online"] == true);
+        Ok((online == Some(true)).then_some(()))
+    })
+}
+
+fn install_cycle(coord: &TestNode, agent: &TestNode, deb: &Path, step: &dyn Fn(&str)) -> Result<()> {
+    install(coord, deb)?;
+    install(agent, deb)?;
+    step("dpkg -i on both: nothing enabled, nothing started");
 
     // The coordinator, as README says: init, then the unit.
-    let addr = node.addr().to_string();
-    node.exec_ok(&["elysium-node", "coordinator", "init", "--data-dir", COORD_DIR, "--san", &addr])?;
-    node.exec_ok(&["systemctl", "start", "elysium-coordinator.service"])?;
-    let active = node.systemctl_is_active("elysium-coordinator.service")?;
+    let addr = coord.addr().to_string();
+    coord.exec_ok(&["elysium-node", "coordinator", "init", "--data-dir", COORD_DIR, "--san", &addr])?;
+    coord.exec_ok(&["systemctl", "start", "elysium-coordinator.service"])?;
+    let active = coord.systemctl_is_active("elysium-coordinator.service")?;
     ensure!(active == "active", "elysium-coordinator.service is {active:?} after start");
-    // DynamicUser=yes: systemd moved the state under /var/lib/private and chowned it.
+    // DynamicUser=yes: systemd moved the state under /var/lib/private.
     ensure!(
-        exists(node, "/var/lib/private/elysium-coordinator/ca.key"),
+        exists(coord, "/var/lib/private/elysium-coordinator/ca.key"),
         "no coordinator state under /var/lib/private"
     );
-    let admin = format!("{COORD_DIR}/admin.toml");
-    let nodes = node.exec_ok(&["elysium-node", "nodes", "--config", &admin])?;
-    ensure!(nodes.starts_with("NAME"), "`nodes` through the packaged coordinator: {nodes:?}");
-    step("coordinator initialised, started from its unit, answering");
+    step("coordinator initialised and started from its packaged unit");
 
-    // Reinstall (an upgrade): the running unit runs again, on the new binary.
-    let before = main_pid(node, "elysium-coordinator.service")?;
-    node.exec_ok(&["dpkg", "-i", DEB_IN_NODE])?;
-    let after = main_pid(node, "elysium-coordinator.service")?;
-    ensure!(after != 0 && after != before, "MainPID {before} -> {after}: not restarted on upgrade");
-    ensure!(node.systemctl_is_active("elysium-node.service")? == "inactive", "the upgrade started the agent");
-    step("upgrade restarted the running coordinator, left the agent stopped");
+    // pkg2 joins it with the packaged binary: the packaged unit runs, no copy of its own.
+    let admin = format!("{COORD_DIR}/admin.toml");
+    let token = coord.exec_ok(&["elysium-node", "token", "create", "--config", &admin])?;
+    let token_file = agent.root().join(TOKEN_FILE.trim_start_matches('/'));
+    fs::write(&token_file, token.trim())?;
+    fs::set_permissions(&token_file, fs::Permissions::from_mode(0o600))?;
+    let url = format!("https://{addr}:7443");
+    let out = agent.exec_timeout(
+        &["elysium-node", "join", "--coordinator", &url, "--token-file", TOKEN_FILE],
+        JOIN_TIMEOUT,
+    )?;
+    ensure!(out.status.success(), "join on pkg2 failed: {}", describe(&out));
+    ensure!(
+        agent.systemctl_is_active("elysium-node.service")? == "active",
+        "the agent is not running after join"
+    );
+    let fragment =
+        agent.exec_ok(&["systemctl", "show", "-p", "FragmentPath", "--value", "elysium-node.service"])?;
+    ensure!(
+        fragment.trim().ends_with("lib/systemd/system/elysium-node.service"),
+        "the agent runs from {fragment:?}"
+    );
+    for shadow in ["/usr/local/bin/elysium-node", "/etc/systemd/system/elysium-node.service"] {
+        ensure!(!exists(agent, shadow), "join installed {shadow} over the package");
+    }
+    wait_online(coord, "pkg2")?;
+    step("pkg2 joined the packaged coordinator; its packaged agent is online");
+
+    // Reinstall (an upgrade): running units run again, on the new binary; stopped ones stay stopped.
+    for (node, unit, stopped) in [
+        (coord, "elysium-coordinator.service", "elysium-node.service"),
+        (agent, "elysium-node.service", "elysium-coordinator.service"),
+    ] {
+        let before = main_pid(node, unit)?;
+        node.exec_ok(&["dpkg", "-i", DEB_IN_NODE])?;
+        let after = main_pid(node, unit)?;
+        ensure!(
+            after != 0 && after != before,
+            "{unit} in {}: MainPID {before} -> {after}, not restarted on upgrade",
+            node.name()
+        );
+        ensure!(
+            node.systemctl_is_active(stopped)? == "inactive",
+            "the upgrade started {stopped} in {}",
+            node.name()
+        );
+    }
+    wait_online(coord, "pkg2")?;
+    step("upgrade restarted the running units, started no other; pkg2 back online");
 
     // Remove: services stopped, files gone, state kept.
-    node.exec_ok(&["dpkg", "-r", "elysium-node"])?;
-    ensure!(
-        node.systemctl_is_active("elysium-coordinator.service")? != "active",
-        "coordinator still running after remove"
-    );
-    ensure!(!exists(node, "/usr/bin/elysium-node"), "/usr/bin/elysium-node survived remove");
-    ensure!(!exists(node, "/usr/lib/systemd/system/elysium-coordinator.service"), "unit survived remove");
-    for kept in ["/var/lib/private/elysium-coordinator/ca.key", "/var/lib/elysium", "/etc/elysium"] {
-        ensure!(exists(node, kept), "{kept} was deleted by remove");
+    for node in [coord, agent] {
+        node.exec_ok(&["dpkg", "-r", "elysium-node"])?;
+        for unit in UNITS {
+            ensure!(
+                node.systemctl_is_active(unit)? != "active",
+                "{unit} still running in {} after remove",
+                node.name()
+            );
+        }
+        ensure!(!exists(node, "/usr/bin/elysium-node"), "/usr/bin/elysium-node survived remove");
+        ensure!(!exists(node, "/usr/lib/systemd/system/elysium-node.service"), "unit survived remove");
+        ensure!(dpkg_status(node)? == "deinstall ok config-files", "after remove: {}", dpkg_status(node)?);
     }
-    let status = node.exec_ok(&["dpkg-query", "-W", "-f", "${Status}", "elysium-node"])?;
-    ensure!(status == "deinstall ok config-files", "after remove: {status}");
+    for (node, kept) in [
+        (coord, "/var/lib/private/elysium-coordinator/ca.key"),
+        (coord, "/var/lib/private/elysium-coordinator/state.redb"),
+        (agent, "/etc/elysium/node.key"),
+        (agent, "/var/lib/elysium/spec.json"),
+    ] {
+        ensure!(exists(node, kept), "{kept} in {} was deleted by remove", node.name());
+    }
     step("dpkg -r: stopped and removed, state kept");
 
     // Purge: the state goes.
-    node.exec_ok(&["dpkg", "-P", "elysium-node"])?;
-    for gone in ["/var/lib/private/elysium-coordinator", COORD_DIR, "/var/lib/elysium", "/etc/elysium"] {
-        ensure!(!exists(node, gone), "{gone} survived purge");
+    for node in [coord, agent] {
+        node.exec_ok(&["dpkg", "-P", "elysium-node"])?;
+        for gone in ["/var/lib/private/elysium-coordinator", COORD_DIR, "/var/lib/elysium", "/etc/elysium"] {
+            ensure!(!exists(node, gone), "{gone} in {} survived purge", node.name());
+        }
+        let status = dpkg_status(node)?;
+        ensure!(status.is_empty() || status.contains("not-installed"), "after purge: {status}");
+        let wants = node.root().join("etc/systemd/system/multi-user.target.wants/elysium-node.service");
+        ensure!(wants.symlink_metadata().is_err(), "the enable link survived purge in {}", node.name());
     }
-    let out = node.exec(&["dpkg-query", "-W", "-f", "${Status}", "elysium-node"])?;
-    let status = String::from_utf8_lossy(&out.stdout);
-    if out.status.success() && !status.trim().is_empty() && !status.contains("not-installed") {
-        bail!("after purge: {status}");
-    }
-    step("dpkg -P: state deleted");
+    step("dpkg -P: state deleted on both");
     Ok(())
 }
