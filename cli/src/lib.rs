@@ -496,6 +496,7 @@ Only the nodes whose spec refers to a secret receive it.
 Examples:
   elysium-node secret set tailscale-authkey --from-file /root/ts-authkey
   pass show azure/media | elysium-node secret set media-azure-key
+  pass show azure/media | elysium-node secret set media-azure-key --from-file -
   elysium-node secret list
   elysium-node secret delete old-key";
 
