@@ -1,7 +1,7 @@
 //! The Debian package, end to end: `packaging/build-deb` (cargo-deb) packages the built
 //! binary; the archive is checked with `dpkg-deb` (binary, both units installed and not
 //! enabled, a man page for every command, bash/zsh/fish completions, modes and owners,
-//! maintainer scripts); then it is installed with `dpkg -i` into two real-systemd test
+//! maintainer scripts, lintian); then it is installed with `dpkg -i` into two real-systemd test
 //! nodes: no service starts; on one the coordinator unit starts once initialised; the
 //! other joins it and runs the packaged agent unit; reinstalling (an upgrade) restarts
 //! the running units only; `dpkg -r` keeps the state, `dpkg -P` deletes it.
@@ -129,6 +129,8 @@ fn check_archive(bin: &Path, deb: &Path, dir: &Path) -> Result<()> {
     for field in [" Package: elysium-node", " Architecture: amd64", " Section: admin"] {
         ensure!(info.lines().any(|l| l == field), "control lacks {field:?}:\n{info}");
     }
+    let synopsis = info.lines().find_map(|l| l.strip_prefix(" Description: ")).context("no Description")?;
+    ensure!(synopsis.len() < 80 && !synopsis.ends_with('.'), "not a Debian synopsis: {synopsis:?}");
     let depends = info.lines().find(|l| l.starts_with(" Depends:")).context("no Depends")?;
     ensure!(depends.contains("libc6") && depends.contains("systemd"), "{depends}");
     for script in ["postinst", "prerm", "postrm"] {
@@ -137,6 +139,16 @@ fn check_archive(bin: &Path, deb: &Path, dir: &Path) -> Result<()> {
         ensure!(listed, "no {script} in:\n{info}");
     }
     ensure!(!info.contains("conffiles"), "the package ships conffiles: {info}");
+
+    // Debian policy, as lintian reads it. Allowed: the statically linked YAML parser
+    // (unsafe-libyaml, Rust's static linking) and a changelog that closes no Debian bug
+    // (the package is not uploaded to Debian).
+    let which = Command::new("sh").args(["-c", "command -v lintian"]).output()?;
+    ensure!(which.status.success(), "lintian is missing: apt-get install lintian (tests/run does)");
+    run(Command::new("lintian")
+        .args(["--fail-on", "error,warning", "--tag-display-limit", "0"])
+        .args(["--suppress-tags", "embedded-library,initial-upload-closes-no-bugs"])
+        .arg(deb))?;
 
     let entries = contents(deb)?;
     let find = |path: &str| entries.iter().find(|e| e.path == path);
@@ -220,9 +232,13 @@ fn check_archive(bin: &Path, deb: &Path, dir: &Path) -> Result<()> {
             .filter(|l| !l.trim_start().starts_with('#'))
             .map(|l| format!("{l}\n"))
             .collect();
-        for forbidden in
-            ["systemctl enable", "systemctl start", "deb-systemd-invoke start", "systemctl restart"]
-        {
+        for forbidden in [
+            "systemctl enable",
+            "systemctl start",
+            "deb-systemd-invoke start",
+            "deb-systemd-invoke restart",
+            "systemctl restart",
+        ] {
             ensure!(!text.contains(forbidden), "{script} runs `{forbidden}`");
         }
     }
