@@ -24,6 +24,9 @@ use elysium_tests::testnode::{self, NodeOptions, TestNet, TestNode};
 
 const UNITS: [&str; 2] = ["elysium-node.service", "elysium-coordinator.service"];
 const DEB_IN_NODE: &str = "/root/elysium-node.deb";
+const NEXT_IN_NODE: &str = "/root/elysium-node-next.deb";
+/// The revision the upgrade goes to (the first is the workspace version, revision 1).
+const NEXT_VERSION: &str = "0.1.0-2";
 const COORD_DIR: &str = "/var/lib/elysium-coordinator";
 /// The join token inside the agent node (0600; never on a command line).
 const TOKEN_FILE: &str = "/root/join-token";
@@ -82,8 +85,11 @@ fn debian_package_contents_install_remove_purge() {
     let started = Instant::now();
     let step = |what: &str| println!("[{:>6.1}s] {what}", started.elapsed().as_secs_f64());
 
-    let deb = build(&bin, &cargo_deb, tmp.path()).unwrap_or_else(|e| panic!("{e:#}"));
-    step(&format!("built {}", deb.display()));
+    let deb = build(&bin, &cargo_deb, tmp.path(), &[]).unwrap_or_else(|e| panic!("{e:#}"));
+    // The next revision, for the upgrade.
+    let next = build(&bin, &cargo_deb, tmp.path(), &["--deb-version", NEXT_VERSION])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    step(&format!("built {} and {}", deb.display(), next.display()));
     check_archive(&bin, &deb, tmp.path()).unwrap_or_else(|e| panic!("{e:#}"));
     step("archive contents, modes, units and maintainer scripts checked");
 
@@ -91,7 +97,7 @@ fn debian_package_contents_install_remove_purge() {
     let coord = net.boot(NodeOptions::new("pkg1")).unwrap_or_else(|e| panic!("{e:#}"));
     let agent = net.boot(NodeOptions::new("pkg2")).unwrap_or_else(|e| panic!("{e:#}"));
     step(&format!("pkg1 (coordinator) at {}, pkg2 (agent) at {} booted", coord.addr(), agent.addr()));
-    if let Err(e) = install_cycle(&coord, &agent, &deb, &step) {
+    if let Err(e) = install_cycle(&coord, &agent, &deb, &next, &step) {
         for node in [&coord, &agent] {
             for unit in UNITS {
                 eprintln!("===== journal of {unit} in {} =====\n{}", node.name(), node.journal(unit));
@@ -101,18 +107,22 @@ fn debian_package_contents_install_remove_purge() {
     }
 }
 
-/// `packaging/build-deb --no-build` on a staging target directory holding the binary.
-fn build(bin: &Path, cargo_deb: &Path, dir: &Path) -> Result<PathBuf> {
+/// `packaging/build-deb --no-build` on a staging target directory holding the binary;
+/// `extra` goes to cargo-deb (`--deb-version`).
+fn build(bin: &Path, cargo_deb: &Path, dir: &Path, extra: &[&str]) -> Result<PathBuf> {
     let stage = dir.join("target");
     fs::create_dir_all(stage.join("release"))?;
     let staged = stage.join("release/elysium-node");
-    if fs::hard_link(bin, &staged).is_err() {
+    // Never copy onto an existing link: that would write through to the built binary.
+    if !staged.exists() && fs::hard_link(bin, &staged).is_err() {
         fs::copy(bin, &staged)?;
     }
     let out_dir = dir.join("debian");
     let stdout = run(Command::new(workspace().join("packaging/build-deb"))
         // --strip: the release profile strips already, the staged debug binary is not.
-        .args(["--no-build", "--fast", "--strip", "--output"])
+        .args(["--no-build", "--fast", "--strip"])
+        .args(extra)
+        .arg("--output")
         .arg(&out_dir)
         .env("CARGO_TARGET_DIR", &stage)
         .env("CARGO_DEB", cargo_deb))?;
@@ -301,7 +311,13 @@ fn wait_online(coord: &TestNode, name: &str) -> Result<()> {
     })
 }
 
-fn install_cycle(coord: &TestNode, agent: &TestNode, deb: &Path, step: &dyn Fn(&str)) -> Result<()> {
+fn install_cycle(
+    coord: &TestNode,
+    agent: &TestNode,
+    deb: &Path,
+    next: &Path,
+    step: &dyn Fn(&str),
+) -> Result<()> {
     install(coord, deb)?;
     install(agent, deb)?;
     step("dpkg -i on both: nothing enabled, nothing started");
@@ -347,13 +363,17 @@ fn install_cycle(coord: &TestNode, agent: &TestNode, deb: &Path, step: &dyn Fn(&
     wait_online(coord, "pkg2")?;
     step("pkg2 joined the packaged coordinator; its packaged agent is online");
 
-    // Reinstall (an upgrade): running units run again, on the new binary; stopped ones stay stopped.
+    // Upgrade to the next revision: running units run again, on the new binary; stopped
+    // ones stay stopped.
     for (node, unit, stopped) in [
         (coord, "elysium-coordinator.service", "elysium-node.service"),
         (agent, "elysium-node.service", "elysium-coordinator.service"),
     ] {
         let before = main_pid(node, unit)?;
-        node.exec_ok(&["dpkg", "-i", DEB_IN_NODE])?;
+        fs::copy(next, node.root().join(NEXT_IN_NODE.trim_start_matches('/')))?;
+        node.exec_ok(&["dpkg", "-i", NEXT_IN_NODE])?;
+        let version = node.exec_ok(&["dpkg-query", "-W", "-f", "${Version}", "elysium-node"])?;
+        ensure!(version == NEXT_VERSION, "{} has elysium-node {version} after the upgrade", node.name());
         let after = main_pid(node, unit)?;
         ensure!(
             after != 0 && after != before,
