@@ -333,16 +333,27 @@ fn explain_pin(e: TransportError, pin: &PinnedCa, target: &Target, token: &JoinT
 async fn plan_service(host: &Host, binary: &Path) -> Result<Vec<Action>, JoinError> {
     let mut actions = Vec::new();
     let mut changed = false;
-    if host.fs.resolve(paths::BINARY) != binary && binary_differs(host, binary)? {
-        actions.push(Action::InstallBinary { from: binary.to_path_buf(), to: paths::BINARY });
-        changed = true;
-    }
-    if installer::file_change(&host.fs, Path::new(paths::UNIT_PATH), paths::UNIT_CONTENT.as_bytes(), 0o644)?
+    // Installed from the Debian package: its unit runs its binary; only enable and start.
+    let packaged = host.fs.exists(paths::PACKAGED_BINARY)
+        && host.fs.exists(paths::PACKAGED_UNIT_PATH)
+        && !host.fs.exists(paths::UNIT_PATH);
+    if !packaged {
+        if host.fs.resolve(paths::BINARY) != binary && binary_differs(host, binary)? {
+            actions.push(Action::InstallBinary { from: binary.to_path_buf(), to: paths::BINARY });
+            changed = true;
+        }
+        if installer::file_change(
+            &host.fs,
+            Path::new(paths::UNIT_PATH),
+            paths::UNIT_CONTENT.as_bytes(),
+            0o644,
+        )?
         .changed()
-    {
-        actions.push(Action::InstallUnit { path: paths::UNIT_PATH });
-        actions.push(Action::DaemonReload);
-        changed = true;
+        {
+            actions.push(Action::InstallUnit { path: paths::UNIT_PATH });
+            actions.push(Action::DaemonReload);
+            changed = true;
+        }
     }
     // On a dry run without systemd (or without root), assume nothing is enabled.
     let status = host.systemd.status(paths::UNIT_NAME).await.ok();

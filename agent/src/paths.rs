@@ -26,3 +26,9 @@ pub const UNIT_NAME: &str = "elysium-node.service";
 pub const UNIT_PATH: &str = "/etc/systemd/system/elysium-node.service";
 /// The unit file we ship (systemd/ in the repository).
 pub const UNIT_CONTENT: &str = include_str!("../../systemd/elysium-node.service");
+/// Where the Debian package (`packaging/`) installs the binary and the unit. A node with
+/// both and no [`UNIT_PATH`] of its own runs the packaged agent: `join` neither copies
+/// itself to [`BINARY`] nor writes [`UNIT_PATH`] (which would shadow the packaged unit),
+/// so upgrading the package upgrades the agent.
+pub const PACKAGED_BINARY: &str = "/usr/bin/elysium-node";
+pub const PACKAGED_UNIT_PATH: &str = "/usr/lib/systemd/system/elysium-node.service";

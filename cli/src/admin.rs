@@ -44,7 +44,9 @@ pub(super) async fn client_with(
 ) -> anyhow::Result<AdminClient<Channel>> {
     let tls = transport::mtls(&cfg.ca_pem, &cfg.cert_pem, &cfg.key_pem)
         .with_context(|| format!("the admin credentials in {} are unusable", path.display()))?;
-    let channel = transport::channel(&Target::parse(&cfg.coordinator)?, tls).await?;
+    let channel = transport::channel(&Target::parse(&cfg.coordinator)?, tls)
+        .await
+        .map_err(|e| crate::admin_errors::explain_unreachable(e, path, &cfg.coordinator))?;
     Ok(AdminClient::new(channel).max_decoding_message_size(elysium_proto::MAX_MESSAGE_BYTES))
 }
 
@@ -444,7 +446,8 @@ pub async fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         SecretCommand::Set { name, from_file, conn } => {
             let mut value = String::new();
-            match &from_file {
+            // `-` is standard input, as for `spec set -` and `join --token-file -`.
+            match from_file.as_ref().filter(|p| p.as_os_str() != "-") {
                 Some(path) => {
                     value = std::fs::read_to_string(path)
                         .with_context(|| format!("could not read the secret from {}", path.display()))?;

@@ -6,8 +6,10 @@
 //! tests call it too.
 
 mod admin;
+pub mod admin_errors;
 mod admins;
 mod certs;
+mod completions;
 mod coordinator;
 mod inventory;
 mod k3s;
@@ -121,6 +123,13 @@ pub enum Command {
     /// units that need a media mount; exits 1 with the reason on timeout.
     #[command(after_help = mount::WAIT_MOUNT_HELP)]
     WaitMount(mount::WaitMountArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...) on standard output.
+    #[command(after_help = completions::COMPLETIONS_HELP)]
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages, one per command, into a directory (what the Debian
+    /// package ships).
+    #[command(hide = true)]
+    Man(completions::ManArgs),
 }
 
 const INVENTORY_HELP: &str = "\
@@ -519,6 +528,7 @@ Only the nodes whose spec refers to a secret receive it.
 Examples:
   elysium-node secret set tailscale-authkey --from-file /root/ts-authkey
   pass show azure/media | elysium-node secret set media-azure-key
+  pass show azure/media | elysium-node secret set media-azure-key --from-file -
   elysium-node secret list
   elysium-node secret delete old-key";
 
@@ -528,8 +538,8 @@ pub enum SecretCommand {
     Set {
         /// `[a-z0-9-]`, as referred to by the spec.
         name: String,
-        /// Read the value from this file (default: standard input). One trailing
-        /// newline is dropped.
+        /// Read the value from this file (`-` or nothing: standard input). One
+        /// trailing newline is dropped.
         #[arg(long)]
         from_file: Option<PathBuf>,
         #[command(flatten)]
@@ -625,6 +635,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::WaitMount(args) => mount::wait_mount(&root, args).await,
         Command::Recover(args) => recover::run(args).await,
         Command::Keys(cmd) => keys::run(cmd).await,
+        Command::Completions(args) => completions::completions(&args),
+        Command::Man(args) => completions::man(&args),
     }
 }
 

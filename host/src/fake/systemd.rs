@@ -45,12 +45,17 @@ impl FakeSystemd {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn unit_file(&self, unit: &str) -> PathBuf {
-        PathBuf::from(UNIT_DIR).join(unit)
+    /// Whether a unit file exists where systemd looks for one: the administrator's
+    /// (`UNIT_DIR`), runtime units, and the packages' (`/usr/lib/systemd/system`, where
+    /// the Debian package installs ours).
+    fn has_unit_file(&self, unit: &str) -> bool {
+        [UNIT_DIR, "/run/systemd/system", "/usr/lib/systemd/system"]
+            .iter()
+            .any(|dir| self.fs.exists(PathBuf::from(dir).join(unit)))
     }
 
     fn require_file(&self, unit: &str) -> Result<(), SystemdError> {
-        if self.fs.exists(self.unit_file(unit)) {
+        if self.has_unit_file(unit) {
             Ok(())
         } else {
             Err(SystemdError::NoUnitFile { unit: unit.to_owned() })
@@ -124,7 +129,7 @@ impl Systemd for FakeSystemd {
     }
 
     async fn status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
-        let has_file = self.fs.exists(self.unit_file(unit));
+        let has_file = self.has_unit_file(unit);
         let s = self.lock();
         let active = s.active.get(unit).copied().unwrap_or(false);
         let failed = s.failing.contains_key(unit) && !active;
