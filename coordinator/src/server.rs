@@ -124,21 +124,38 @@ pub async fn run_with_limits(
 
     // TLS is done by the accept loop, which bounds what a connection may cost
     // before and after its handshake (`listener`).
-    let (incoming, accepting) = listener::incoming(listener, acceptor.clone(), limits.connections);
-    let mut accepting = AbortOnDrop(accepting);
-    let serve = Server::builder()
-        .http2_keepalive_interval(Some(limits.connections.keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.connections.keepalive_timeout))
-        // Bounds each call until its response head: all of a unary call, only
-        // the setup of a stream (the session stream lives on).
-        .timeout(limits.connections.request_timeout)
-        .max_concurrent_streams(Some(64))
-        // Status messages quote what callers sent: bound them (services/status.rs).
-        .layer(tower::util::MapResponseLayer::new(crate::services::bound_status_message))
+    let incoming = listener::incoming(listener, acceptor.clone(), limits.connections);
+    let mut accepting = AbortOnDrop(incoming.task);
+    let connections = limits.connections;
+    let builder = move || {
+        Server::builder()
+            .http2_keepalive_interval(Some(connections.keepalive_interval))
+            .http2_keepalive_timeout(Some(connections.keepalive_timeout))
+            // Bounds each call until its response head: all of a unary call, only
+            // the setup of a stream (the session stream lives on).
+            .timeout(connections.request_timeout)
+            .max_concurrent_streams(Some(64))
+            // Status messages quote what callers sent: bound them (services/status.rs).
+            .layer(tower::util::MapResponseLayer::new(crate::services::bound_status_message))
+    };
+    // Connections without a client certificate, on the handshake thread: the same
+    // services (each refuses what such a caller may not do), so a caller sees no
+    // difference. It ends with the accept loop, which owns that thread.
+    let anonymous = builder()
+        .add_service(enrollment.clone())
+        .add_service(session.clone())
+        .add_service(admin.clone())
+        .serve_with_incoming(incoming.anonymous);
+    incoming.anonymous_runtime.spawn(async move {
+        if let Err(e) = anonymous.await {
+            tracing::error!(error = %e, "serving connections without a client certificate failed");
+        }
+    });
+    let serve = builder()
         .add_service(enrollment)
         .add_service(session)
         .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, stop_sessions);
+        .serve_with_incoming_shutdown(incoming.authenticated, stop_sessions);
     // The drain waits for every connection to close; a peer that vanished (a
     // powered-off node) never answers GOAWAY. Bound the wait.
     let grace = async {

@@ -12,6 +12,7 @@ pub mod mounts;
 pub mod net;
 pub mod notify;
 pub mod process;
+pub mod sched;
 pub mod signal;
 pub mod systemd;
 

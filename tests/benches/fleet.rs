@@ -1137,18 +1137,33 @@ async fn flood_run(bin: &Path, o: &Options) -> Result<FloodRun> {
 
     let (quiet, quiet_cpu, quiet_rss, _) = window(&fleet, &pid, o.duration, || ()).await;
 
-    let attack = Attack::hold(&AttackConfig {
-        target: format!("127.0.0.1:{}", coord.port).parse()?,
-        idle: FLOOD_IDLE,
-        half_open: FLOOD_HALF_OPEN,
-        idle_sources: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))],
-        half_open_sources: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))],
-        connects_per_second: 5_000,
-    })?;
+    // The attacker on a runtime and thread of its own, at the lowest priority: on
+    // this one machine its CPU is otherwise the simulated agents', and its bursts
+    // would delay their heartbeats inside this process whatever the coordinator
+    // did. A real attacker's CPU is not the fleet's.
+    let attacker = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("attacker")
+        .on_thread_start(|| {
+            let _ = elysium_host::sched::set_thread_nice(19);
+        })
+        .enable_all()
+        .build()?;
+    let attack = {
+        let _on_attacker = attacker.enter();
+        Attack::hold(&AttackConfig {
+            target: format!("127.0.0.1:{}", coord.port).parse()?,
+            idle: FLOOD_IDLE,
+            half_open: FLOOD_HALF_OPEN,
+            idle_sources: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))],
+            half_open_sources: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))],
+            connects_per_second: 5_000,
+        })?
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let enrollers = {
         let (url, fp, n, pause) = (coord.url(), fingerprint.clone(), o.flood_enrollers, o.flood_pause);
-        tokio::spawn(async move { flood::enroll_unknown_until(&url, &fp, n, pause, stop_rx).await })
+        attacker.spawn(async move { flood::enroll_unknown_until(&url, &fp, n, pause, stop_rx).await })
     };
     attack.wait_open(FLOOD_IDLE + FLOOD_HALF_OPEN, Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1158,6 +1173,8 @@ async fn flood_run(bin: &Path, o: &Options) -> Result<FloodRun> {
     stop_tx.send_replace(true);
     let answers = enrollers.await??;
     drop(attack);
+    // Inside this runtime: stopping another one must not block.
+    attacker.shutdown_background();
     let broken = fleet.stats().sessions_broken - broken0;
     // Every enrollment spends a use of a token (the node list of 1,000 is
     // larger than a message may be).

@@ -12,7 +12,13 @@
 //!   connection's slot and closes the connection when neither side has sent a
 //!   request frame (HEADERS or DATA) for the idle timeout. HTTP/2 PINGs do not
 //!   count, so a peer that only answers keepalives is idle; a node's session
-//!   heartbeats well within it.
+//!   heartbeats well within it;
+//! - keeps what anyone can make it do apart from the node sessions: handshakes,
+//!   and then every connection without a client certificate (joining nodes, and
+//!   whoever else), run on a thread of their own at a lower priority
+//!   ([`Handshakes`]); connections with one (nodes, admins) go to the server's
+//!   workers. A flood of handshakes or `Enroll` calls then costs the sessions a
+//!   share of the CPU the kernel gives, not a place in the workers' queue.
 //!
 //! Refusals and closes are counted and logged at debug with the counts, with
 //! one info line a minute at most while they happen: a flood must not turn into
@@ -217,23 +223,54 @@ const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 /// Finished handshakes waiting for tonic to take them.
 const HANDED_OVER: usize = 256;
 
-/// Accepts on `listener` until the returned task is aborted, and yields the
-/// connections that finished their TLS handshake in time.
+/// Connections that finished their TLS handshake in time, by whether they
+/// presented a client certificate.
+pub(super) struct Incoming {
+    /// Nodes and admins: served on the server's workers.
+    pub authenticated: tokio_stream::wrappers::ReceiverStream<Result<Conn, io::Error>>,
+    /// Everyone else: to be served on [`Self::anonymous_runtime`].
+    pub anonymous: tokio_stream::wrappers::ReceiverStream<Result<Conn, io::Error>>,
+    /// The handshake thread's runtime (the server's own if it has none).
+    pub anonymous_runtime: tokio::runtime::Handle,
+    /// The accept loop; aborting it stops accepting and ends the handshake thread.
+    pub task: JoinHandle<()>,
+}
+
+/// Accepts on `listener` until [`Incoming::task`] is aborted.
 pub(super) fn incoming(
     listener: TcpListener,
     acceptor: crate::tls::Acceptor,
     limits: ConnectionLimits,
-) -> (tokio_stream::wrappers::ReceiverStream<Result<Conn, io::Error>>, JoinHandle<()>) {
+) -> Incoming {
     let (tx, rx) = mpsc::channel(HANDED_OVER);
+    let (anon_tx, anon_rx) = mpsc::channel(HANDED_OVER);
     let tracker = Arc::new(Tracker {
         limits,
         open: Mutex::new(Open::default()),
         counts: Counts::default(),
         summary: Mutex::new((Instant::now() - SUMMARY_EVERY, 0)),
     });
-    let task = tokio::spawn(accept_loop(listener, acceptor, tracker, tx));
-    (tokio_stream::wrappers::ReceiverStream::new(rx), task)
+    let handshakes = Handshakes::start();
+    let anonymous_runtime = handshakes.handle();
+    let task = tokio::spawn(accept_loop(listener, acceptor, tracker, handshakes, Handed { tx, anon_tx }));
+    Incoming {
+        authenticated: tokio_stream::wrappers::ReceiverStream::new(rx),
+        anonymous: tokio_stream::wrappers::ReceiverStream::new(anon_rx),
+        anonymous_runtime,
+        task,
+    }
 }
+
+/// Where finished handshakes go.
+#[derive(Clone)]
+struct Handed {
+    tx: mpsc::Sender<Result<Conn, io::Error>>,
+    anon_tx: mpsc::Sender<Result<Conn, io::Error>>,
+}
+
+/// The nice value of the handshake thread: below the workers serving sessions
+/// (0), above nothing that matters (19).
+const HANDSHAKE_NICE: i32 = 10;
 
 /// Where TLS handshakes run: a runtime of one thread of its own, apart from the
 /// workers that serve the sessions. A flood reopens thousands of connections at
@@ -242,6 +279,8 @@ pub(super) fn incoming(
 /// sessions 5× its unloaded value on this machine, docs/BENCHMARKS.md). On their
 /// own thread they take their share of the CPU from the operating system instead.
 /// The sockets stay on the server's reactor; only the handshake futures move.
+/// The thread runs at nice [`HANDSHAKE_NICE`], and serves the connections without
+/// a client certificate after their handshake as well (`Incoming::anonymous`).
 struct Handshakes(Option<tokio::runtime::Runtime>);
 
 impl Handshakes {
@@ -249,6 +288,12 @@ impl Handshakes {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("tls-handshake")
+            // Its blocking threads too: an Enroll's store transaction runs there.
+            .on_thread_start(|| {
+                if let Err(e) = elysium_host::sched::set_thread_nice(HANDSHAKE_NICE) {
+                    tracing::warn!(error = %e, "could not lower the handshake thread's priority");
+                }
+            })
             .enable_time()
             .build();
         match runtime {
@@ -257,6 +302,13 @@ impl Handshakes {
                 tracing::warn!(error = %e, "no runtime of its own for TLS handshakes; they share the server's workers");
                 Self(None)
             }
+        }
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => tokio::runtime::Handle::current(),
         }
     }
 
@@ -282,9 +334,9 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: crate::tls::Acceptor,
     tracker: Arc<Tracker>,
-    tx: mpsc::Sender<Result<Conn, io::Error>>,
+    handshakes: Handshakes,
+    handed: Handed,
 ) {
-    let handshakes = Handshakes::start();
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -299,7 +351,7 @@ async fn accept_loop(
                     continue;
                 }
             },
-            () = tx.closed() => return,
+            () = handed.tx.closed() => return,
         };
         let slot = match tracker.admit(peer.ip()) {
             Ok(slot) => slot,
@@ -322,7 +374,7 @@ async fn accept_loop(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        let (acceptor, tracker, tx) = (acceptor.clone(), tracker.clone(), tx.clone());
+        let (acceptor, tracker, handed) = (acceptor.clone(), tracker.clone(), handed.clone());
         handshakes.spawn(async move {
             let limits = tracker.limits;
             // The configuration of this moment: a renewed server certificate
@@ -330,7 +382,9 @@ async fn accept_loop(
             let tls = tokio_rustls::TlsAcceptor::from(acceptor.config());
             match tokio::time::timeout(limits.handshake_timeout, tls.accept(tcp)).await {
                 Ok(Ok(tls)) => {
-                    let conn = Conn { io: tls, idle: Idle::new(limits.idle_timeout), slot };
+                    let anonymous = tls.get_ref().1.peer_certificates().is_none_or(<[_]>::is_empty);
+                    let conn = Conn { io: Box::new(tls), idle: Idle::new(limits.idle_timeout), slot };
+                    let tx = if anonymous { &handed.anon_tx } else { &handed.tx };
                     // Fails only when the server has stopped.
                     let _ = tx.send(Ok(conn)).await;
                 }
@@ -358,7 +412,11 @@ const ENFILE: i32 = 23;
 /// certificates reach `Request::peer_certs` through [`Connected`]), its slot,
 /// and the idle clock.
 pub(crate) struct Conn {
-    io: TlsStream<TcpStream>,
+    /// Boxed, as tonic boxes the TLS streams it accepts itself: a TLS stream is
+    /// 1.2 KB, and the connection task of hyper and tonic holds its I/O in more
+    /// than one of its states, so inline it cost every session that twice
+    /// (docs/BENCHMARKS.md, "Coordinator memory after issue 14").
+    io: Box<TlsStream<TcpStream>>,
     idle: Idle,
     slot: Slot,
 }

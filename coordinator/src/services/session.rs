@@ -95,6 +95,47 @@ impl pb::node_session_server::NodeSession for SessionService {
     }
 }
 
+/// The node spec a session last sent, as a SHA-256 of everything in it but the
+/// cluster spec's TOML (which follows from the generation). A copy of the spec
+/// held its labels, secrets and K3s assignment on the heap for as long as the
+/// session lived, about 1 KiB each (docs/BENCHMARKS.md, "Coordinator memory
+/// after issue 14"); 32 bytes say as well whether a new one differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sent([u8; 32]);
+
+impl Sent {
+    fn of(spec: &pb::NodeSpec) -> Self {
+        use prost::Message;
+        use sha2::Digest;
+        // Every field but the maps, which are encoded in their hash order: a
+        // struct literal, so that a field added to NodeSpec must be added here.
+        let plain = pb::NodeSpec {
+            generation: spec.generation,
+            cluster_spec_toml: String::new(),
+            role: spec.role,
+            labels: Default::default(),
+            k3s: spec.k3s.clone(),
+            secrets: Default::default(),
+        };
+        let mut hash = sha2::Sha256::new();
+        let framed = |hash: &mut sha2::Sha256, bytes: &[u8]| {
+            hash.update((bytes.len() as u64).to_le_bytes());
+            hash.update(bytes);
+        };
+        framed(&mut hash, &plain.encode_to_vec());
+        for map in [&spec.labels, &spec.secrets] {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort();
+            framed(&mut hash, &(entries.len() as u64).to_le_bytes());
+            for (k, v) in entries {
+                framed(&mut hash, k.as_bytes());
+                framed(&mut hash, v.as_bytes());
+            }
+        }
+        Self(hash.finalize().into())
+    }
+}
+
 fn trust_message(c: &Coordinator) -> Result<pb::CoordinatorMessage, Status> {
     Ok(pb::CoordinatorMessage {
         msg: Some(pb::coordinator_message::Msg::TrustBundle(pb::TrustBundle {
@@ -119,20 +160,22 @@ async fn drive(
     renew_at: i64,
 ) {
     let mut spec_rx = c.cluster.subscribe();
-    let (mut sent, mut trust_seen, mut ca_seen) = {
+    let (first, toml, mut trust_seen, mut ca_seen) = {
         let state = spec_rx.borrow_and_update();
-        (state.node_spec(&node), state.trust_generation, state.ca_generation)
+        let spec = state.node_spec_without_toml(&node);
+        (spec, state.spec.toml().to_owned(), state.trust_generation, state.ca_generation)
     };
+    // What this session last sent: a digest, not a copy (see `Sent`).
+    let mut sent = Sent::of(&first);
     let mut pace = Pace::new(Instant::now());
     // The CAs to trust, on every session: a node that was offline during a step
     // of a CA rotation learns it here. `finish` is boxed for the same reason as
     // `handle` below.
-    if tx.send(spec_message(sent.clone())).await.is_err() || tx.send(trust_message(&c)).await.is_err() {
+    if tx.send(spec_message(pb::NodeSpec { cluster_spec_toml: toml, ..first })).await.is_err()
+        || tx.send(trust_message(&c)).await.is_err()
+    {
         return Box::pin(finish(&c, &mut node, session_id, &mut pace)).await;
     }
-    // What this session last sent, minus the cluster spec's TOML: that follows
-    // from the generation, and a copy per session is 2 KiB for the example spec.
-    sent.cluster_spec_toml = String::new();
     let mut announced_online = false;
     let mut renewal_asked = false;
     loop {
@@ -203,14 +246,15 @@ async fn drive(
                 let (spec, toml) = {
                     let state = spec_rx.borrow_and_update();
                     let spec = state.node_spec_without_toml(&node);
-                    if spec == sent {
+                    let digest = Sent::of(&spec);
+                    if digest == sent {
                         continue;
                     }
+                    sent = digest;
                     // From the same state as the rest: generation and TOML agree.
                     let toml = state.spec.toml().to_owned();
                     (spec, toml)
                 };
-                sent = spec.clone();
                 if tx.send(spec_message(pb::NodeSpec { cluster_spec_toml: toml, ..spec })).await.is_err() {
                     break;
                 }
@@ -589,5 +633,50 @@ async fn finish(c: &Arc<Coordinator>, node: &mut NodeRecord, session_id: u64, pa
             c.rollout_kick.notify_one();
         }
         c.event("node.offline", &node.name, "session closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> pb::NodeSpec {
+        pb::NodeSpec {
+            generation: 3,
+            role: pb::NodeRole::Agent as i32,
+            labels: [("rack".to_owned(), "a".to_owned()), ("gpu".to_owned(), "yes".to_owned())].into(),
+            secrets: [("k".to_owned(), "v1".to_owned()), ("t".to_owned(), "x".to_owned())].into(),
+            k3s: Some(pb::K3sAssignment { token: "K10abc::node:s".into(), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_digest_of_a_spec_changes_with_any_field_and_not_with_map_order_or_toml() {
+        let base = Sent::of(&spec());
+        // Same content, maps rebuilt (another hash order), a TOML: the same.
+        let mut same = spec();
+        let mut entries: Vec<_> = same.labels.into_iter().collect();
+        entries.reverse();
+        same.labels = entries.into_iter().collect();
+        same.cluster_spec_toml = "[k3s]".into();
+        assert_eq!(Sent::of(&same), base);
+        let changes: [fn(&mut pb::NodeSpec); 6] = [
+            |s| s.generation += 1,
+            |s| s.role = pb::NodeRole::Server as i32,
+            |s| drop(s.labels.insert("rack".into(), "b".into())),
+            |s| drop(s.secrets.insert("k".into(), "v2".into())),
+            |s| s.k3s.as_mut().unwrap().token.push('!'),
+            // A value moved from one key to another is a change.
+            |s| {
+                s.secrets.remove("t");
+                s.secrets.insert("tx".into(), String::new());
+            },
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut s = spec();
+            change(&mut s);
+            assert_ne!(Sent::of(&s), base, "change {i} not seen");
+        }
     }
 }
