@@ -10,6 +10,7 @@
 //! logged, and the store writes and events one session causes go through its
 //! token buckets ([`super::pace`]).
 
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -160,13 +161,13 @@ async fn drive(
     renew_at: i64,
 ) {
     let mut spec_rx = c.cluster.subscribe();
-    let (first, toml, mut trust_seen, mut ca_seen) = {
+    let (first, toml, trust_seen, ca_seen) = {
         let state = spec_rx.borrow_and_update();
         let spec = state.node_spec_without_toml(&node);
         (spec, state.spec.toml().to_owned(), state.trust_generation, state.ca_generation)
     };
     // What this session last sent: a digest, not a copy (see `Sent`).
-    let mut sent = Sent::of(&first);
+    let sent = Sent::of(&first);
     let mut pace = Pace::new(Instant::now());
     // The CAs to trust, on every session: a node that was offline during a step
     // of a CA rotation learns it here. `finish` is boxed for the same reason as
@@ -176,98 +177,139 @@ async fn drive(
     {
         return Box::pin(finish(&c, &mut node, session_id, &mut pace)).await;
     }
-    let mut announced_online = false;
-    let mut renewal_asked = false;
+    let mut flags = Flags { announced_online: false, renewal_asked: false, trust_seen, ca_seen, sent };
     loop {
-        tokio::select! {
-            msg = inbound.message() => match msg {
-                Ok(Some(msg)) => {
-                    if let Some(pb::agent_message::Msg::CertificateRequest(request)) = msg.msg {
-                        // Signed only when asked for: each is a CA signature.
-                        if renewal_asked
-                            && let Some(reply) = Box::pin(renewal::sign(&c, &mut node, request)).await
-                            && tx.send(Ok(reply)).await.is_err()
-                        {
-                            break;
-                        }
-                        continue;
-                    }
-                    // Boxed: inline, the handler's future (store writes, K3s and
-                    // vault updates) made every idle session's task 5.2 KiB
-                    // instead of 3.4 KiB (docs/BENCHMARKS-fleet.md); a message
-                    // now costs one short-lived allocation.
-                    if let Some(reply) = Box::pin(handle(&c, &mut node, msg, &mut announced_online, &mut pace)).await
-                        && tx.send(Ok(reply)).await.is_err()
-                    {
-                        break;
-                    }
-                    // Asked once per session, after the node said something (its
-                    // Hello at the latest), when a third of the lifetime remains.
-                    if !renewal_asked && c.now() >= renew_at {
-                        renewal_asked = true;
-                        tracing::info!(node = %node.name, "asking the node to renew its certificate");
-                        if tx.send(Ok(renewal::renew_message())).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    tracing::debug!(node = %node.name, %status, "session stream error");
-                    break;
-                }
-            },
+        // Each arm's work is boxed: inline, the locals of every arm took their own
+        // place in every idle session's task (docs/BENCHMARKS.md, "Coordinator
+        // memory after issue 14"); a message now costs a short-lived allocation.
+        let flow = tokio::select! {
+            msg = inbound.message() => {
+                Box::pin(on_message(&c, &mut node, msg, &tx, &mut flags, renew_at, &mut pace)).await
+            }
             changed = spec_rx.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                // A CA rotation's step: the new bundle, and a renewal when the
-                // CA that signed this session's certificate no longer signs.
-                let (trust, ca) = {
-                    let state = spec_rx.borrow();
-                    (state.trust_generation, state.ca_generation)
-                };
-                if trust != trust_seen {
-                    trust_seen = trust;
-                    if tx.send(trust_message(&c)).await.is_err() {
-                        break;
-                    }
-                }
-                if ca != ca_seen {
-                    ca_seen = ca;
-                    renewal_asked = true;
-                    tracing::info!(node = %node.name, "the CA changed: asking the node to renew its certificate");
-                    if tx.send(Ok(renewal::renew_message())).await.is_err() {
-                        break;
-                    }
-                }
-                // Most changes (another node's rollout phase, a secret this
-                // node does not use) leave this node's spec as it was.
-                let (spec, toml) = {
-                    let state = spec_rx.borrow_and_update();
-                    let spec = state.node_spec_without_toml(&node);
-                    let digest = Sent::of(&spec);
-                    if digest == sent {
-                        continue;
-                    }
-                    sent = digest;
-                    // From the same state as the rest: generation and TOML agree.
-                    let toml = state.spec.toml().to_owned();
-                    (spec, toml)
-                };
-                if tx.send(spec_message(pb::NodeSpec { cluster_spec_toml: toml, ..spec })).await.is_err() {
-                    break;
-                }
+                Box::pin(on_change(&c, &node, &mut spec_rx, &tx, &mut flags)).await
             }
             // A change held back by the session's write allowance: written
             // when the allowance has a token again.
             () = tokio::time::sleep_until(pace.next_write()), if pace.dirty => {
                 Box::pin(persist_paced(&c, &mut node, &mut pace)).await;
+                ControlFlow::Continue(())
             }
             () = end.notified() => break,
+        };
+        if flow.is_break() {
+            break;
         }
     }
     Box::pin(finish(&c, &mut node, session_id, &mut pace)).await;
+}
+
+/// What a session remembers between messages, besides its node record.
+struct Flags {
+    announced_online: bool,
+    renewal_asked: bool,
+    trust_seen: u64,
+    ca_seen: u64,
+    sent: Sent,
+}
+
+/// One message from the agent (or the end of its stream).
+async fn on_message(
+    c: &Arc<Coordinator>,
+    node: &mut NodeRecord,
+    msg: Result<Option<pb::AgentMessage>, Status>,
+    tx: &Outbound,
+    flags: &mut Flags,
+    renew_at: i64,
+    pace: &mut Pace,
+) -> ControlFlow<()> {
+    let msg = match msg {
+        Ok(Some(msg)) => msg,
+        Ok(None) => return ControlFlow::Break(()),
+        Err(status) => {
+            tracing::debug!(node = %node.name, %status, "session stream error");
+            return ControlFlow::Break(());
+        }
+    };
+    if let Some(pb::agent_message::Msg::CertificateRequest(request)) = msg.msg {
+        // Signed only when asked for: each is a CA signature.
+        if flags.renewal_asked
+            && let Some(reply) = Box::pin(renewal::sign(c, node, request)).await
+            && tx.send(Ok(reply)).await.is_err()
+        {
+            return ControlFlow::Break(());
+        }
+        return ControlFlow::Continue(());
+    }
+    // Boxed: inline, the handler's future (store writes, K3s and vault updates)
+    // made every idle session's task 5.2 KiB instead of 3.4 KiB
+    // (docs/BENCHMARKS-fleet.md).
+    if let Some(reply) = Box::pin(handle(c, node, msg, &mut flags.announced_online, pace)).await
+        && tx.send(Ok(reply)).await.is_err()
+    {
+        return ControlFlow::Break(());
+    }
+    // Asked once per session, after the node said something (its Hello at the
+    // latest), when a third of the lifetime remains.
+    if !flags.renewal_asked && c.now() >= renew_at {
+        flags.renewal_asked = true;
+        tracing::info!(node = %node.name, "asking the node to renew its certificate");
+        if tx.send(Ok(renewal::renew_message())).await.is_err() {
+            return ControlFlow::Break(());
+        }
+    }
+    ControlFlow::Continue(())
+}
+
+/// The cluster state changed: what this node should hold or trust may have.
+async fn on_change(
+    c: &Arc<Coordinator>,
+    node: &NodeRecord,
+    spec_rx: &mut tokio::sync::watch::Receiver<crate::state::ClusterState>,
+    tx: &Outbound,
+    flags: &mut Flags,
+) -> ControlFlow<()> {
+    // A CA rotation's step: the new bundle, and a renewal when the CA that
+    // signed this session's certificate no longer signs.
+    let (trust, ca) = {
+        let state = spec_rx.borrow();
+        (state.trust_generation, state.ca_generation)
+    };
+    if trust != flags.trust_seen {
+        flags.trust_seen = trust;
+        if tx.send(trust_message(c)).await.is_err() {
+            return ControlFlow::Break(());
+        }
+    }
+    if ca != flags.ca_seen {
+        flags.ca_seen = ca;
+        flags.renewal_asked = true;
+        tracing::info!(node = %node.name, "the CA changed: asking the node to renew its certificate");
+        if tx.send(Ok(renewal::renew_message())).await.is_err() {
+            return ControlFlow::Break(());
+        }
+    }
+    // Most changes (another node's rollout phase, a secret this node does not
+    // use) leave this node's spec as it was.
+    let (spec, toml) = {
+        let state = spec_rx.borrow_and_update();
+        let spec = state.node_spec_without_toml(node);
+        let digest = Sent::of(&spec);
+        if digest == flags.sent {
+            return ControlFlow::Continue(());
+        }
+        flags.sent = digest;
+        // From the same state as the rest: generation and TOML agree.
+        let toml = state.spec.toml().to_owned();
+        (spec, toml)
+    };
+    if tx.send(spec_message(pb::NodeSpec { cluster_spec_toml: toml, ..spec })).await.is_err() {
+        return ControlFlow::Break(());
+    }
+    ControlFlow::Continue(())
 }
 
 /// Applies one agent message; returns what to answer, if anything.

@@ -49,11 +49,14 @@ impl Outbound {
         self.0.try_send(Box::new(msg))
     }
 
-    pub(crate) async fn send(
+    /// Boxes the message before the future is made: an `async fn` would hold
+    /// it unboxed (~300 bytes) in every awaiting session's task.
+    pub(crate) fn send(
         &self,
         msg: Result<pb::CoordinatorMessage, tonic::Status>,
-    ) -> Result<(), tokio::sync::mpsc::error::SendError<OutboundMessage>> {
-        self.0.send(Box::new(msg)).await
+    ) -> impl std::future::Future<Output = Result<(), tokio::sync::mpsc::error::SendError<OutboundMessage>>> + '_
+    {
+        self.0.send(Box::new(msg))
     }
 }
 
