@@ -287,3 +287,40 @@ async fn a_join_whose_answer_was_lost_succeeds_when_run_again() {
     .await;
     agent.stop().await;
 }
+
+/// Each of this process's threads: its name and nice value.
+fn threads() -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let dir = task.expect("task").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+        // Fields after the command name, which is in parentheses: nice is the 19th field.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        out.push((
+            comm.trim_end().to_owned(),
+            rest.split(' ').nth(16).expect("nice").parse().expect("a number"),
+        ));
+    }
+    out
+}
+
+/// What anyone can make the coordinator do (handshakes, then calls without a
+/// client certificate) runs on a thread the kernel schedules after the session
+/// workers; a join served there still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_work_runs_on_a_thread_of_lower_priority() {
+    let c = TestCoordinator::start().await;
+    let token = c.token(1, 600).await;
+    let ids =
+        fleet::enroll(&c.url(), &token, pb::NodeRole::Agent, vec!["n1".into()], 1).await.expect("enroll");
+    let node = Fleet::start(FleetConfig::new(&c.url()), ids).await.expect("fleet");
+    node.wait_connected(1, WAIT).await.expect("session");
+    let all = threads();
+    let (handshake, others): (Vec<_>, Vec<_>) = all.iter().partition(|(name, _)| name == "tls-handshake");
+    assert!(!handshake.is_empty(), "no handshake thread: {all:?}");
+    assert!(handshake.iter().all(|(_, nice)| *nice == 10), "{all:?}");
+    // The session workers (and everything else) keep the process's own.
+    let own = elysium_host::sched::thread_nice().expect("nice");
+    assert!(others.iter().all(|(_, nice)| *nice == i64::from(own)), "{all:?}");
+}
