@@ -182,6 +182,11 @@ pub async fn run_with_limits(
     let certs = tokio::spawn(crate::tls::keep_current(coordinator.clone(), acceptor, async move {
         let _ = certs_stopped.await;
     }));
+    // Free heap pages back to the system now and then (`elysium_host::memory`).
+    let (trim_stop, trim_stopped) = tokio::sync::oneshot::channel::<()>();
+    let trim = tokio::spawn(release_free_heap_every(TRIM_PERIOD, async move {
+        let _ = trim_stopped.await;
+    }));
     let result = tokio::select! {
         result = serve => result.map_err(ServeError::Serve),
         () = grace => {
@@ -196,10 +201,31 @@ pub async fn run_with_limits(
     let _ = driver_stop.send(());
     let _ = drill_stop.send(());
     let _ = certs_stop.send(());
+    let _ = trim_stop.send(());
+    let _ = trim.await;
     let _ = driver.await;
     let _ = drill.await;
     let _ = certs.await;
     result
+}
+
+/// How often free heap pages go back to the system: the allocator keeps what a
+/// burst (a fleet enrolling, reconnecting after a restart) freed in the arena of
+/// the thread that did it; a trim costs a few milliseconds.
+const TRIM_PERIOD: Duration = Duration::from_secs(60);
+
+async fn release_free_heap_every(period: Duration, stop: impl Future<Output = ()>) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let _ = tokio::task::spawn_blocking(elysium_host::memory::release_free_heap).await;
+    }
 }
 
 /// How long shutdown waits for open connections to close.

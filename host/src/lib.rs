@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod fs;
+pub mod memory;
 pub mod mounts;
 pub mod net;
 pub mod notify;

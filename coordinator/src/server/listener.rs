@@ -288,6 +288,10 @@ impl Handshakes {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("tls-handshake")
+            // Enrollments' store transactions and signatures: two at a time is
+            // what redb's one writer allows anyway, and each extra thread would
+            // keep a malloc arena of its own.
+            .max_blocking_threads(2)
             // Its blocking threads too: an Enroll's store transaction runs there.
             .on_thread_start(|| {
                 if let Err(e) = elysium_host::sched::set_thread_nice(HANDSHAKE_NICE) {
