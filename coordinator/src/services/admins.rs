@@ -26,25 +26,35 @@ pub(crate) fn info(a: &AdminRecord) -> pb::AdminInfo {
     }
 }
 
+fn check_csr_size(csr_der: &[u8]) -> Result<(), Status> {
+    if csr_der.len() > MAX_CSR_BYTES {
+        return Err(Status::invalid_argument(format!("the CSR is larger than {MAX_CSR_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+/// The status for an admin certificate that could not be signed or registered.
+fn signing_status(e: CreateAdminError) -> Status {
+    match e {
+        CreateAdminError::BadName(e) => Status::invalid_argument(e.to_string()),
+        CreateAdminError::Pki(e) => Status::invalid_argument(e.to_string()),
+        CreateAdminError::Record(e) => Status::internal(e.to_string()),
+        CreateAdminError::Write(AdminWriteError::NameTaken(n)) => {
+            Status::already_exists(AdminWriteError::NameTaken(n).to_string())
+        }
+        CreateAdminError::Write(AdminWriteError::Store(e)) => internal(e),
+    }
+}
+
 pub(crate) async fn create(
     c: &Arc<Coordinator>,
     by: &str,
     req: pb::CreateAdminRequest,
 ) -> Result<pb::CreateAdminResponse, Status> {
-    if req.csr_der.len() > MAX_CSR_BYTES {
-        return Err(Status::invalid_argument(format!("the CSR is larger than {MAX_CSR_BYTES} bytes")));
-    }
+    check_csr_size(&req.csr_der)?;
     let (cc, name, by_owned) = (c.clone(), req.name.clone(), by.to_owned());
     let (record, pem) =
-        blocking(move || cc.create_admin(&name, &req.csr_der, &by_owned)).await?.map_err(|e| match e {
-            CreateAdminError::BadName(e) => Status::invalid_argument(e.to_string()),
-            CreateAdminError::Pki(e) => Status::invalid_argument(e.to_string()),
-            CreateAdminError::Record(e) => Status::internal(e.to_string()),
-            CreateAdminError::Write(AdminWriteError::NameTaken(n)) => {
-                Status::already_exists(AdminWriteError::NameTaken(n).to_string())
-            }
-            CreateAdminError::Write(AdminWriteError::Store(e)) => internal(e),
-        })?;
+        blocking(move || cc.create_admin(&name, &req.csr_der, &by_owned)).await?.map_err(signing_status)?;
     c.event("admin.created", &record.name, &format!("by {by}, certificate {}", record.fingerprint));
     Ok(pb::CreateAdminResponse { info: Some(info(&record)), certificate_pem: pem })
 }
@@ -57,21 +67,11 @@ pub(crate) async fn renew(
     leaf: Vec<u8>,
     req: pb::RenewAdminRequest,
 ) -> Result<pb::RenewAdminResponse, Status> {
-    if req.csr_der.len() > MAX_CSR_BYTES {
-        return Err(Status::invalid_argument(format!("the CSR is larger than {MAX_CSR_BYTES} bytes")));
-    }
+    check_csr_size(&req.csr_der)?;
     let old = crate::pki::fingerprint(&leaf);
     let (cc, name, old_fp) = (c.clone(), by.to_owned(), old.clone());
     let renewed =
-        blocking(move || cc.renew_admin(&name, &old_fp, &req.csr_der)).await?.map_err(|e| match e {
-            CreateAdminError::BadName(e) => Status::invalid_argument(e.to_string()),
-            CreateAdminError::Pki(e) => Status::invalid_argument(e.to_string()),
-            CreateAdminError::Record(e) => Status::internal(e.to_string()),
-            CreateAdminError::Write(AdminWriteError::NameTaken(n)) => {
-                Status::already_exists(AdminWriteError::NameTaken(n).to_string())
-            }
-            CreateAdminError::Write(AdminWriteError::Store(e)) => internal(e),
-        })?;
+        blocking(move || cc.renew_admin(&name, &old_fp, &req.csr_der)).await?.map_err(signing_status)?;
     let Some((record, pem)) = renewed else {
         return Err(Status::permission_denied("this admin certificate was revoked meanwhile"));
     };
